@@ -1,0 +1,55 @@
+"""peftkit: parameter-efficient fine-tuning with the Hugging Face ``peft`` API and file format.
+
+Example:
+    >>> import peftkit as pk
+    >>> model = pk.get_peft_model(base, pk.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))  # doctest: +SKIP
+"""
+
+from .checkpoint import get_peft_model_state_dict, set_peft_model_state_dict
+from .config import PeftConfig, PeftType, TaskType
+from .errors import AdapterError, CheckpointError, ConfigError, PeftkitError, TargetError
+from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper
+from .methods.lora import LoraConfig
+from .model import (
+    PeftModel,
+    PeftModelForCausalLM,
+    PeftModelForFeatureExtraction,
+    PeftModelForQuestionAnswering,
+    PeftModelForSeq2SeqLM,
+    PeftModelForSequenceClassification,
+    PeftModelForTokenClassification,
+    get_peft_model,
+)
+from .registry import LayerFactory, MethodSpec, get_method, register_method, registered_methods
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterError",
+    "AdapterLayer",
+    "BASE_ADAPTER",
+    "CheckpointError",
+    "ConfigError",
+    "LayerFactory",
+    "LoraConfig",
+    "MethodSpec",
+    "ModulesToSaveWrapper",
+    "PeftConfig",
+    "PeftModel",
+    "PeftModelForCausalLM",
+    "PeftModelForFeatureExtraction",
+    "PeftModelForQuestionAnswering",
+    "PeftModelForSeq2SeqLM",
+    "PeftModelForSequenceClassification",
+    "PeftModelForTokenClassification",
+    "PeftType",
+    "PeftkitError",
+    "TargetError",
+    "TaskType",
+    "get_method",
+    "get_peft_model",
+    "get_peft_model_state_dict",
+    "register_method",
+    "registered_methods",
+    "set_peft_model_state_dict",
+]

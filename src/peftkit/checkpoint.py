@@ -1,0 +1,175 @@
+"""Adapter checkpoints in the Hugging Face ``peft`` format.
+
+A saved adapter is a folder with ``adapter_config.json`` and ``adapter_model.safetensors``. Tensor
+keys are the module path inside the user's model, prefixed with ``base_model.model.`` and without
+the adapter name: ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``. A module
+trained in full (``modules_to_save``) is saved under its own path. Weights are safetensors only:
+peftkit never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from .config import PeftConfig, _resolve_file
+from .errors import CheckpointError
+from .layers import AdapterLayer, ModulesToSaveWrapper
+from .targets import iter_plain_modules
+
+if TYPE_CHECKING:
+    from .model import PeftModel
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_WEIGHTS_NAME = "adapter_model.bin"
+PREFIX = "base_model.model."
+
+
+class LoadResult(NamedTuple):
+    """What ``set_peft_model_state_dict`` matched; both lists are empty after a successful load."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def _bias_parameters(model: nn.Module, adapter_name: str, bias: str) -> dict[str, nn.Parameter]:
+    """Base-model biases that train with the adapter (``bias="all"`` or ``"lora_only"``)."""
+    if bias == "none":
+        return {}
+    found: dict[str, nn.Parameter] = {}
+    for key, module in iter_plain_modules(model):
+        if isinstance(module, ModulesToSaveWrapper):
+            continue  # saved whole through the wrapper
+        if isinstance(module, AdapterLayer):
+            if bias == "all" or adapter_name in module.adapter_names:
+                b = getattr(module.base_layer, "bias", None)
+                if isinstance(b, nn.Parameter):
+                    found[f"{key}.base_layer.bias"] = b
+        elif bias == "all":
+            b = module._parameters.get("bias")
+            if isinstance(b, nn.Parameter):
+                found[f"{key}.bias"] = b
+    return found
+
+
+def adapter_tensors(model: nn.Module, adapter_name: str, config: PeftConfig) -> dict[str, nn.Parameter]:
+    """Checkpoint key -> live parameter for one adapter of a model (the user's model, adapted).
+
+    Example:
+        >>> list(adapter_tensors(peft_model.get_base_model(), "default", cfg))[:1]  # doctest: +SKIP
+        ['base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight']
+    """
+    return {key: p for key, (_, p) in _adapter_entries(model, adapter_name, config).items()}
+
+
+def _adapter_entries(model: nn.Module, adapter_name: str, config: PeftConfig) -> dict[str, tuple[str, nn.Parameter]]:
+    """Checkpoint key -> (module path, live parameter)."""
+    entries: dict[str, tuple[str, nn.Parameter]] = {}
+    for key, module in iter_plain_modules(model):
+        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
+            for sub, p in module.adapter_parameters(adapter_name):
+                entries[f"{PREFIX}{key}.{sub}"] = (key, p)
+    for key, p in _bias_parameters(model, adapter_name, getattr(config, "bias", "none")).items():
+        entries[PREFIX + key] = (key.rsplit(".", 1)[0], p)
+    return entries
+
+
+def get_peft_model_state_dict(
+    model: "PeftModel", state_dict: Optional[dict[str, torch.Tensor]] = None, adapter_name: str = "default", **_: Any
+) -> dict[str, torch.Tensor]:
+    """The adapter's tensors under their checkpoint keys (as ``peft.get_peft_model_state_dict``).
+
+    ``state_dict``, if given (e.g. gathered by accelerate/DeepSpeed), supplies the values, looked
+    up under the PeftModel's own parameter names.
+
+    Example:
+        >>> sd = get_peft_model_state_dict(peft_model)  # doctest: +SKIP
+    """
+    if adapter_name not in model.peft_config:
+        raise CheckpointError(f"unknown adapter {adapter_name!r}; this model has {sorted(model.peft_config)}")
+    live = adapter_tensors(model.get_base_model(), adapter_name, model.peft_config[adapter_name])
+    if state_dict is None:
+        return {k: p.detach() for k, p in live.items()}
+    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    return {k: state_dict[names[id(p)]] for k, p in live.items()}
+
+
+def _check_fit(
+    expected: dict[str, tuple[str, nn.Parameter]], extra: dict[str, nn.Parameter], saved: dict[str, torch.Tensor], source: str
+) -> None:
+    for key, tensor in saved.items():
+        if key in expected:
+            module, target = expected[key]
+        elif key in extra:
+            module, target = key.removeprefix(PREFIX).rsplit(".", 1)[0], extra[key]
+        else:
+            raise CheckpointError(
+                f"{source}: tensor {key!r} has no matching module in this model. "
+                "Was the adapter trained on another base model, or with other target_modules?"
+            )
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"{source}: adapter does not fit this model at module {module!r}: {key!r} has shape "
+                f"{tuple(tensor.shape)} in the checkpoint but {tuple(target.shape)} in the model. "
+                "Was the adapter trained on another base model?"
+            )
+    missing = sorted(set(expected) - set(saved))
+    if missing:
+        raise CheckpointError(
+            f"{source}: the checkpoint lacks {len(missing)} adapter tensor(s), e.g. {missing[0]!r}; "
+            "it is incomplete or was saved with a different config"
+        )
+
+
+def set_peft_model_state_dict(
+    model: "PeftModel", peft_model_state_dict: dict[str, torch.Tensor], adapter_name: str = "default", source: str = "state dict", **_: Any
+) -> LoadResult:
+    """Copy saved adapter tensors into ``adapter_name``. Everything is checked first (each tensor
+    must find its module, with the same shape; no adapter tensor may be missing), so a bad
+    checkpoint raises :class:`CheckpointError` and changes nothing.
+
+    Example:
+        >>> set_peft_model_state_dict(peft_model, load_file("adapter_model.safetensors"))  # doctest: +SKIP
+    """
+    base = model.get_base_model()
+    expected = _adapter_entries(base, adapter_name, model.peft_config[adapter_name])
+    # Keys that name plain base-model parameters (biases, or embedding tables peft saves when
+    # target embeddings were resized) are loaded into the base model, as peft does.
+    extra = {PREFIX + n: p for n, p in base.named_parameters()}
+    _check_fit(expected, extra, peft_model_state_dict, source)
+    with torch.no_grad():
+        for key, tensor in peft_model_state_dict.items():
+            target = expected[key][1] if key in expected else extra[key]
+            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+    return LoadResult([], [])
+
+
+def save_adapter_weights(tensors: dict[str, torch.Tensor], directory: str) -> str:
+    """Write ``adapter_model.safetensors`` atomically (a temporary file, then a rename)."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, WEIGHTS_NAME)
+    tmp = path + ".tmp"
+    # clone: safetensors refuses tensors that share storage, and the file must own its data
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
+    os.replace(tmp, path)
+    return path
+
+
+def load_adapter_weights(model_id: str | os.PathLike, subfolder: Optional[str] = None, revision: Optional[str] = None, **hub_kwargs: Any) -> tuple[dict[str, torch.Tensor], str]:
+    """Read ``adapter_model.safetensors`` from a folder or the Hub; returns ``(tensors, path)``.
+    A pickle checkpoint (``adapter_model.bin``) is refused with a way out."""
+    folder = os.path.join(str(model_id), subfolder) if subfolder else str(model_id)
+    if not os.path.isfile(os.path.join(folder, WEIGHTS_NAME)) and os.path.isfile(os.path.join(folder, PICKLE_WEIGHTS_NAME)):
+        raise CheckpointError(
+            f"{folder} holds only {PICKLE_WEIGHTS_NAME}, a pickle file, which peftkit never loads (it can run code). "
+            "Convert it once in a trusted environment: load it with peft and save_pretrained(..., safe_serialization=True)."
+        )
+    path = _resolve_file(model_id, WEIGHTS_NAME, subfolder, revision, **hub_kwargs)
+    try:
+        return load_file(path, device="cpu"), path
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-save the adapter") from None

@@ -1,0 +1,296 @@
+"""Adapter configurations: typed, strict, and written in the Hugging Face ``peft`` JSON format.
+
+Every method's config is a pydantic model that subclasses :class:`PeftConfig`. Field names and
+meanings follow ``peft`` so that ``adapter_config.json`` files move both ways. Invalid values fail
+when the config is built (or a field is assigned), with every problem listed by field name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import warnings
+from enum import Enum
+from typing import Any, ClassVar, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from .errors import ConfigError
+
+CONFIG_NAME = "adapter_config.json"
+
+
+class TaskType(str, Enum):
+    """The model family an adapter is for; same values as ``peft.TaskType``."""
+
+    CAUSAL_LM = "CAUSAL_LM"
+    SEQ_CLS = "SEQ_CLS"
+    SEQ_2_SEQ_LM = "SEQ_2_SEQ_LM"
+    TOKEN_CLS = "TOKEN_CLS"
+    QUESTION_ANS = "QUESTION_ANS"
+    FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
+
+
+class PeftType(str, Enum):
+    """Built-in method names as written in ``adapter_config.json``. Plugins may add any string."""
+
+    LORA = "LORA"
+
+
+# Marks a peft-only key whose value never matters (bookkeeping such as "peft_version").
+ANY_VALUE = object()
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or value is False or value == {} or value == []
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _problems(cls_name: str, error: ValidationError, fields: list[str]) -> list[tuple[str, str]]:
+    """Turn pydantic's error list into ``(field, message)`` pairs a person can act on."""
+    problems: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for err in error.errors():
+        loc = [str(p) for p in err["loc"]]
+        path = loc[0] if loc else ""
+        if path in seen:  # one message per field; union branches otherwise repeat themselves
+            continue
+        seen.add(path)
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown field for {cls_name}{_did_you_mean(path, fields)}"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and err["type"] != "missing":
+                msg += f", got {err['input']!r}"
+        problems.append((path, msg))
+    return problems
+
+
+class PeftConfig(BaseModel):
+    """Fields shared by every adapter config, with ``peft``'s names.
+
+    Example:
+        >>> from peftkit import LoraConfig
+        >>> LoraConfig(r=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM").r
+        8
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    # Name written as "peft_type" in adapter_config.json; each method sets its own.
+    peft_type: ClassVar[str] = ""
+    # Keys that `peft` writes for this method but that peftkit has no field for, with the value
+    # that means "feature not used". Read at that value they are dropped silently; any other
+    # value is a feature we cannot honour, so reading it is an error rather than a silent change.
+    peft_only_keys: ClassVar[dict[str, Any]] = {"auto_mapping": ANY_VALUE, "peft_version": ANY_VALUE}
+
+    task_type: Optional[TaskType] = None
+    base_model_name_or_path: Optional[str] = None
+    revision: Optional[str] = None
+    inference_mode: bool = False
+
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            fields = list(type(self).model_fields)
+            title = f"Invalid {type(self).__name__}:"
+            raise ConfigError(title, _problems(type(self).__name__, e, fields)) from None
+        problems = self.check()
+        if problems:
+            raise ConfigError(f"Invalid {type(self).__name__}:", problems)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as e:
+            fields = list(type(self).model_fields)
+            raise ConfigError(f"Invalid {type(self).__name__}:", _problems(type(self).__name__, e, fields)) from None
+
+    def check(self) -> list[tuple[str, str]]:
+        """Cross-field checks; return ``(field, problem)`` pairs. Subclasses extend this."""
+        return []
+
+    def for_loading(self) -> "PeftConfig":
+        """A copy used to build layers whose values will be overwritten by a checkpoint: methods
+        whose initialisation is costly or changes the base model (PiSSA) switch it off here."""
+        return self.model_copy(deep=True)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """The config as ``peft`` writes it in ``adapter_config.json``."""
+        data = self.model_dump(mode="json")
+        data["peft_type"] = self.peft_type
+        return data
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write ``adapter_config.json`` into ``save_directory`` (created if needed).
+
+        Example:
+            >>> LoraConfig(target_modules=["q"]).save_pretrained("out/adapter")  # doctest: +SKIP
+        """
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)  # never leave a half-written config behind
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PeftConfig":
+        """Build a config from a dict as found in ``adapter_config.json``.
+
+        Called on :class:`PeftConfig` itself, the method is chosen by ``data["peft_type"]``.
+        Keys that ``peft`` writes but peftkit does not model are dropped when they hold their
+        "unused" value, and rejected otherwise.
+        """
+        data = dict(data)
+        peft_type = data.pop("peft_type", None)
+        target = cls
+        if cls.peft_type == "":
+            from .registry import get_method
+
+            if peft_type is None:
+                raise ConfigError(f"Invalid {source}:", [("peft_type", "missing; cannot tell which method this is")])
+            target = get_method(str(peft_type), source=source).config_cls
+        elif peft_type is not None and str(peft_type) != cls.peft_type:
+            raise ConfigError(
+                f"Invalid {source}:",
+                [("peft_type", f"is {peft_type!r} but {cls.__name__} reads {cls.peft_type!r} configs")],
+            )
+        return target(**target._drop_peft_only_keys(data, source))
+
+    @classmethod
+    def _drop_peft_only_keys(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
+        fields = set(cls.model_fields)
+        kept, problems = {}, []
+        for key, value in data.items():
+            if key in fields:
+                kept[key] = value
+            elif key in cls.peft_only_keys:
+                unused = cls.peft_only_keys[key]
+                if unused is not ANY_VALUE and value != unused and not _is_empty(value):
+                    problems.append((key, f"peftkit does not support this peft feature (value {value!r}); remove it"))
+            elif _is_empty(value):
+                warnings.warn(f"{source}: ignoring unknown key {key!r} (value {value!r})", stacklevel=3)
+            else:
+                hint = _did_you_mean(key, sorted(fields))
+                problems.append((key, f"unknown key with a non-default value {value!r}{hint}"))
+        if problems:
+            raise ConfigError(f"{source} cannot be loaded as {cls.__name__}:", problems)
+        return kept
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        subfolder: Optional[str] = None,
+        revision: Optional[str] = None,
+        **hub_kwargs: Any,
+    ) -> "PeftConfig":
+        """Read ``adapter_config.json`` from a local folder or a Hugging Face Hub repository.
+
+        Example:
+            >>> cfg = PeftConfig.from_pretrained("out/adapter")  # doctest: +SKIP
+            >>> type(cfg).__name__  # doctest: +SKIP
+            'LoraConfig'
+        """
+        path = _resolve_file(pretrained_model_name_or_path, CONFIG_NAME, subfolder, revision, **hub_kwargs)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"Invalid {path}:", [("", f"not valid JSON ({e}); re-save the adapter")]) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"Invalid {path}:", [("", "expected a JSON object")])
+        return cls.from_dict(data, source=str(path))
+
+
+def _resolve_file(
+    name_or_path: str | os.PathLike,
+    filename: str,
+    subfolder: Optional[str] = None,
+    revision: Optional[str] = None,
+    **hub_kwargs: Any,
+) -> str:
+    """Find ``filename`` in a local folder, or download it from the Hub (users have network)."""
+    folder = os.path.join(str(name_or_path), subfolder) if subfolder else str(name_or_path)
+    local = os.path.join(folder, filename)
+    if os.path.isfile(local):
+        return local
+    if os.path.isdir(folder) or os.path.isabs(str(name_or_path)) or str(name_or_path).startswith("."):
+        raise FileNotFoundError(f"{local} does not exist: is {folder!r} a folder written by save_pretrained()?")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(str(name_or_path), filename, subfolder=subfolder, revision=revision, **hub_kwargs)
+    except Exception as e:  # offline, unknown repo, missing file: one clear message
+        raise FileNotFoundError(
+            f"could not find {filename!r} for {str(name_or_path)!r}: not a local folder, and the Hub lookup "
+            f"failed ({type(e).__name__}: {e})"
+        ) from None
+
+
+def _normalise_names(value: Any, field: str) -> Any:
+    """Accept a regex string, or any iterable of module names; store names as a list."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        names = list(value)
+        if not all(isinstance(v, str) and v for v in names):
+            raise ValueError("must be a regex string or a list of non-empty module names")
+        # sets come from peft configs; sort them so saved configs are reproducible
+        return sorted(names) if isinstance(value, (set, frozenset)) else list(dict.fromkeys(names))
+    raise ValueError("must be a regex string or a list of module names")
+
+
+class TargetedConfig(PeftConfig):
+    """Fields of methods that adapt chosen layers: which modules, and which layers of the stack."""
+
+    target_modules: Optional[Union[str, list[str]]] = None
+    exclude_modules: Optional[Union[str, list[str]]] = None
+    modules_to_save: Optional[list[str]] = None
+    layers_to_transform: Optional[Union[int, list[int]]] = None
+    layers_pattern: Optional[Union[str, list[str]]] = None
+
+    @field_validator("target_modules", "exclude_modules", mode="before")
+    @classmethod
+    def _names(cls, value: Any, info: Any) -> Any:
+        return _normalise_names(value, info.field_name)
+
+    @field_validator("modules_to_save", mode="before")
+    @classmethod
+    def _save_names(cls, value: Any) -> Any:
+        value = _normalise_names(value, "modules_to_save")
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("layers_to_transform")
+    @classmethod
+    def _layers(cls, value: Any) -> Any:
+        indices = [value] if isinstance(value, int) else (value or [])
+        if any(i < 0 for i in indices):
+            raise ValueError("layer indices must be >= 0")
+        return value
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = super().check()
+        if self.layers_pattern and self.layers_to_transform is None:
+            problems.append(("layers_pattern", "only has an effect together with layers_to_transform; set both"))
+        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
+            problems.append(
+                ("layers_to_transform", "cannot be combined with a regex target_modules; put the layer index in the regex")
+            )
+        return problems
+
+
+def finite_number(value: float, field: str) -> float:
+    if isinstance(value, bool) or not math.isfinite(float(value)):
+        raise ValueError("must be a finite number")
+    return value

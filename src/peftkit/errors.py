@@ -1,0 +1,29 @@
+"""Exception types. Every error peftkit raises on bad input is one of these, and its message names
+the field, module or file at fault, what was wrong, and how to fix it."""
+
+from __future__ import annotations
+
+
+class PeftkitError(Exception):
+    """Base class of every peftkit error."""
+
+
+class ConfigError(PeftkitError, ValueError):
+    """An adapter or run configuration is invalid. ``problems`` lists every ``(path, message)``."""
+
+    def __init__(self, title: str, problems: list[tuple[str, str]]):
+        self.problems = problems
+        lines = "\n".join(f"  - {path}: {msg}" if path else f"  - {msg}" for path, msg in problems)
+        super().__init__(f"{title}\n{lines}")
+
+
+class TargetError(PeftkitError, ValueError):
+    """The adapter's targets do not fit the model (nothing matched, unsupported layer type, ...)."""
+
+
+class AdapterError(PeftkitError, ValueError):
+    """An adapter name is unknown, duplicated or used where it cannot be."""
+
+
+class CheckpointError(PeftkitError, ValueError):
+    """A saved adapter cannot be read or does not fit the model it is loaded into."""

@@ -1,0 +1,241 @@
+"""The protocol every adapter layer shares, and the wrapper for modules trained in full.
+
+An adapter layer holds the original module as ``base_layer`` and its per-adapter tensors in
+``nn.ModuleDict`` / ``nn.ParameterDict`` attributes keyed by adapter name, with ``peft``'s
+attribute names. A method implements :meth:`AdapterLayer.add_adapter`, :meth:`AdapterLayer.delta`
+(what the adapter adds to the base output) and, if mergeable, :meth:`AdapterLayer.delta_weight`;
+everything else (selection, disabling, merging, mixed batches) is written here once.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+from .errors import AdapterError
+
+if TYPE_CHECKING:
+    from .config import PeftConfig
+
+# In a mixed batch, rows named this use the base model alone.
+BASE_ADAPTER = "__base__"
+
+
+def group_rows(row_adapters: list[str], batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Row indices per adapter name. A batch that generation expanded (beams, several samples
+    per prompt) repeats each prompt's rows in place, so each name is repeated to match."""
+    n = len(row_adapters)
+    if batch_size != n:
+        if n == 0 or batch_size % n:
+            raise AdapterError(f"adapter_names has {n} entries but the batch has {batch_size} rows; give one name per row")
+        reps = batch_size // n
+        row_adapters = [name for name in row_adapters for _ in range(reps)]
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(row_adapters):
+        groups.setdefault(name, []).append(i)
+    return {name: torch.tensor(rows, device=device) for name, rows in groups.items()}
+
+
+class _ForwardsToBase(nn.Module):
+    """Attributes the wrapper lacks (``weight``, ``in_features``, ``padding_idx``...) are read from
+    the wrapped module, so code that inspects a layer keeps working after it is wrapped."""
+
+    _wrapped_attr = "base_layer"
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == self._wrapped_attr or name.startswith("__"):
+                raise
+            return getattr(super().__getattr__(self._wrapped_attr), name)
+
+
+class AdapterLayer(_ForwardsToBase):
+    """Base class of every adapter layer.
+
+    Example (a method's layer)::
+
+        class MyLinear(AdapterLayer):
+            adapter_param_names = ("my_A",)
+            def add_adapter(self, name, config, key): ...
+            def delta(self, name, x): return x @ self.my_A[name].T
+    """
+
+    # ModuleDict / ParameterDict attributes that hold per-adapter tensors (these are saved).
+    adapter_param_names: tuple[str, ...] = ()
+    # Plain dict attributes that hold per-adapter settings (rank, scaling, ...).
+    adapter_setting_names: tuple[str, ...] = ()
+    mergeable: bool = True
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.active_adapters: list[str] = []
+        self.merged_adapters: list[str] = []
+        self.disabled = False
+        # Per-row adapter names for one forward of a mixed batch; set and cleared by PeftModel.
+        self.row_adapters: Optional[list[str]] = None
+
+    # ------------------------------------------------------------------ methods implement these
+    def add_adapter(self, adapter_name: str, config: "PeftConfig", key: str) -> None:
+        """Create the tensors of a new adapter for this layer."""
+        raise NotImplementedError(f"{type(self).__name__} must implement add_adapter")
+
+    def delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """What ``adapter_name`` adds to the base layer's output for input ``x``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement delta")
+
+    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """The change to ``base_layer.weight`` (same layout) that merging this adapter makes."""
+        raise AdapterError(f"{type(self).__name__} adapters cannot be merged into the base weights")
+
+    # ------------------------------------------------------------------ shared behaviour
+    @property
+    def adapter_names(self) -> list[str]:
+        """Names of the adapters this layer holds."""
+        return list(getattr(self, self.adapter_param_names[0]).keys()) if self.adapter_param_names else []
+
+    def adapter_parameters(self, adapter_name: str) -> Iterable[tuple[str, nn.Parameter]]:
+        """``(attribute path without the adapter name, parameter)`` pairs, e.g. ``("lora_A.weight", p)``:
+        exactly the tensors a checkpoint holds for this layer."""
+        for attr in self.adapter_param_names:
+            holder = getattr(self, attr)
+            if adapter_name not in holder:
+                continue
+            entry = holder[adapter_name]
+            if isinstance(entry, nn.Parameter):
+                yield attr, entry
+            else:
+                for sub, p in entry.named_parameters():
+                    yield f"{attr}.{sub}", p
+
+    def set_adapter(self, adapter_names: list[str], trainable: bool = True) -> None:
+        """Make ``adapter_names`` the active adapters; only they get gradients (if ``trainable``)."""
+        self.active_adapters = [n for n in adapter_names if n in self.adapter_names]
+        for name in self.adapter_names:
+            for _, p in self.adapter_parameters(name):
+                p.requires_grad_(trainable and name in self.active_adapters)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter's tensors and settings from this layer."""
+        if adapter_name in self.merged_adapters:
+            raise AdapterError(f"adapter {adapter_name!r} is merged into {type(self).__name__}; unmerge it before deleting")
+        for attr in self.adapter_param_names:
+            getattr(self, attr).pop(adapter_name, None)
+        for attr in self.adapter_setting_names:
+            getattr(self, attr).pop(adapter_name, None)
+        self.active_adapters = [n for n in self.active_adapters if n != adapter_name]
+
+    def merge(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        """Add the adapters' weight deltas into ``base_layer.weight``.
+
+        ``safe_merge`` computes the merged weight on a copy first and refuses NaN/inf.
+        """
+        names = self.active_adapters if adapter_names is None else adapter_names
+        weight = self.base_layer.weight
+        for name in names:
+            if name not in self.adapter_names or name in self.merged_adapters:
+                continue
+            delta = self.delta_weight(name).to(weight.dtype)
+            if safe_merge:
+                merged = weight.data + delta
+                if not torch.isfinite(merged).all():
+                    raise AdapterError(f"merging adapter {name!r} gives NaN/inf weights; the base layer was left as it was")
+                weight.data.copy_(merged)
+            else:
+                weight.data += delta
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Subtract every merged adapter's delta again (restores the base weights up to rounding)."""
+        weight = self.base_layer.weight
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            weight.data -= self.delta_weight(name).to(weight.dtype)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disabled:
+            if self.merged_adapters:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        if self.row_adapters is not None:
+            return self._forward_mixed(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged_adapters:
+            return result
+        for name in self.active_adapters:
+            result = result + self.delta(name, x).to(result.dtype)
+        return result
+
+    def _forward_mixed(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.merged_adapters:
+            raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
+        result = self.base_layer(x, *args, **kwargs)
+        for name, rows in group_rows(self.row_adapters, x.shape[0], x.device).items():
+            if name == BASE_ADAPTER or name not in self.adapter_names:
+                continue
+            delta = self.delta(name, x.index_select(0, rows)).to(result.dtype)
+            result = result.index_add(0, rows, delta)
+        return result
+
+    def extra_repr(self) -> str:
+        return f"adapters={self.adapter_names}, active={self.active_adapters}, merged={self.merged_adapters}"
+
+
+class ModulesToSaveWrapper(_ForwardsToBase):
+    """A module trained in full (e.g. a new classification head): one trainable copy per adapter
+    in ``modules_to_save[name]``, the frozen original in ``original_module`` (``peft``'s layout)."""
+
+    _wrapped_attr = "original_module"
+
+    def __init__(self, module: nn.Module, adapter_name: str):
+        super().__init__()
+        self.original_module = module
+        self.modules_to_save = nn.ModuleDict()
+        self.active_adapter: Optional[str] = None
+        self.disabled = False
+        self.row_adapters: Optional[list[str]] = None
+        self.add_adapter(adapter_name)
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.modules_to_save.keys())
+
+    def add_adapter(self, adapter_name: str) -> None:
+        self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
+
+    def adapter_parameters(self, adapter_name: str) -> Iterable[tuple[str, nn.Parameter]]:
+        if adapter_name in self.modules_to_save:
+            yield from self.modules_to_save[adapter_name].named_parameters()
+
+    def set_adapter(self, adapter_names: list[str], trainable: bool = True) -> None:
+        mine = [n for n in adapter_names if n in self.modules_to_save]
+        if len(mine) > 1:
+            raise AdapterError(f"only one adapter at a time can own the trained copy of a saved module, got {mine}")
+        self.active_adapter = mine[0] if mine else None
+        self.original_module.requires_grad_(False)
+        for name, module in self.modules_to_save.items():
+            module.requires_grad_(trainable and name == self.active_adapter)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self.modules_to_save.pop(adapter_name, None)
+        if self.active_adapter == adapter_name:
+            self.active_adapter = None
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.disabled:
+            return self.original_module(x, *args, **kwargs)
+        if self.row_adapters is not None:
+            result = self.original_module(x, *args, **kwargs)
+            for name, rows in group_rows(self.row_adapters, x.shape[0], x.device).items():
+                if name in self.modules_to_save:
+                    part = self.modules_to_save[name](x.index_select(0, rows), *args, **kwargs)
+                    result = result.index_copy(0, rows, part.to(result.dtype))
+            return result
+        if self.active_adapter is None:
+            return self.original_module(x, *args, **kwargs)
+        return self.modules_to_save[self.active_adapter](x, *args, **kwargs)

@@ -1,0 +1,3 @@
+"""Built-in adapter methods. Importing a method module registers it (see :mod:`peftkit.registry`)."""
+
+from . import lora  # noqa: F401

@@ -1,0 +1,124 @@
+"""LoRA (Hu et al., 2021): ``W x + (alpha / r) * B A x``, with rsLoRA scaling and PiSSA / OLoRA /
+Gaussian initialisations. The config mirrors ``peft.LoraConfig``; the layers live in
+:mod:`peftkit.methods.lora_layers`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Literal, Union
+
+import torch.nn as nn
+from pydantic import field_validator
+
+from ..config import ANY_VALUE, PeftConfig, TargetedConfig, finite_number
+from ..registry import LayerFactory, MethodSpec, register_method
+from .lora_layers import LoraConv, LoraEmbedding, LoraLayer, LoraLinear, is_conv1d
+
+InitLoraWeights = Union[bool, str]
+
+
+class LoraConfig(TargetedConfig):
+    """Configuration of a LoRA adapter; fields and defaults as in ``peft.LoraConfig``.
+
+    Example:
+        >>> from peftkit import LoraConfig
+        >>> cfg = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+        >>> cfg.r, cfg.lora_alpha
+        (16, 32)
+    """
+
+    peft_type: ClassVar[str] = "LORA"
+    # peft LoRA features peftkit does not implement: accepted only at their "unused" value.
+    peft_only_keys: ClassVar[dict[str, Any]] = {
+        **PeftConfig.peft_only_keys,
+        "megatron_core": ANY_VALUE,
+        "qalora_group_size": ANY_VALUE,
+        "use_dora": False,
+        "use_qalora": False,
+        "lora_bias": False,
+        "ensure_weight_tying": False,
+        **{k: None for k in (
+            "megatron_config", "trainable_token_indices", "loftq_config", "eva_config", "corda_config",
+            "lora_ga_config", "velora_config", "alora_invocation_tokens", "monteclora_config",
+            "layer_replication", "target_parameters", "use_bdlora", "arrow_config", "kasa_config",
+        )},
+    }
+
+    r: int = 8
+    lora_alpha: Union[int, float] = 8
+    lora_dropout: float = 0.0
+    fan_in_fan_out: bool = False
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+    init_lora_weights: InitLoraWeights = True
+    rank_pattern: dict[str, int] = {}
+    alpha_pattern: dict[str, Union[int, float]] = {}
+
+    @field_validator("r")
+    @classmethod
+    def _positive_rank(cls, value: int) -> int:
+        if value <= 0:
+            raise ValueError("must be a positive integer (the adapter rank, e.g. 8 or 16)")
+        return value
+
+    @field_validator("lora_alpha")
+    @classmethod
+    def _alpha(cls, value: float) -> float:
+        return finite_number(value, "lora_alpha")
+
+    @field_validator("lora_dropout")
+    @classmethod
+    def _dropout(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError("must be a probability in [0, 1)")
+        return value
+
+    @field_validator("init_lora_weights", mode="before")
+    @classmethod
+    def _init(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            low = value.lower()
+            if low in ("gaussian", "pissa", "olora") or re.fullmatch(r"pissa_niter_\d+", low):
+                return low
+        raise ValueError("must be True, False, 'gaussian', 'pissa', 'pissa_niter_<n>' or 'olora'")
+
+    @field_validator("rank_pattern")
+    @classmethod
+    def _ranks(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {k: v for k, v in value.items() if v <= 0}
+        if bad:
+            raise ValueError(f"every rank must be a positive integer, not {bad}")
+        return value
+
+
+    def for_loading(self) -> "LoraConfig":
+        # PiSSA/OLoRA would rewrite the base weights and run an SVD for values about to be replaced.
+        return self.model_copy(update={"init_lora_weights": False}, deep=True)
+
+
+def _linear_factory(module: nn.Module, name: str, config: LoraConfig, key: str) -> LoraLayer:
+    # nn.Linear stores (out, in); GPT-2's Conv1D stores (in, out): fan_in_fan_out follows the layer,
+    # and the (model-owned copy of the) config records it, as peft's saved configs do.
+    fan_in_fan_out = is_conv1d(module)
+    if config.fan_in_fan_out != fan_in_fan_out:
+        config.fan_in_fan_out = fan_in_fan_out
+    return LoraLinear(module, name, config, key, fan_in_fan_out=fan_in_fan_out)
+
+
+LORA = register_method(
+    MethodSpec(
+        peft_type="LORA",
+        config_cls=LoraConfig,
+        layer_cls=LoraLayer,
+        layer_factories=[
+            LayerFactory("nn.Linear", lambda m: isinstance(m, nn.Linear), _linear_factory),
+            LayerFactory("transformers Conv1D", is_conv1d, _linear_factory),
+            LayerFactory("nn.Embedding", lambda m: isinstance(m, nn.Embedding), LoraEmbedding),
+            LayerFactory(
+                "nn.Conv1d/Conv2d/Conv3d", lambda m: isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)), LoraConv
+            ),
+        ],
+    )
+)

@@ -1,0 +1,208 @@
+"""LoRA layers for ``nn.Linear`` (and GPT-2's ``Conv1D``), ``nn.Embedding`` and ``nn.ConvNd``.
+
+Tensor names and shapes are ``peft``'s, so checkpoints move both ways:
+``lora_A[name]`` maps the input down to rank ``r``, ``lora_B[name]`` maps back up, and the output
+gains ``scaling * lora_B(lora_A(dropout(x)))`` with ``scaling = lora_alpha / r`` (or ``/ sqrt(r)``
+with rsLoRA). ``lora_B`` starts at zero, so a new adapter leaves the model's outputs unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import TargetError
+from ..layers import AdapterLayer
+from ..targets import pattern_value
+
+if TYPE_CHECKING:
+    from .lora import LoraConfig
+
+
+def is_conv1d(module: nn.Module) -> bool:
+    """transformers' GPT-2 ``Conv1D`` (a linear layer with a transposed weight), without importing it."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
+
+
+def adapter_dtype(base_weight: torch.Tensor) -> torch.dtype:
+    """Adapters on half-precision bases are kept in float32 (as ``peft`` does by default): their
+    updates are tiny relative to the weights and vanish in bf16."""
+    if base_weight.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return base_weight.dtype if base_weight.is_floating_point() else torch.float32
+
+
+class LoraLayer(AdapterLayer):
+    """Shared LoRA bookkeeping: rank, alpha and scaling per adapter."""
+
+    adapter_param_names = ("lora_A", "lora_B")
+    adapter_setting_names = ("r", "lora_alpha", "scaling", "lora_dropout")
+    # What holds one adapter's tensor: a module (nn.Linear, nn.Conv2d) or a bare nn.Parameter.
+    tensor_holder: type[nn.Module] = nn.ModuleDict
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: "LoraConfig", key: str):
+        super().__init__(base_layer)
+        for attr in self.adapter_param_names:
+            setattr(self, attr, self.tensor_holder())
+        self.lora_dropout = nn.ModuleDict()
+        self.r: dict[str, int] = {}
+        self.lora_alpha: dict[str, float] = {}
+        self.scaling: dict[str, float] = {}
+        self.key = key
+        self.add_adapter(adapter_name, config, key)
+
+    def add_adapter(self, adapter_name: str, config: "LoraConfig", key: str) -> None:
+        r = pattern_value(config.rank_pattern, key, config.r)
+        alpha = pattern_value(config.alpha_pattern, key, config.lora_alpha)
+        self.r[adapter_name] = r
+        self.lora_alpha[adapter_name] = alpha
+        self.scaling[adapter_name] = alpha / (math.sqrt(r) if config.use_rslora else r)
+        self.lora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        weight = self.base_layer.weight
+        with torch.no_grad():
+            self.create_tensors(adapter_name, r)
+            self.init_tensors(adapter_name, config.init_lora_weights)
+            for attr in self.adapter_param_names:
+                holder = getattr(self, attr)
+                entry = holder[adapter_name]
+                if isinstance(entry, nn.Parameter):
+                    holder[adapter_name] = nn.Parameter(entry.to(device=weight.device, dtype=adapter_dtype(weight)))
+                else:
+                    entry.to(device=weight.device, dtype=adapter_dtype(weight))
+
+    def create_tensors(self, adapter_name: str, r: int) -> None:
+        """Create ``lora_A[adapter_name]`` and ``lora_B[adapter_name]`` for this layer type."""
+        raise TypeError(f"{type(self).__name__} does not define create_tensors")
+
+    def init_tensors(self, adapter_name: str, init: bool | str) -> None:
+        """``True``: A like ``nn.Linear`` (Kaiming-uniform), B zero. ``"gaussian"``: A ~ N(0, 1/r).
+        ``False``: both random, so the adapter changes outputs from the start (for tests)."""
+        if init is False:
+            return
+        if init is True:
+            nn.init.kaiming_uniform_(self.lora_A[adapter_name].weight, a=math.sqrt(5))
+        elif init == "gaussian":
+            nn.init.normal_(self.lora_A[adapter_name].weight, std=1 / self.r[adapter_name])
+        else:
+            raise TargetError(
+                f"init_lora_weights={init!r} is only available for nn.Linear layers, not {self.key!r} "
+                f"({type(self.base_layer).__name__}); exclude it or use True / 'gaussian'"
+            )
+        nn.init.zeros_(self.lora_B[adapter_name].weight)
+
+    def delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
+        x = self.lora_dropout[adapter_name](x.to(lora_A.weight.dtype))
+        return lora_B(lora_A(x)) * self.scaling[adapter_name]
+
+
+class LoraLinear(LoraLayer):
+    """LoRA on ``nn.Linear``, or on GPT-2's ``Conv1D`` with ``fan_in_fan_out=True``."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: "LoraConfig", key: str, fan_in_fan_out: bool = False):
+        self.fan_in_fan_out = fan_in_fan_out  # set before the first add_adapter, which may read it
+        super().__init__(base_layer, adapter_name, config, key)
+
+    @property
+    def in_out(self) -> tuple[int, int]:
+        w = self.base_layer.weight
+        return (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+
+    def create_tensors(self, adapter_name: str, r: int) -> None:
+        in_features, out_features = self.in_out
+        self.lora_A[adapter_name] = nn.Linear(in_features, r, bias=False)
+        self.lora_B[adapter_name] = nn.Linear(r, out_features, bias=False)
+
+    def init_tensors(self, adapter_name: str, init: bool | str) -> None:
+        if isinstance(init, str) and (init == "olora" or init.startswith("pissa")):
+            self._init_from_base_weight(adapter_name, init)
+        else:
+            super().init_tensors(adapter_name, init)
+
+    def _init_from_base_weight(self, adapter_name: str, init: str) -> None:
+        """PiSSA (principal singular vectors) or OLoRA (QR) initialisation. The adapter starts as
+        the top-r part of W and the base keeps the residual, so outputs are unchanged at start but
+        the base weights are modified: save the adapter with the residual base, as with peft."""
+        base = self.base_layer.weight
+        w = base.detach().float()
+        w = w.T if self.fan_in_fan_out else w  # (out, in)
+        r, scale = self.r[adapter_name], self.scaling[adapter_name]
+        if init == "olora":
+            q, rr = torch.linalg.qr(w)
+            a, b = rr[:r].contiguous(), q[:, :r].contiguous()
+        else:
+            if init == "pissa":
+                u, s, vh = torch.linalg.svd(w, full_matrices=False)
+                u, s, vh = u[:, :r], s[:r], vh[:r]
+            else:  # "pissa_niter_<n>": randomised SVD, much faster on large layers
+                niter = int(init.rsplit("_", 1)[-1])
+                u, s, v = torch.svd_lowrank(w, q=r, niter=niter)
+                vh = v.T
+            root = torch.sqrt(s / scale)
+            a, b = root[:, None] * vh, u * root[None, :]
+        self.lora_A[adapter_name].weight.copy_(a)
+        self.lora_B[adapter_name].weight.copy_(b)
+        residual = w - scale * (b @ a)
+        base.data.copy_((residual.T if self.fan_in_fan_out else residual).to(base.dtype))
+
+    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+        a, b = self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight
+        delta = (b @ a) * self.scaling[adapter_name]
+        return delta.T if self.fan_in_fan_out else delta
+
+
+class LoraEmbedding(LoraLayer):
+    """LoRA on ``nn.Embedding``: ``lora_embedding_A`` (r x vocab) is looked up like an embedding
+    table, then ``lora_embedding_B`` (dim x r) maps it up. A starts at zero, B random."""
+
+    adapter_param_names = ("lora_embedding_A", "lora_embedding_B")
+    tensor_holder = nn.ParameterDict
+
+    def create_tensors(self, adapter_name: str, r: int) -> None:
+        num, dim = self.base_layer.weight.shape
+        self.lora_embedding_A[adapter_name] = nn.Parameter(torch.randn(r, num))
+        self.lora_embedding_B[adapter_name] = nn.Parameter(torch.randn(dim, r))
+
+    def init_tensors(self, adapter_name: str, init: bool | str) -> None:
+        if init is not False:  # every initialisation starts embeddings at A = 0 (peft does the same)
+            nn.init.zeros_(self.lora_embedding_A[adapter_name])
+            nn.init.normal_(self.lora_embedding_B[adapter_name])
+
+    def delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.lora_embedding_A[adapter_name], self.lora_embedding_B[adapter_name]
+        e = self.base_layer
+        looked_up = F.embedding(x, a.T, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, e.sparse)
+        return (looked_up @ b.T) * self.scaling[adapter_name]
+
+    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+        a, b = self.lora_embedding_A[adapter_name], self.lora_embedding_B[adapter_name]
+        return (b @ a).T * self.scaling[adapter_name]
+
+
+class LoraConv(LoraLayer):
+    """LoRA on ``nn.Conv1d/2d/3d``: A is a convolution with the base kernel, stride and padding
+    down to ``r`` channels, B a pointwise convolution back up."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: "LoraConfig", key: str):
+        if base_layer.groups != 1 or any(d != 1 for d in base_layer.dilation) or isinstance(base_layer.padding, str):
+            raise TargetError(
+                f"LoRA supports convolutions with groups=1, dilation=1 and numeric padding; {key!r} "
+                f"({base_layer}) is not one: exclude it with exclude_modules"
+            )
+        super().__init__(base_layer, adapter_name, config, key)
+
+    def create_tensors(self, adapter_name: str, r: int) -> None:
+        conv = self.base_layer
+        conv_cls = type(conv)
+        ones = (1,) * (conv.weight.dim() - 2)
+        self.lora_A[adapter_name] = conv_cls(conv.in_channels, r, conv.kernel_size, conv.stride, conv.padding, bias=False)
+        self.lora_B[adapter_name] = conv_cls(r, conv.out_channels, ones, ones, bias=False)
+
+    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+        a = self.lora_A[adapter_name].weight  # (r, in, *kernel)
+        b = self.lora_B[adapter_name].weight.flatten(1)  # (out, r)
+        return torch.einsum("or,ri...->oi...", b, a) * self.scaling[adapter_name]

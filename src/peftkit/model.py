@@ -1,0 +1,437 @@
+"""``PeftModel``: the one wrapper around a user's model, with ``peft``'s API.
+
+The user's model lives at ``peft_model.base_model.model`` (so parameter names match ``peft``'s:
+``base_model.model.<path>.lora_A.<adapter>.weight``); ``base_model`` is a plain holder with no
+behaviour of its own. Adapter layers are injected into the user's model in place (see
+:mod:`peftkit.layers`); this class only orchestrates them: add, select, disable, delete, merge,
+save and load adapters, and route mixed batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from . import checkpoint
+from .config import PeftConfig, TargetedConfig
+from .errors import AdapterError, CheckpointError, TargetError
+from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper, _ForwardsToBase
+from .registry import MethodSpec, method_for_config
+from .targets import TASK_HEADS, find_targets, iter_plain_modules, name_matches, resolve_target_modules
+from .tree import get_module, set_module
+
+
+class BaseModelHolder(_ForwardsToBase):
+    """Holds the user's model as ``.model`` (``peft``'s ``base_model.model`` path); attribute reads
+    it lacks go to the model."""
+
+    _wrapped_attr = "model"
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+
+class PeftModel(nn.Module):
+    """A model with one or more adapters. Build it with :func:`get_peft_model` or
+    :meth:`PeftModel.from_pretrained`.
+
+    Example:
+        >>> import peftkit as pk
+        >>> model = pk.get_peft_model(base, pk.LoraConfig(target_modules=["q_proj", "v_proj"]))  # doctest: +SKIP
+        >>> model.print_trainable_parameters()  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, peft_config: Optional[PeftConfig], adapter_name: str = "default", **_: Any):
+        super().__init__()
+        self.base_model = BaseModelHolder(model)
+        self.peft_config: dict[str, PeftConfig] = {}
+        self._active: list[str] = []
+        if peft_config is not None:
+            self.add_adapter(adapter_name, peft_config)
+            self.set_adapter(adapter_name)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("base_model", "peft_config", "_active") or name.startswith("__"):
+                raise
+            return getattr(self.base_model, name)
+
+    # ------------------------------------------------------------------ introspection
+    def get_base_model(self) -> nn.Module:
+        """The user's model, with the adapter layers injected."""
+        return self.base_model.model
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return list(self._active)
+
+    @property
+    def active_adapter(self) -> str:
+        return self._active[0] if len(self._active) == 1 else self.active_adapters  # type: ignore[return-value]
+
+    @property
+    def peft_type(self) -> str:
+        return next(iter(self.peft_config.values())).peft_type
+
+    @property
+    def modules_to_save(self) -> Optional[set[str]]:
+        names = {n for c in self.peft_config.values() for n in (getattr(c, "modules_to_save", None) or [])}
+        return names or None
+
+    def _method(self) -> MethodSpec:
+        return method_for_config(next(iter(self.peft_config.values())))
+
+    def _adapter_modules(self) -> Iterator[tuple[str, Union[AdapterLayer, ModulesToSaveWrapper]]]:
+        for key, module in iter_plain_modules(self.get_base_model()):
+            if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
+                yield key, module
+
+    def _adapter_layers(self) -> Iterator[AdapterLayer]:
+        return (m for _, m in self._adapter_modules() if isinstance(m, AdapterLayer))
+
+    def _check_names(self, names: list[str], allow_base: bool = False) -> None:
+        known = set(self.peft_config) | ({BASE_ADAPTER} if allow_base else set())
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise AdapterError(f"unknown adapter(s) {unknown}; this model has {sorted(self.peft_config)}")
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameter counts, adapters included in the total."""
+        params = list(self.parameters())
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def print_trainable_parameters(self) -> None:
+        """Print the trainable / total parameter counts, as ``peft`` does."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    # ------------------------------------------------------------------ adding and removing adapters
+    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
+        """Inject a new (inactive) adapter. Every target is checked before the model is touched,
+        and a failure half-way removes what was added, so errors leave the model as it was."""
+        self._inject(adapter_name, peft_config, peft_config)
+
+    def _inject(self, adapter_name: str, config: PeftConfig, init_config: PeftConfig) -> None:
+        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name or adapter_name == BASE_ADAPTER:
+            raise AdapterError(f"adapter name {adapter_name!r} is invalid: use a non-empty name without dots, not {BASE_ADAPTER!r}")
+        if adapter_name in self.peft_config:
+            raise AdapterError(f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first")
+        if not isinstance(config, PeftConfig):
+            raise TypeError(f"peft_config must be a peftkit config such as LoraConfig, got {type(config).__name__}")
+        spec = method_for_config(config)
+        if self.peft_config and self._method().peft_type != spec.peft_type:
+            raise AdapterError(f"this model holds {self._method().peft_type} adapters; {spec.peft_type} cannot be added beside them")
+        config = config.model_copy(deep=True)
+        init_config = config if init_config is config else init_config.model_copy(deep=True)
+        model = self.get_base_model()
+        if isinstance(config, TargetedConfig):
+            self._add_task_heads(config, init_config)
+            targets = find_targets(model, config)
+            self._check_factories(spec, targets)
+            resolved = resolve_target_modules(model, config)
+            config.target_modules = resolved
+            init_config.target_modules = resolved
+        else:
+            targets = []
+        self.peft_config[adapter_name] = config
+        try:
+            for key in targets:
+                self._wrap(spec, key, adapter_name, init_config)
+            self._wrap_modules_to_save(adapter_name, config)
+            if not config.base_model_name_or_path:
+                config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
+        except BaseException:
+            self.delete_adapter(adapter_name)
+            raise
+        if len(self.peft_config) == 1:  # first adapter: freeze the base; adapters (and chosen biases) train
+            for key, p in model.named_parameters():
+                p.requires_grad_(False)
+        self._apply_trainability()
+
+    def _add_task_heads(self, *configs: TargetedConfig) -> None:
+        """Classification heads are new and untrained: they train in full and save with the adapter."""
+        for config in configs:
+            heads = TASK_HEADS.get(config.task_type, []) if config.task_type else []
+            if heads:
+                config.modules_to_save = list(dict.fromkeys([*(config.modules_to_save or []), *heads]))
+
+    def _check_factories(self, spec: MethodSpec, targets: list[str]) -> None:
+        model = self.get_base_model()
+        for key in targets:
+            module = get_module(model, key)
+            if isinstance(module, spec.layer_cls):
+                continue
+            if isinstance(module, AdapterLayer) or spec.factory_for(module) is None:
+                supported = ", ".join(f.label for f in spec.layer_factories)
+                raise TargetError(
+                    f"module {key!r} is a {type(module).__name__}, which {spec.peft_type} cannot adapt "
+                    f"(supported: {supported}). Narrow target_modules or add it to exclude_modules."
+                )
+
+    def _wrap(self, spec: MethodSpec, key: str, adapter_name: str, config: PeftConfig) -> None:
+        model = self.get_base_model()
+        module = get_module(model, key)
+        if isinstance(module, spec.layer_cls):
+            module.add_adapter(adapter_name, config, key)
+        else:
+            set_module(model, key, spec.factory_for(module).build(module, adapter_name, config, key))
+
+    def _wrap_modules_to_save(self, adapter_name: str, config: PeftConfig) -> None:
+        names = getattr(config, "modules_to_save", None) or []
+        if not names:
+            return
+        model = self.get_base_model()
+        for key, module in list(iter_plain_modules(model)):
+            if not name_matches(key, names):
+                continue
+            if isinstance(module, ModulesToSaveWrapper):
+                module.add_adapter(adapter_name)
+            elif not isinstance(module, AdapterLayer):
+                set_module(model, key, ModulesToSaveWrapper(module, adapter_name))
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter; layers left without adapters get their original module back."""
+        self._check_names([adapter_name])
+        model = self.get_base_model()
+        for key, module in list(self._adapter_modules()):
+            module.delete_adapter(adapter_name)
+            if not module.adapter_names:
+                set_module(model, key, module.base_layer if isinstance(module, AdapterLayer) else module.original_module)
+        del self.peft_config[adapter_name]
+        self._active = [n for n in self._active if n != adapter_name]
+        if not self._active and self.peft_config:
+            self._active = [next(iter(self.peft_config))]
+        self._apply_trainability()
+
+    # ------------------------------------------------------------------ selecting adapters
+    def set_adapter(self, adapter_name: Union[str, list[str]]) -> None:
+        """Make one adapter (or several, summed) active; only active adapters train."""
+        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
+        self._check_names(names)
+        self._active = names
+        self._apply_trainability()
+
+    def _apply_trainability(self) -> None:
+        trainable = any(not self.peft_config[n].inference_mode for n in self._active)
+        for _, module in self._adapter_modules():
+            module.set_adapter(self._active, trainable=trainable)
+        model = self.get_base_model()
+        for name in self._active:
+            bias = getattr(self.peft_config[name], "bias", "none")
+            for p in checkpoint._bias_parameters(model, name, bias).values():
+                p.requires_grad_(trainable)
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Context manager: inside it the model computes exactly as the base model.
+
+        Example:
+            >>> with model.disable_adapter():  # doctest: +SKIP
+            ...     base_logits = model(input_ids).logits
+        """
+        modules = [m for _, m in self._adapter_modules()]
+        for m in modules:
+            m.disabled = True
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.disabled = False
+
+    # ------------------------------------------------------------------ running
+    @contextlib.contextmanager
+    def _rows(self, adapter_names: Optional[list[str]]) -> Iterator[None]:
+        if adapter_names is None:
+            yield
+            return
+        if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
+            raise AdapterError("adapter_names must be a list with one adapter name (or '__base__') per batch row")
+        self._check_names(list(dict.fromkeys(adapter_names)), allow_base=True)
+        if any(layer.merged_adapters for layer in self._adapter_layers()):
+            raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
+        modules = [m for _, m in self._adapter_modules()]
+        for m in modules:
+            m.row_adapters = list(adapter_names)
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.row_adapters = None
+
+    def forward(self, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any) -> Any:
+        """Call the model. ``adapter_names`` (one per row; ``"__base__"`` for none) mixes adapters in one batch."""
+        with self._rows(adapter_names):
+            return self.get_base_model()(*args, **kwargs)
+
+    def generate(self, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any) -> Any:
+        """``model.generate`` with the adapters applied; ``adapter_names`` as in :meth:`forward`."""
+        with self._rows(adapter_names):
+            return self.get_base_model().generate(*args, **kwargs)
+
+    # ------------------------------------------------------------------ merging
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        """Add the (active, or named) adapters into the base weights; forward then costs nothing extra.
+        With ``safe_merge`` every merged weight is checked for NaN/inf before any is changed."""
+        names = self._active if adapter_names is None else list(adapter_names)
+        self._check_names(names)
+        layers = list(self._adapter_layers())
+        if layers and not self._method().layer_cls.mergeable:
+            raise AdapterError(f"{self._method().peft_type} adapters cannot be merged into the base weights")
+        if safe_merge:
+            for layer in layers:
+                for name in names:
+                    if name in layer.adapter_names and name not in layer.merged_adapters:
+                        w = layer.base_layer.weight
+                        if not torch.isfinite(w.data + layer.delta_weight(name).to(w.dtype)).all():
+                            raise AdapterError(
+                                f"merging adapter {name!r} into {layer.key!r} gives NaN/inf weights; nothing was merged"
+                            )
+        for layer in layers:
+            layer.merge(names)
+
+    def unmerge_adapter(self) -> None:
+        """Take merged adapters out of the base weights again."""
+        for layer in self._adapter_layers():
+            layer.unmerge()
+
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> nn.Module:
+        """Merge the adapters and return the plain base model (adapter layers removed)."""
+        self.merge_adapter(adapter_names, safe_merge=safe_merge)
+        return self.unload()
+
+    def unload(self) -> nn.Module:
+        """Remove every adapter layer without merging and return the base model. Saved modules
+        (``modules_to_save``) keep the active adapter's trained copy, as in ``peft``."""
+        model = self.get_base_model()
+        for key, module in list(self._adapter_modules()):
+            if isinstance(module, AdapterLayer):
+                set_module(model, key, module.base_layer)
+            else:
+                keep = module.modules_to_save[module.active_adapter] if module.active_adapter else module.original_module
+                set_module(model, key, keep)
+        self.peft_config.clear()
+        self._active = []
+        return model
+
+    # ------------------------------------------------------------------ saving and loading
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        selected_adapters: Optional[list[str]] = None,
+        is_main_process: bool = True,
+        **_: Any,
+    ) -> None:
+        """Write each adapter as ``adapter_config.json`` + ``adapter_model.safetensors``: the
+        ``"default"`` adapter in ``save_directory``, others in ``save_directory/<name>/``."""
+        if not safe_serialization:
+            raise CheckpointError("peftkit writes safetensors only (pickle files can run code); drop safe_serialization=False")
+        names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
+        self._check_names(names)
+        if not is_main_process:
+            return
+        for name in names:
+            target = str(save_directory) if name == "default" else os.path.join(str(save_directory), name)
+            checkpoint.save_adapter_weights(checkpoint.get_peft_model_state_dict(self, adapter_name=name), target)
+            config = self.peft_config[name].model_copy(deep=True)
+            config.inference_mode = True  # a saved adapter loads for inference unless asked otherwise
+            config.save_pretrained(target)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: nn.Module,
+        model_id: str | os.PathLike,
+        adapter_name: str = "default",
+        is_trainable: bool = False,
+        config: Optional[PeftConfig] = None,
+        subfolder: Optional[str] = None,
+        revision: Optional[str] = None,
+        **kwargs: Any,
+    ) -> "PeftModel":
+        """Load a saved adapter (peftkit's or ``peft``'s) onto ``model``. If the adapter does not fit,
+        the error names the first mismatching module and ``model`` is left as it was."""
+        config = config or PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
+        config.inference_mode = not is_trainable
+        weights, path = checkpoint.load_adapter_weights(model_id, subfolder=subfolder, revision=revision)
+        peft_model = cls(model, None)
+        saved_grad = [(p, p.requires_grad) for p in model.parameters()]
+        try:
+            peft_model._load(adapter_name, config, weights, path)
+        except BaseException:
+            for p, flag in saved_grad:  # the model goes back exactly as it came
+                p.requires_grad_(flag)
+            raise
+        peft_model.set_adapter(adapter_name)
+        return peft_model
+
+    def load_adapter(
+        self,
+        model_id: str | os.PathLike,
+        adapter_name: str,
+        is_trainable: bool = False,
+        subfolder: Optional[str] = None,
+        revision: Optional[str] = None,
+        **kwargs: Any,
+    ) -> checkpoint.LoadResult:
+        """Load another saved adapter beside the existing ones (it is not made active)."""
+        config = PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
+        config.inference_mode = not is_trainable
+        weights, path = checkpoint.load_adapter_weights(model_id, subfolder=subfolder, revision=revision)
+        return self._load(adapter_name, config, weights, path)
+
+    def _load(self, adapter_name: str, config: PeftConfig, weights: dict, source: str) -> checkpoint.LoadResult:
+        # Initialisation is skipped (the saved values overwrite it); PiSSA/OLoRA must not touch the base.
+        self._inject(adapter_name, config, config.for_loading())
+        try:
+            result = checkpoint.set_peft_model_state_dict(self, weights, adapter_name=adapter_name, source=source)
+        except BaseException:
+            self.delete_adapter(adapter_name)
+            raise
+        self._apply_trainability()
+        return result
+
+
+def get_peft_model(model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default", **kwargs: Any) -> PeftModel:
+    """Add a new adapter to ``model`` and return the :class:`PeftModel` (``peft.get_peft_model``).
+
+    Example:
+        >>> import peftkit as pk
+        >>> model = pk.get_peft_model(base, pk.LoraConfig(r=16, target_modules="all-linear"))  # doctest: +SKIP
+    """
+    return PeftModel(model, peft_config, adapter_name=adapter_name)
+
+
+# peft exposes one class per task; in peftkit the task changes no logic, so these are names only.
+class PeftModelForCausalLM(PeftModel):
+    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+
+
+class PeftModelForSequenceClassification(PeftModel):
+    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+
+
+class PeftModelForSeq2SeqLM(PeftModel):
+    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+
+
+class PeftModelForTokenClassification(PeftModel):
+    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+
+
+class PeftModelForQuestionAnswering(PeftModel):
+    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+
+
+class PeftModelForFeatureExtraction(PeftModel):
+    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""

@@ -1,0 +1,128 @@
+"""The method registry: the only place that knows which adapter methods exist.
+
+A method is a :class:`MethodSpec`: its config class, the adapter-layer class its layers share,
+and a first-match list of :class:`LayerFactory` that wrap a target module. Generic code (injection,
+saving, merging, the training loop) asks the registry and never branches on a method's name.
+Built-in methods register themselves on import of :mod:`peftkit.methods`; other packages register
+through the ``peftkit.methods`` entry point group, loaded lazily on the first lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Callable, Optional
+
+import torch.nn as nn
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import PeftConfig
+    from .layers import AdapterLayer
+
+logger = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "peftkit.methods"
+
+
+@dataclass(frozen=True)
+class LayerFactory:
+    """Wraps one kind of module. ``matches(module)`` selects it; ``build(module, name, config, key)``
+    returns the adapter layer holding ``module`` as ``base_layer`` with adapter ``name`` added."""
+
+    label: str
+    matches: Callable[[nn.Module], bool]
+    build: Callable[[nn.Module, str, "PeftConfig", str], "AdapterLayer"]
+
+
+@dataclass
+class MethodSpec:
+    """Everything generic code needs to know about one adapter method.
+
+    Example:
+        >>> from peftkit.registry import get_method
+        >>> get_method("LORA").config_cls.__name__
+        'LoraConfig'
+    """
+
+    peft_type: str
+    config_cls: type["PeftConfig"]
+    layer_cls: type["AdapterLayer"]
+    layer_factories: list[LayerFactory] = field(default_factory=list)
+    # Called after every optimizer step during training (e.g. AdaLoRA's rank allocation).
+    on_step_end: Optional[Callable[..., None]] = None
+    # Extra loss terms (e.g. orthogonal regularisation), added by the training loop.
+    extra_loss: Optional[Callable[..., object]] = None
+
+    def factory_for(self, module: nn.Module) -> Optional[LayerFactory]:
+        """The first factory that accepts ``module``, or None."""
+        return next((f for f in self.layer_factories if f.matches(module)), None)
+
+
+_METHODS: dict[str, MethodSpec] = {}
+_plugins_loaded = False
+
+
+def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
+    """Add a method to the registry; ``replace=True`` overrides an existing one of that name.
+
+    Example:
+        >>> register_method(MethodSpec("MY_METHOD", MyConfig, MyLayer, [my_linear_factory]))  # doctest: +SKIP
+    """
+    if spec.peft_type in _METHODS and not replace and _METHODS[spec.peft_type] is not spec:
+        raise ValueError(f"method {spec.peft_type!r} is already registered; pass replace=True to override it")
+    if spec.config_cls.peft_type != spec.peft_type:
+        raise ValueError(
+            f"{spec.config_cls.__name__}.peft_type is {spec.config_cls.peft_type!r}, expected {spec.peft_type!r}"
+        )
+    _METHODS[spec.peft_type] = spec
+    return spec
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from . import methods  # noqa: F401  (built-ins register on import)
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = ep.load()
+            # An entry point may name a module (registering on import), a spec, or a function
+            # returning specs; all three are accepted.
+            if isinstance(loaded, MethodSpec):
+                register_method(loaded)
+            elif callable(loaded) and not isinstance(loaded, type):
+                for spec in loaded() or []:
+                    register_method(spec)
+        except Exception as e:  # a broken plugin must not break peftkit
+            logger.warning("peftkit plugin %r (%s) failed to load: %s", ep.name, ep.value, e)
+
+
+def get_method(peft_type: str, source: str = "config") -> MethodSpec:
+    """Look a method up by its ``peft_type`` (e.g. ``"LORA"``)."""
+    _load_plugins()
+    key = str(getattr(peft_type, "value", peft_type))
+    if key not in _METHODS:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(_METHODS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"Invalid {source}:",
+            [("peft_type", f"unknown method {key!r} (known: {', '.join(sorted(_METHODS))}){hint}")],
+        )
+    return _METHODS[key]
+
+
+def method_for_config(config: "PeftConfig") -> MethodSpec:
+    """The spec registered for a config instance's class."""
+    return get_method(config.peft_type, source=type(config).__name__)
+
+
+def registered_methods() -> dict[str, MethodSpec]:
+    """All methods, built-in and plugins, by ``peft_type``."""
+    _load_plugins()
+    return dict(_METHODS)

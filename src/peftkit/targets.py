@@ -1,0 +1,181 @@
+"""Which modules an adapter adapts: ``peft``'s matching rules, written once for every method.
+
+``target_modules`` may be a list of names (a module matches when its full key equals a name or
+ends with ``"." + name``), a regex (full match against the key), or ``"all-linear"`` (every
+``nn.Linear`` / GPT-2 ``Conv1D`` except the output head). ``exclude_modules`` uses the same rules;
+``layers_to_transform`` / ``layers_pattern`` keep only some blocks of the stack.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator, Optional
+
+import torch.nn as nn
+
+from .config import TargetedConfig, TaskType
+from .errors import TargetError
+
+ALL_LINEAR = "all-linear"
+
+# Used when a config leaves target_modules unset, as peft does (attention projections).
+DEFAULT_TARGETS: dict[str, list[str]] = {
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "mixtral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "gemma": ["q_proj", "v_proj"],
+    "gemma2": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj"],
+    "opt": ["q_proj", "v_proj"],
+    "gpt2": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+    "gptj": ["q_proj", "v_proj"],
+    "falcon": ["query_key_value"],
+    "bloom": ["query_key_value"],
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "deberta-v2": ["query_proj", "value_proj"],
+    "distilbert": ["q_lin", "v_lin"],
+    "t5": ["q", "v"],
+    "mt5": ["q", "v"],
+    "bart": ["q_proj", "v_proj"],
+}
+
+# Heads that a classification-style task trains fully and saves with the adapter (peft's names).
+TASK_HEADS: dict[TaskType, list[str]] = {
+    TaskType.SEQ_CLS: ["classifier", "score"],
+    TaskType.TOKEN_CLS: ["classifier", "score"],
+    TaskType.QUESTION_ANS: ["qa_outputs"],
+}
+
+
+def iter_plain_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    """Like ``named_modules()``, but an adapter layer or saved-module wrapper is yielded as one
+    module: its insides (``base_layer``, ``lora_A``, ...) are never targets themselves."""
+    from .layers import AdapterLayer, ModulesToSaveWrapper
+
+    for name, child in model.named_children():
+        key = f"{prefix}.{name}" if prefix else name
+        yield key, child
+        if not isinstance(child, (AdapterLayer, ModulesToSaveWrapper)):
+            yield from iter_plain_modules(child, key)
+
+
+def name_matches(key: str, names: str | list[str]) -> bool:
+    """``peft``'s rule: a regex must match the whole key; a name matches the key or its tail."""
+    if isinstance(names, str):
+        return re.fullmatch(names, key) is not None
+    return any(key == n or key.endswith("." + n) for n in names)
+
+
+def layer_index(key: str, layers_pattern: Optional[str | list[str]]) -> Optional[int]:
+    """Index of the block a module lives in, e.g. 3 for ``model.layers.3.mlp.up_proj``."""
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) else (layers_pattern or [])
+    if not patterns:
+        # the first numbered segment, so experts inside a block ("experts.0") are not mistaken for it
+        m = re.match(r".*?\.[^.]*\.(\d+)\.", key)
+        return int(m.group(1)) if m else None
+    for pattern in patterns:
+        m = re.match(rf"(?:^|.*?\.){pattern}\.(\d+)\.", key)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def pattern_value(patterns: dict, key: str, default):
+    """Per-module override (``rank_pattern`` / ``alpha_pattern``): the first pattern that matches
+    the key's tail wins, as in ``peft``."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", key):
+            return value
+    return default
+
+
+def _output_head_names(model: nn.Module, task_type: Optional[TaskType]) -> set[str]:
+    """The LM head (and, for classifiers, the classification head): 'all-linear' leaves them alone."""
+    heads: list[nn.Module] = []
+    get_out = getattr(model, "get_output_embeddings", None)
+    out = get_out() if callable(get_out) else None
+    if out is not None:
+        heads.append(out)
+    for name in TASK_HEADS.get(task_type, []) if task_type else []:
+        if isinstance(getattr(model, name, None), nn.Module):
+            heads.append(getattr(model, name))
+    return {key for key, module in model.named_modules() if any(module is h for h in heads)}
+
+
+def _is_linear(module: nn.Module) -> bool:
+    from .layers import AdapterLayer
+
+    if isinstance(module, AdapterLayer):
+        module = module.base_layer
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def resolve_target_modules(model: nn.Module, config: TargetedConfig) -> Optional[str | list[str]]:
+    """``target_modules`` as concrete names: expands ``"all-linear"`` and the per-architecture
+    default used when it is unset."""
+    targets = config.target_modules
+    if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
+        skip = _output_head_names(model, config.task_type)
+        return [key for key, m in iter_plain_modules(model) if _is_linear(m) and key not in skip]
+    if targets is None:
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in DEFAULT_TARGETS:
+            raise TargetError(
+                f"target_modules is not set and peftkit has no default for model type {model_type!r}; "
+                "set target_modules, e.g. target_modules='all-linear' or a list such as ['q_proj', 'v_proj']"
+            )
+        return list(DEFAULT_TARGETS[model_type])
+    return targets
+
+
+def is_target(key: str, config: TargetedConfig, targets: str | list[str]) -> bool:
+    """Whether the module named ``key`` is adapted under ``config`` (targets already resolved)."""
+    if config.exclude_modules and name_matches(key, config.exclude_modules):
+        return False
+    # a module that is trained in full (modules_to_save) never also gets an adapter
+    for name in config.modules_to_save or []:
+        if re.match(rf"(^|.*\.){re.escape(name)}($|\..*)", key):
+            return False
+    if not name_matches(key, targets):
+        return False
+    if config.layers_to_transform is not None and not isinstance(targets, str):
+        idx = layer_index(key, config.layers_pattern)
+        wanted = config.layers_to_transform
+        wanted = [wanted] if isinstance(wanted, int) else wanted
+        return idx is not None and idx in wanted
+    return True
+
+
+def find_targets(model: nn.Module, config: TargetedConfig) -> list[str]:
+    """Keys of the modules ``config`` adapts, in model order; an error if there are none.
+
+    Example:
+        >>> find_targets(model, LoraConfig(target_modules=["q_proj"]))  # doctest: +SKIP
+        ['model.layers.0.self_attn.q_proj', 'model.layers.1.self_attn.q_proj']
+    """
+    targets = resolve_target_modules(model, config)
+    keys = [key for key, _ in iter_plain_modules(model) if is_target(key, config, targets)]
+    if not keys:
+        raise TargetError(_nothing_matched(model, config, targets))
+    return keys
+
+
+def _nothing_matched(model: nn.Module, config: TargetedConfig, targets) -> str:
+    names = [key for key, m in iter_plain_modules(model) if not list(m.children())]
+    leaf_names = sorted({k.rsplit(".", 1)[-1] for k in names})
+    sample = ", ".join(leaf_names[:12]) + (", ..." if len(leaf_names) > 12 else "")
+    extra = ""
+    if config.layers_to_transform is not None:
+        extra = f" with layers_to_transform={config.layers_to_transform!r}"
+    if config.exclude_modules:
+        extra += f" after exclude_modules={config.exclude_modules!r}"
+    return (
+        f"target_modules={config.target_modules!r} matched no module of {type(model).__name__}{extra}. "
+        f"Its leaf module names include: {sample}. "
+        "Use one of these names, a regex over the full module path, or 'all-linear'."
+    )
