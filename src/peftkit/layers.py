@@ -71,9 +71,10 @@ class AdapterLayer(_ForwardsToBase):
     adapter_setting_names: tuple[str, ...] = ()
     mergeable: bool = True
 
-    def __init__(self, base_layer: nn.Module):
+    def __init__(self, base_layer: nn.Module, key: str = ""):
         super().__init__()
         self.base_layer = base_layer
+        self.key = key  # the module's path in the model, for error messages
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self.disabled = False

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
+from collections import Counter
 from typing import Any, Iterator, Optional, Union
 
 import torch
@@ -131,8 +133,9 @@ class PeftModel(nn.Module):
         spec = method_for_config(config)
         if self.peft_config and self._method().peft_type != spec.peft_type:
             raise AdapterError(f"this model holds {self._method().peft_type} adapters; {spec.peft_type} cannot be added beside them")
+        same = init_config is config
         config = config.model_copy(deep=True)
-        init_config = config if init_config is config else init_config.model_copy(deep=True)
+        init_config = config if same else init_config.model_copy(deep=True)
         model = self.get_base_model()
         if isinstance(config, TargetedConfig):
             self._add_task_heads(config, init_config)
@@ -296,8 +299,22 @@ class PeftModel(nn.Module):
                             raise AdapterError(
                                 f"merging adapter {name!r} into {layer.key!r} gives NaN/inf weights; nothing was merged"
                             )
+        self._untie_before_merge(layers, names)
         for layer in layers:
             layer.merge(names)
+
+    def _untie_before_merge(self, layers: list[AdapterLayer], names: list[str]) -> None:
+        """A weight shared with another module (a tied input embedding and LM head) gets its own
+        copy before merging, so merging changes only the adapted module, exactly as unmerged."""
+        model = self.get_base_model()
+        uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+        for layer in layers:
+            w = layer.base_layer.weight
+            if uses[id(w)] > 1 and any(n in layer.adapter_names and n not in layer.merged_adapters for n in names):
+                layer.base_layer.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
+                warnings.warn(f"{layer.key!r} shares its weight with another module (tied embeddings); merging unties it")
+                if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+                    model.config.tie_word_embeddings = False  # saved merged models must not re-tie on load
 
     def unmerge_adapter(self) -> None:
         """Take merged adapters out of the base weights again."""

@@ -45,14 +45,13 @@ class LoraLayer(AdapterLayer):
     tensor_holder: type[nn.Module] = nn.ModuleDict
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: "LoraConfig", key: str):
-        super().__init__(base_layer)
+        super().__init__(base_layer, key)
         for attr in self.adapter_param_names:
             setattr(self, attr, self.tensor_holder())
         self.lora_dropout = nn.ModuleDict()
         self.r: dict[str, int] = {}
         self.lora_alpha: dict[str, float] = {}
         self.scaling: dict[str, float] = {}
-        self.key = key
         self.add_adapter(adapter_name, config, key)
 
     def add_adapter(self, adapter_name: str, config: "LoraConfig", key: str) -> None:
