@@ -125,10 +125,10 @@ class AdapterLayer(_ForwardsToBase):
         """Remove an adapter's tensors and settings from this layer."""
         if adapter_name in self.merged_adapters:
             raise AdapterError(f"adapter {adapter_name!r} is merged into {type(self).__name__}; unmerge it before deleting")
-        for attr in self.adapter_param_names:
-            getattr(self, attr).pop(adapter_name, None)
-        for attr in self.adapter_setting_names:
-            getattr(self, attr).pop(adapter_name, None)
+        for attr in (*self.adapter_param_names, *self.adapter_setting_names):
+            holder = getattr(self, attr)
+            if adapter_name in holder:
+                del holder[adapter_name]
         self.active_adapters = [n for n in self.active_adapters if n != adapter_name]
 
     def merge(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
@@ -223,7 +223,8 @@ class ModulesToSaveWrapper(_ForwardsToBase):
             module.requires_grad_(trainable and name == self.active_adapter)
 
     def delete_adapter(self, adapter_name: str) -> None:
-        self.modules_to_save.pop(adapter_name, None)
+        if adapter_name in self.modules_to_save:
+            del self.modules_to_save[adapter_name]
         if self.active_adapter == adapter_name:
             self.active_adapter = None
 

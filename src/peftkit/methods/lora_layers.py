@@ -167,7 +167,9 @@ class LoraEmbedding(LoraLayer):
         self.lora_embedding_B[adapter_name] = nn.Parameter(torch.randn(dim, r))
 
     def init_tensors(self, adapter_name: str, init: bool | str) -> None:
-        if init is not False:  # every initialisation starts embeddings at A = 0 (peft does the same)
+        if isinstance(init, str) and init != "gaussian":
+            super().init_tensors(adapter_name, init)  # PiSSA/OLoRA: a clear error, not a silent default
+        if init is not False:  # True and "gaussian" start embeddings at A = 0, B ~ N(0, 1), as peft does
             nn.init.zeros_(self.lora_embedding_A[adapter_name])
             nn.init.normal_(self.lora_embedding_B[adapter_name])
 
