@@ -1,0 +1,75 @@
+"""The ``peftkit`` command line. Each sub-command is a small function; ``peftkit --help`` lists them.
+
+Example:
+    $ peftkit inspect smollm2-135m-instruct --target-modules all-linear
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional
+
+from . import __version__
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """Show a model's modules, which of them ``--target-modules`` adapts, and the trainable count."""
+    from .config import TaskType
+    from .errors import PeftkitError
+    from .methods.lora import LoraConfig
+    from .models import load_model
+    from .model import get_peft_model
+    from .targets import find_targets, iter_plain_modules
+
+    model = load_model(args.model, task_type=args.task_type)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"{type(model).__name__}: {total:,d} parameters")
+    if args.target_modules is None:
+        kinds: dict[str, list[str]] = {}
+        for key, module in iter_plain_modules(model):
+            if not list(module.children()):
+                kinds.setdefault(type(module).__name__, []).append(key.rsplit(".", 1)[-1])
+        for kind, names in sorted(kinds.items()):
+            print(f"  {kind:<24} {len(names):>5}  e.g. {', '.join(sorted(set(names))[:8])}")
+        print("Pass --target-modules (names, a regex or 'all-linear') to see what an adapter would adapt.")
+        return 0
+    # one value that is 'all-linear' or flagged as a regex is a string; anything else a list of names
+    single = len(args.target_modules) == 1 and (args.regex or args.target_modules[0] == "all-linear")
+    targets = args.target_modules[0] if single else args.target_modules
+    try:
+        config = LoraConfig(r=args.r, target_modules=targets, task_type=TaskType(args.task_type))
+        keys = find_targets(model, config)
+        peft_model = get_peft_model(model, config)
+    except PeftkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for key in keys:
+        print(f"  adapts {key}")
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    print(f"{len(keys)} modules; LoRA r={args.r}: {trainable:,d} trainable of {total:,d} ({100 * trainable / total:.3f}%)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning, peft-compatible.")
+    parser.add_argument("--version", action="version", version=f"peftkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="list a model's modules and what target_modules would adapt")
+    p.add_argument("model", help="bundled name (smollm2-135m-instruct, minilm-l6), HF id or local path")
+    p.add_argument("--target-modules", nargs="+", help="module names, 'all-linear', or a regex with --regex")
+    p.add_argument("--regex", action="store_true", help="treat the single --target-modules value as a regex")
+    p.add_argument("--r", type=int, default=8, help="LoRA rank for the trainable-parameter count (default 8)")
+    p.add_argument("--task-type", default="CAUSAL_LM", help="CAUSAL_LM, SEQ_CLS, ... (picks the model class)")
+    p.set_defaults(func=_inspect)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the ``peftkit`` console script."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
