@@ -78,13 +78,35 @@ def _adapter_entries(model: nn.Module, adapter_name: str, config: PeftConfig) ->
     return entries
 
 
+def _embedding_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The embedding tables of a transformers model under their parameter paths: the adapted ones
+    if an adapter targets an embedding (as peft), otherwise the input and output tables."""
+    getters = [getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)]
+    layers = [layer for layer in (g() for g in getters if callable(g)) if layer is not None]
+    found: dict[str, nn.Parameter] = {}
+    for key, module in iter_plain_modules(model):
+        if any(module is layer for layer in layers):
+            if isinstance(module, AdapterLayer):
+                found[f"{key}.base_layer.weight"] = module.base_layer.weight
+            else:
+                found[f"{key}.weight"] = module.weight
+    adapted = {k: p for k, p in found.items() if k.endswith(".base_layer.weight")}
+    return adapted or found
+
+
 def get_peft_model_state_dict(
-    model: "PeftModel", state_dict: Optional[dict[str, torch.Tensor]] = None, adapter_name: str = "default", **_: Any
+    model: "PeftModel",
+    state_dict: Optional[dict[str, torch.Tensor]] = None,
+    adapter_name: str = "default",
+    save_embedding_layers: bool = False,
+    **_: Any,
 ) -> dict[str, torch.Tensor]:
     """The adapter's tensors under their checkpoint keys (as ``peft.get_peft_model_state_dict``).
 
     ``state_dict``, if given (e.g. gathered by accelerate/DeepSpeed), supplies the values, looked
-    up under the PeftModel's own parameter names.
+    up under the PeftModel's own parameter names. ``save_embedding_layers=True`` adds the full
+    input/output embedding tables (needed only when the vocabulary was resized); unlike ``peft``'s
+    ``"auto"`` it is off by default, so targeting ``embed_tokens`` keeps the adapter small.
 
     Example:
         >>> sd = get_peft_model_state_dict(peft_model)  # doctest: +SKIP
@@ -92,6 +114,8 @@ def get_peft_model_state_dict(
     if adapter_name not in model.peft_config:
         raise CheckpointError(f"unknown adapter {adapter_name!r}; this model has {sorted(model.peft_config)}")
     live = adapter_tensors(model.get_base_model(), adapter_name, model.peft_config[adapter_name])
+    if save_embedding_layers is True:
+        live.update({PREFIX + k: p for k, p in _embedding_parameters(model.get_base_model()).items()})
     if state_dict is None:
         return {k: p.detach() for k, p in live.items()}
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}

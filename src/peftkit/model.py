@@ -347,10 +347,12 @@ class PeftModel(nn.Module):
         safe_serialization: bool = True,
         selected_adapters: Optional[list[str]] = None,
         is_main_process: bool = True,
+        save_embedding_layers: bool = False,
         **_: Any,
     ) -> None:
         """Write each adapter as ``adapter_config.json`` + ``adapter_model.safetensors``: the
-        ``"default"`` adapter in ``save_directory``, others in ``save_directory/<name>/``."""
+        ``"default"`` adapter in ``save_directory``, others in ``save_directory/<name>/``.
+        ``save_embedding_layers=True`` also writes the embedding tables (after a vocabulary resize)."""
         if not safe_serialization:
             raise CheckpointError("peftkit writes safetensors only (pickle files can run code); drop safe_serialization=False")
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
@@ -359,7 +361,8 @@ class PeftModel(nn.Module):
             return
         for name in names:
             target = str(save_directory) if name == "default" else os.path.join(str(save_directory), name)
-            checkpoint.save_adapter_weights(checkpoint.get_peft_model_state_dict(self, adapter_name=name), target)
+            tensors = checkpoint.get_peft_model_state_dict(self, adapter_name=name, save_embedding_layers=save_embedding_layers)
+            checkpoint.save_adapter_weights(tensors, target)
             config = self.peft_config[name].model_copy(deep=True)
             config.inference_mode = True  # a saved adapter loads for inference unless asked otherwise
             config.save_pretrained(target)
@@ -416,6 +419,8 @@ class PeftModel(nn.Module):
             self.delete_adapter(adapter_name)
             raise
         self._apply_trainability()
+        if config.inference_mode:
+            self.eval()  # an adapter loaded for inference runs without dropout, as in peft
         return result
 
 

@@ -84,6 +84,13 @@ class LoraConfig(TargetedConfig):
                 return low
         raise ValueError("must be True, False, 'gaussian', 'pissa', 'pissa_niter_<n>' or 'olora'")
 
+    @field_validator("alpha_pattern")
+    @classmethod
+    def _alphas(cls, value: dict[str, float]) -> dict[str, float]:
+        for alpha in value.values():
+            finite_number(alpha, "alpha_pattern")
+        return value
+
     @field_validator("rank_pattern")
     @classmethod
     def _ranks(cls, value: dict[str, int]) -> dict[str, int]:
