@@ -96,22 +96,39 @@ class PeftConfig(BaseModel):
     inference_mode: bool = False
 
     def __init__(self, **data: Any):
+        title = f"Invalid {type(self).__name__}:"
         try:
             super().__init__(**data)
         except ValidationError as e:
-            fields = list(type(self).model_fields)
-            title = f"Invalid {type(self).__name__}:"
-            raise ConfigError(title, _problems(type(self).__name__, e, fields)) from None
+            problems = _problems(type(self).__name__, e, list(type(self).model_fields))
+            raise ConfigError(title, problems + self._cross_field_problems(data, problems)) from None
         problems = self.check()
         if problems:
-            raise ConfigError(f"Invalid {type(self).__name__}:", problems)
+            raise ConfigError(title, problems)
+
+    @classmethod
+    def _cross_field_problems(cls, data: dict[str, Any], known: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Cross-field checks on unvalidated input, so that every problem is reported at once."""
+        fields = set(cls.model_fields)
+        try:
+            draft = cls.model_construct(**{k: v for k, v in data.items() if k in fields})
+            found = draft.check()
+        except Exception:  # the invalid values already reported may make the checks meaningless
+            return []
+        reported = {path for path, _ in known}
+        return [(path, msg) for path, msg in found if path not in reported]
 
     def __setattr__(self, name: str, value: Any) -> None:
+        title = f"Invalid {type(self).__name__}:"
+        old = getattr(self, name, None)
         try:
             super().__setattr__(name, value)
         except ValidationError as e:
-            fields = list(type(self).model_fields)
-            raise ConfigError(f"Invalid {type(self).__name__}:", _problems(type(self).__name__, e, fields)) from None
+            raise ConfigError(title, _problems(type(self).__name__, e, list(type(self).model_fields))) from None
+        problems = self.check() if name in type(self).model_fields else []
+        if problems:
+            super().__setattr__(name, old)  # leave the config as it was
+            raise ConfigError(title, problems)
 
     def check(self) -> list[tuple[str, str]]:
         """Cross-field checks; return ``(field, problem)`` pairs. Subclasses extend this."""
@@ -290,7 +307,8 @@ class TargetedConfig(PeftConfig):
         return problems
 
 
-def finite_number(value: float, field: str) -> float:
-    if isinstance(value, bool) or not math.isfinite(float(value)):
+def finite_number(value: Any, field: str) -> Any:
+    """Validator helper: a real int/float (not a bool), finite."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
         raise ValueError("must be a finite number")
     return value

@@ -9,6 +9,7 @@ everything else (selection, disabling, merging, mixed batches) is written here o
 
 from __future__ import annotations
 
+import abc
 import copy
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
@@ -54,7 +55,7 @@ class _ForwardsToBase(nn.Module):
             return getattr(super().__getattr__(self._wrapped_attr), name)
 
 
-class AdapterLayer(_ForwardsToBase):
+class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
     """Base class of every adapter layer.
 
     Example (a method's layer)::
@@ -82,13 +83,13 @@ class AdapterLayer(_ForwardsToBase):
         self.row_adapters: Optional[list[str]] = None
 
     # ------------------------------------------------------------------ methods implement these
+    @abc.abstractmethod
     def add_adapter(self, adapter_name: str, config: "PeftConfig", key: str) -> None:
         """Create the tensors of a new adapter for this layer."""
-        raise NotImplementedError(f"{type(self).__name__} must implement add_adapter")
 
+    @abc.abstractmethod
     def delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
         """What ``adapter_name`` adds to the base layer's output for input ``x``."""
-        raise NotImplementedError(f"{type(self).__name__} must implement delta")
 
     def delta_weight(self, adapter_name: str) -> torch.Tensor:
         """The change to ``base_layer.weight`` (same layout) that merging this adapter makes."""

@@ -23,7 +23,7 @@ from .config import PeftConfig, TargetedConfig
 from .errors import AdapterError, CheckpointError, TargetError
 from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper, _ForwardsToBase
 from .registry import MethodSpec, method_for_config
-from .targets import TASK_HEADS, find_targets, iter_plain_modules, name_matches, resolve_target_modules
+from .targets import TASK_HEADS, find_targets, iter_plain_modules, modules_to_save_for, name_matches, resolve_target_modules
 from .tree import get_module, set_module
 
 
@@ -162,11 +162,11 @@ class PeftModel(nn.Module):
         self._apply_trainability()
 
     def _add_task_heads(self, *configs: TargetedConfig) -> None:
-        """Classification heads are new and untrained: they train in full and save with the adapter."""
+        """Classification heads are new and untrained: they train in full and save with the adapter
+        (written into the saved config, so peft loading it knows too)."""
         for config in configs:
-            heads = TASK_HEADS.get(config.task_type, []) if config.task_type else []
-            if heads:
-                config.modules_to_save = list(dict.fromkeys([*(config.modules_to_save or []), *heads]))
+            if config.task_type in TASK_HEADS:
+                config.modules_to_save = modules_to_save_for(config)
 
     def _check_factories(self, spec: MethodSpec, targets: list[str]) -> None:
         model = self.get_base_model()

@@ -133,17 +133,23 @@ def resolve_target_modules(model: nn.Module, config: TargetedConfig) -> Optional
     return targets
 
 
+def modules_to_save_for(config: TargetedConfig) -> list[str]:
+    """``modules_to_save`` plus the heads its task trains in full (a new classifier is untrained)."""
+    heads = TASK_HEADS.get(config.task_type, []) if config.task_type else []
+    return list(dict.fromkeys([*(config.modules_to_save or []), *heads]))
+
+
 def is_target(key: str, config: TargetedConfig, targets: str | list[str]) -> bool:
     """Whether the module named ``key`` is adapted under ``config`` (targets already resolved)."""
     if config.exclude_modules and name_matches(key, config.exclude_modules):
         return False
     # a module that is trained in full (modules_to_save) never also gets an adapter
-    for name in config.modules_to_save or []:
+    for name in modules_to_save_for(config):
         if re.match(rf"(^|.*\.){re.escape(name)}($|\..*)", key):
             return False
     if not name_matches(key, targets):
         return False
-    if config.layers_to_transform is not None and not isinstance(targets, str):
+    if config.layers_to_transform not in (None, []) and not isinstance(targets, str):  # [] means all, as in peft
         idx = layer_index(key, config.layers_pattern)
         wanted = config.layers_to_transform
         wanted = [wanted] if isinstance(wanted, int) else wanted

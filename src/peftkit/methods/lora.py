@@ -54,14 +54,14 @@ class LoraConfig(TargetedConfig):
     rank_pattern: dict[str, int] = {}
     alpha_pattern: dict[str, Union[int, float]] = {}
 
-    @field_validator("r")
+    @field_validator("r", mode="before")
     @classmethod
-    def _positive_rank(cls, value: int) -> int:
-        if value <= 0:
+    def _positive_rank(cls, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError("must be a positive integer (the adapter rank, e.g. 8 or 16)")
         return value
 
-    @field_validator("lora_alpha")
+    @field_validator("lora_alpha", mode="before")
     @classmethod
     def _alpha(cls, value: float) -> float:
         return finite_number(value, "lora_alpha")
@@ -84,7 +84,7 @@ class LoraConfig(TargetedConfig):
                 return low
         raise ValueError("must be True, False, 'gaussian', 'pissa', 'pissa_niter_<n>' or 'olora'")
 
-    @field_validator("alpha_pattern")
+    @field_validator("alpha_pattern", mode="before")
     @classmethod
     def _alphas(cls, value: dict[str, float]) -> dict[str, float]:
         for alpha in value.values():
@@ -94,9 +94,8 @@ class LoraConfig(TargetedConfig):
     @field_validator("rank_pattern")
     @classmethod
     def _ranks(cls, value: dict[str, int]) -> dict[str, int]:
-        bad = {k: v for k, v in value.items() if v <= 0}
-        if bad:
-            raise ValueError(f"every rank must be a positive integer, not {bad}")
+        if any(v <= 0 for v in value.values()):
+            raise ValueError("every rank must be a positive integer")
         return value
 
 

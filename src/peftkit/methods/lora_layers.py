@@ -8,6 +8,7 @@ with rsLoRA). ``lora_B`` starts at zero, so a new adapter leaves the model's out
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import TYPE_CHECKING
 
@@ -73,9 +74,9 @@ class LoraLayer(AdapterLayer):
                 else:
                     entry.to(device=weight.device, dtype=adapter_dtype(weight))
 
+    @abc.abstractmethod
     def create_tensors(self, adapter_name: str, r: int) -> None:
         """Create ``lora_A[adapter_name]`` and ``lora_B[adapter_name]`` for this layer type."""
-        raise TypeError(f"{type(self).__name__} does not define create_tensors")
 
     def init_tensors(self, adapter_name: str, init: bool | str) -> None:
         """``True``: A like ``nn.Linear`` (Kaiming-uniform), B zero. ``"gaussian"``: A ~ N(0, 1/r).
