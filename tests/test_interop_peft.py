@@ -164,6 +164,25 @@ def test_tiny_models_are_deterministic():
             assert torch.equal(x, y), f"{family}: {name} differs between two factory calls"
 
 
+# peft's save_embedding_layers="auto" writes the whole embedding table when an embedding is
+# targeted; peftkit writes it only when asked (README: it is needed only after a vocabulary
+# resize). These cases compare with the table asked for; test_embedding_table_is_opt_in covers the default.
+SAVES_EMBEDDING_TABLE = {"llama_embedding"}
+
+
+def test_embedding_table_is_opt_in(tmp_path):
+    family, kwargs = case_setup("llama_embedding")
+    model = pk.get_peft_model(make_model(family), pk.LoraConfig(**kwargs))
+    randomize(model, "llama_embedding", seed=3)
+    model.save_pretrained(tmp_path)
+    keys = load_file(tmp_path / "adapter_model.safetensors").keys()
+    assert not any(k.endswith("base_layer.weight") for k in keys)
+    # without the table the file still loads in peft with the same outputs
+    inputs = example_inputs(family)
+    ref = peft.PeftModel.from_pretrained(make_model(family), tmp_path)
+    assert_outputs_close(model_outputs(ref, inputs), model_outputs(model, inputs), "peft loading peftkit's small file")
+
+
 # ---------------------------------------------------------------------------------------------
 # (a) peft -> peftkit
 
@@ -182,7 +201,9 @@ def test_peft_checkpoint_loads_in_peftkit(case, tmp_path):
     assert_outputs_close(model_outputs(model, inputs), want, f"{case}: peftkit loading peft's checkpoint")
 
     saved = load_file(tmp_path / "adapter_model.safetensors")
-    assert_state_dicts_equal(pk.get_peft_model_state_dict(model), saved, f"{case}: peftkit state dict vs file")
+    with_table = case in SAVES_EMBEDDING_TABLE
+    got = pk.get_peft_model_state_dict(model, save_embedding_layers=with_table)
+    assert_state_dicts_equal(got, saved, f"{case}: peftkit state dict vs file")
     # Loaded for inference, nothing is trainable. (peft 0.21 leaves the biases of bias="all" /
     # "lora_only" trainable here, a quirk not worth copying; is_trainable=True is compared below.)
     assert trainable_numels(model) == (0, 0), f"{case}: trainable after from_pretrained(is_trainable=False)"
@@ -248,7 +269,7 @@ def _save_both(case: str, root: Path, adapter_name: str = "default") -> tuple[Pa
     """Save the same config once with peftkit and once with peft; return both adapter folders."""
     family, kwargs = case_setup(case)
     pk_model = pk.get_peft_model(make_model(family), pk.LoraConfig(**kwargs), adapter_name=adapter_name)
-    pk_model.save_pretrained(root / "peftkit")
+    pk_model.save_pretrained(root / "peftkit", save_embedding_layers=case in SAVES_EMBEDDING_TABLE)
     ref = peft.get_peft_model(make_model(family), peft.LoraConfig(**kwargs), adapter_name=adapter_name)
     ref.save_pretrained(root / "peft")
     return adapter_dir(root / "peftkit", adapter_name), adapter_dir(root / "peft", adapter_name)
