@@ -22,8 +22,6 @@ import pytest
 import torch
 from peft.tuners.tuners_utils import check_target_module_exists
 from safetensors.torch import load_file
-
-import peftkit as pk
 from tiny_models import (
     FAMILIES,
     TASK_TYPES,
@@ -32,6 +30,8 @@ from tiny_models import (
     model_outputs,
     randomize_lora_weights,
 )
+
+import peftkit as pk
 
 pytestmark = [
     pytest.mark.usefixtures("torch_single_thread"),

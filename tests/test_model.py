@@ -10,7 +10,12 @@ import pytest
 import torch
 import torch.nn as nn
 from toy_models import TOYS
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 import peftkit as pk
 

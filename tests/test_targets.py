@@ -13,6 +13,12 @@ import warnings
 import peft
 import pytest
 import torch.nn as nn
+from tiny_models import (
+    tiny_bert_classifier,
+    tiny_bert_token_classifier,
+    tiny_gpt2,
+    tiny_llama,
+)
 
 import peftkit as pk
 from peftkit import LoraConfig, TargetError
@@ -25,7 +31,6 @@ from peftkit.targets import (
     pattern_value,
     resolve_target_modules,
 )
-from tiny_models import tiny_bert_classifier, tiny_bert_token_classifier, tiny_gpt2, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -350,7 +355,9 @@ def test_default_targets_when_unset(factory, expected):
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2", "bert", "t5"])
 def test_default_targets_equal_peft(model_type):
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS,
+    )
 
     assert DEFAULT_TARGETS[model_type] == PEFT_DEFAULTS[model_type]
 

@@ -7,7 +7,13 @@ Example:
 
 from .checkpoint import get_peft_model_state_dict, set_peft_model_state_dict
 from .config import PeftConfig, PeftType, TaskType
-from .errors import AdapterError, CheckpointError, ConfigError, PeftkitError, TargetError
+from .errors import (
+    AdapterError,
+    CheckpointError,
+    ConfigError,
+    PeftkitError,
+    TargetError,
+)
 from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper
 from .methods.lora import LoraConfig
 from .model import (
@@ -20,7 +26,13 @@ from .model import (
     PeftModelForTokenClassification,
     get_peft_model,
 )
-from .registry import LayerFactory, MethodSpec, get_method, register_method, registered_methods
+from .registry import (
+    LayerFactory,
+    MethodSpec,
+    get_method,
+    register_method,
+    registered_methods,
+)
 
 __version__ = "0.1.0"
 

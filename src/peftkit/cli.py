@@ -18,8 +18,8 @@ def _inspect(args: argparse.Namespace) -> int:
     from .config import TaskType
     from .errors import PeftkitError
     from .methods.lora import LoraConfig
-    from .models import load_model
     from .model import get_peft_model
+    from .models import load_model
     from .targets import find_targets, iter_plain_modules
 
     model = load_model(args.model, task_type=args.task_type)

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
-from collections import Counter
 from typing import Any, Iterator, Optional, Union
 
-import torch
 import torch.nn as nn
 
 from . import checkpoint
 from .config import PeftConfig, TargetedConfig
 from .errors import AdapterError, CheckpointError, TargetError
 from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper, _ForwardsToBase
+from .merge import MergeMixin
 from .registry import MethodSpec, method_for_config
-from .targets import TASK_HEADS, find_targets, iter_plain_modules, modules_to_save_for, name_matches, resolve_target_modules
+from .targets import (
+    TASK_HEADS,
+    find_targets,
+    iter_plain_modules,
+    modules_to_save_for,
+    name_matches,
+    resolve_target_modules,
+)
 from .tree import get_module, set_module
 
 
@@ -41,7 +46,7 @@ class BaseModelHolder(_ForwardsToBase):
         return self.model(*args, **kwargs)
 
 
-class PeftModel(nn.Module):
+class PeftModel(MergeMixin, nn.Module):
     """A model with one or more adapters. Build it with :func:`get_peft_model` or
     :meth:`PeftModel.from_pretrained`.
 
@@ -280,65 +285,6 @@ class PeftModel(nn.Module):
         """``model.generate`` with the adapters applied; ``adapter_names`` as in :meth:`forward`."""
         with self._rows(adapter_names):
             return self.get_base_model().generate(*args, **kwargs)
-
-    # ------------------------------------------------------------------ merging
-    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
-        """Add the (active, or named) adapters into the base weights; forward then costs nothing extra.
-        With ``safe_merge`` every merged weight is checked for NaN/inf before any is changed."""
-        names = self._active if adapter_names is None else list(adapter_names)
-        self._check_names(names)
-        layers = list(self._adapter_layers())
-        if layers and not self._method().layer_cls.mergeable:
-            raise AdapterError(f"{self._method().peft_type} adapters cannot be merged into the base weights")
-        if safe_merge:
-            for layer in layers:
-                for name in names:
-                    if name in layer.adapter_names and name not in layer.merged_adapters:
-                        w = layer.base_layer.weight
-                        if not torch.isfinite(w.data + layer.delta_weight(name).to(w.dtype)).all():
-                            raise AdapterError(
-                                f"merging adapter {name!r} into {layer.key!r} gives NaN/inf weights; nothing was merged"
-                            )
-        self._untie_before_merge(layers, names)
-        for layer in layers:
-            layer.merge(names)
-
-    def _untie_before_merge(self, layers: list[AdapterLayer], names: list[str]) -> None:
-        """A weight shared with another module (a tied input embedding and LM head) gets its own
-        copy before merging, so merging changes only the adapted module, exactly as unmerged."""
-        model = self.get_base_model()
-        uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
-        for layer in layers:
-            w = layer.base_layer.weight
-            if uses[id(w)] > 1 and any(n in layer.adapter_names and n not in layer.merged_adapters for n in names):
-                layer.base_layer.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
-                warnings.warn(f"{layer.key!r} shares its weight with another module (tied embeddings); merging unties it")
-                if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
-                    model.config.tie_word_embeddings = False  # saved merged models must not re-tie on load
-
-    def unmerge_adapter(self) -> None:
-        """Take merged adapters out of the base weights again."""
-        for layer in self._adapter_layers():
-            layer.unmerge()
-
-    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> nn.Module:
-        """Merge the adapters and return the plain base model (adapter layers removed)."""
-        self.merge_adapter(adapter_names, safe_merge=safe_merge)
-        return self.unload()
-
-    def unload(self) -> nn.Module:
-        """Remove every adapter layer without merging and return the base model. Saved modules
-        (``modules_to_save``) keep the active adapter's trained copy, as in ``peft``."""
-        model = self.get_base_model()
-        for key, module in list(self._adapter_modules()):
-            if isinstance(module, AdapterLayer):
-                set_module(model, key, module.base_layer)
-            else:
-                keep = module.modules_to_save[module.active_adapter] if module.active_adapter else module.original_module
-                set_module(model, key, keep)
-        self.peft_config.clear()
-        self._active = []
-        return model
 
     # ------------------------------------------------------------------ saving and loading
     def save_pretrained(
