@@ -1,0 +1,115 @@
+"""What each task trains on and how it is scored: ``sft``, ``classification`` and ``dpo``.
+
+A task turns a collated batch into a loss, and scores a model on evaluation data. The training
+loop knows nothing else about tasks; adding one means adding a :class:`Task` to ``TASKS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+
+def sequence_logprob(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of log-probabilities of the labelled tokens (labels != -100), one value per row."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != -100
+    logp = torch.gather(F.log_softmax(logits, -1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1)
+
+
+def sft_loss(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tuple[torch.Tensor, int]:
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    return out.loss, int(batch["attention_mask"].sum())
+
+
+def classification_loss(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tuple[torch.Tensor, int]:
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+    return out.loss, int(batch["attention_mask"].sum())
+
+
+def dpo_loss(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tuple[torch.Tensor, int]:
+    """DPO (Rafailov et al., 2023). The reference model is the same model with its adapter
+    disabled, so no second copy of the weights is held in memory."""
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = sequence_logprob(model, batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_labels"])
+        rejected = sequence_logprob(model, batch["rejected_input_ids"], batch["rejected_attention_mask"], batch["rejected_labels"])
+        return chosen, rejected
+
+    policy_chosen, policy_rejected = both()
+    with torch.no_grad(), _unwrap(model).disable_adapter():
+        ref_chosen, ref_rejected = both()
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    tokens = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
+    return -F.logsigmoid(beta * margin).mean(), tokens
+
+
+def _unwrap(model: Any) -> Any:
+    """The PeftModel inside a DDP / accelerate wrapper."""
+    return getattr(model, "module", model)
+
+
+@torch.no_grad()
+def mean_loss(model: Any, batches: Iterable[dict[str, torch.Tensor]], loss_fn: Callable, beta: float) -> float:
+    losses = [float(loss_fn(model, batch, beta)[0]) for batch in batches]
+    return sum(losses) / max(len(losses), 1)
+
+
+@torch.no_grad()
+def classification_scores(model: Any, batches: Iterable[dict[str, torch.Tensor]], num_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 over the evaluation batches."""
+    preds, golds = [], []
+    for batch in batches:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        preds.append(logits.argmax(-1).cpu())
+        golds.append(batch["labels"].cpu())
+    p, g = torch.cat(preds), torch.cat(golds)
+    f1s = []
+    for c in range(num_labels):
+        tp = int(((p == c) & (g == c)).sum())
+        fp, fn = int(((p == c) & (g != c)).sum()), int(((p != c) & (g == c)).sum())
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0)
+    return {"accuracy": float((p == g).float().mean()), "f1": sum(f1s) / len(f1s)}
+
+
+@torch.no_grad()
+def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy completions of already-templated prompt strings (left padding for generation)."""
+    answers: list[str] = []
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for i in range(0, len(prompts), batch_size):
+            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(_unwrap(model).device) for k, v in enc.items()}
+            out = _unwrap(model).generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return answers
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    """Share of predictions equal to their reference after trimming whitespace."""
+    hits = sum(p.strip() == r.strip() for p, r in zip(predictions, references))
+    return hits / max(len(references), 1)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    loss: Callable[[Any, dict[str, torch.Tensor], float], tuple[torch.Tensor, int]]
+
+
+TASKS = {
+    "sft": Task("sft", sft_loss),
+    "classification": Task("classification", classification_loss),
+    "dpo": Task("dpo", dpo_loss),
+}
