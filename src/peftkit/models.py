@@ -223,7 +223,7 @@ def load_model(name: str | os.PathLike, task_type="CAUSAL_LM",
     float16, auto, or a ``torch.dtype``.  Other keyword arguments go to ``from_pretrained``.
 
     >>> model = load_model("minilm-l6", task_type="SEQ_CLS", num_labels=2)  # doctest: +SKIP
-    >>> model = load_model("gpt2", dtype="bfloat16")    # hub id, needs network or cache; doctest: +SKIP
+    >>> model = load_model("gpt2", dtype="bfloat16")  # a hub id: needs network  # doctest: +SKIP
     """
     auto_class = _auto_class(task_type)
     torch_dtype = _torch_dtype(dtype)
