@@ -179,6 +179,9 @@ def save_adapter_weights(tensors: dict[str, torch.Tensor], directory: str) -> st
     tmp = path + ".tmp"
     # clone: safetensors refuses tensors that share storage, and the file must own its data
     save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; adapters are meant to be shared
     os.replace(tmp, path)
     return path
 
