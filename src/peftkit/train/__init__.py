@@ -1,0 +1,1 @@
+"""Configuration-driven fine-tuning: ``peftkit train run.yaml``."""
