@@ -7,6 +7,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional
 
@@ -51,6 +52,44 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    """Run a YAML config (``key=value`` overrides after it) into a tracked run folder."""
+    from .errors import PeftkitError
+    from .train.runner import train_from_config
+
+    if not args.config and not args.resume:
+        print("error: give a CONFIG file, or --resume RUN_DIR", file=sys.stderr)
+        return 2
+    overrides = list(args.overrides)
+    config = args.config
+    if config and "=" in config and not os.path.exists(config):  # `peftkit train --resume R key=value`
+        overrides, config = [config, *overrides], None
+    try:
+        run_dir = train_from_config(config, overrides, resume=args.resume)
+    except KeyboardInterrupt:
+        print("\ninterrupted: a checkpoint was saved; continue with  peftkit train --resume RUN_DIR", file=sys.stderr)
+        return 130
+    except PeftkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"run finished: {run_dir}\nadapter: {os.path.join(run_dir, 'adapter')}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    """Check a run config without running it; every problem is listed (exit code 2 if any)."""
+    from .train.config import validate_file
+
+    problems = validate_file(args.config, args.overrides)
+    if not problems:
+        print(f"{args.config}: OK")
+        return 0
+    print(f"{args.config}: {len(problems)} problem(s)", file=sys.stderr)
+    for path, msg in problems:
+        print(f"  - {path}: {msg}" if path else f"  - {msg}", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning, peft-compatible.")
     parser.add_argument("--version", action="version", version=f"peftkit {__version__}")
@@ -62,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--r", type=int, default=8, help="LoRA rank for the trainable-parameter count (default 8)")
     p.add_argument("--task-type", default="CAUSAL_LM", help="CAUSAL_LM, SEQ_CLS, ... (picks the model class)")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("train", help="fine-tune from a YAML run config into a tracked run folder")
+    p.add_argument("config", nargs="?", help="run config (YAML)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. adapter.r=8 train.max_steps=100")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or interrupted run from its newest checkpoint")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("validate", help="check a run config and list every problem (exit code 2 if any)")
+    p.add_argument("config", help="run config (YAML)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, checked too")
+    p.set_defaults(func=_validate)
     return parser
 
 

@@ -1,0 +1,237 @@
+"""The one training loop, on ``accelerate``: every task and every method goes through ``train``.
+
+It runs the same on one CPU, one GPU, or several processes (``accelerate launch``): batches are
+sharded by accelerate, only the main process writes files. Data order is a seeded permutation per
+epoch and every checkpoint holds the RNG states and data position, so a resumed run continues
+exactly where the interrupted one was (bit-identical adapters on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from ..errors import PeftkitError
+from ..registry import method_for_config
+from . import runs, state
+from .prepare import Prepared, prepare
+from .tasks import TASKS, classification_scores, exact_match, generate_answers, mean_loss
+
+
+class TrainingError(PeftkitError, RuntimeError):
+    """Training stopped: a NaN/inf loss, or an interrupted run that could not be saved."""
+
+
+class EpochPermutation(Sampler[int]):
+    """A fresh seeded permutation per epoch: the same on every run and on resume."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    # Not named set_epoch on purpose: accelerate calls set_epoch with its own per-loader
+    # counter, which restarts at 0 for the loader that skips batches on resume.
+    def use_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@dataclass
+class LoopState:
+    """What the loop tracks between steps (and what a checkpoint saves)."""
+
+    progress: state.Progress = field(default_factory=state.Progress)
+    tokens_since_log: int = 0
+    started: float = field(default_factory=time.time)
+    last_log: float = field(default_factory=time.time)
+
+
+@contextmanager
+def _interrupt_flag() -> Iterator[dict]:
+    """Ctrl-C sets a flag instead of killing the step in the middle; the loop then saves and exits."""
+    flag = {"stop": False}
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):  # noqa: ARG001
+        if flag["stop"]:  # a second Ctrl-C really stops
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not in the main thread: no handler, plain KeyboardInterrupt
+        pass
+    try:
+        yield flag
+    finally:
+        try:
+            signal.signal(signal.SIGINT, previous)
+        except ValueError:
+            pass
+
+
+def _optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+
+def _total_steps(cfg: Any, batches_per_epoch: int) -> int:
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    return cfg.train.epochs * max(1, math.ceil(batches_per_epoch / cfg.train.grad_accum))
+
+
+def evaluate(prep: Prepared, model: Any, cfg: Any, accelerator: Any) -> dict[str, float]:
+    """Every metric in ``eval.metrics`` on the evaluation split (empty dict if there is none)."""
+    if not prep.eval_examples:
+        return {}
+    model.eval()
+    batches = [
+        {k: v.to(accelerator.device) for k, v in b.items()}
+        for b in DataLoader(prep.eval_examples, batch_size=cfg.train.batch_size, collate_fn=prep.collate, generator=torch.Generator())
+    ]
+    results: dict[str, float] = {}
+    task = TASKS[cfg.train.task]
+    if "loss" in cfg.eval.metrics:
+        results["eval_loss"] = mean_loss(model, batches, task.loss, cfg.train.dpo_beta)
+    if {"accuracy", "f1"} & set(cfg.eval.metrics):
+        scores = classification_scores(model, batches, len(prep.label_names))
+        results.update({f"eval_{k}": v for k, v in scores.items() if k in cfg.eval.metrics})
+    if "exact_match" in cfg.eval.metrics and prep.eval_prompts:
+        answers = generate_answers(model, prep.tokenizer, prep.eval_prompts, cfg.eval.max_new_tokens)
+        results["eval_exact_match"] = exact_match(answers, prep.eval_references)
+    model.train()
+    return results
+
+
+def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator: Any = None) -> dict[str, Any]:
+    """Run ``cfg`` into ``run_dir`` (resuming from a checkpoint folder if given); returns the
+    final metrics. Raises :class:`TrainingError` on a NaN/inf loss (the last good checkpoint stays)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = accelerator or Accelerator(
+        gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=cfg.train.mixed_precision
+    )
+    set_seed(cfg.train.seed)
+    prep = prepare(cfg, main_process=accelerator.is_main_process)
+    model = prep.model
+    spec = method_for_config(model.peft_config["default"])
+    sampler = EpochPermutation(len(prep.train_examples), cfg.train.seed)
+    # the loader's own generator: creating an iterator must not draw from the global RNG, whose
+    # state a checkpoint restores (dropout masks after a resume depend on it)
+    loader = DataLoader(prep.train_examples, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=prep.collate,
+                        generator=torch.Generator())
+    optimizer = _optimizer(model, cfg)
+    total = _total_steps(cfg, len(loader))
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=total)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    loop = LoopState()
+    if resume_from:
+        loop.progress, _ = state.load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
+    model.train()
+    with _interrupt_flag() as interrupt:
+        final = _run_epochs(cfg, run_dir, prep, model, optimizer, scheduler, loader, sampler, accelerator, spec, loop, total, interrupt)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(os.path.join(run_dir, "adapter"))
+        if prep.label_names:  # a classifier's label names travel with its adapter
+            runs.write_json_atomic(os.path.join(run_dir, "adapter", "labels.json"), prep.label_names)
+    return final
+
+
+def _run_epochs(cfg, run_dir, prep, model, optimizer, scheduler, loader, sampler, accelerator, spec, loop, total, interrupt):
+    from tqdm.auto import tqdm
+
+    task = TASKS[cfg.train.task]
+    main = accelerator.is_main_process
+    bar = tqdm(total=total, initial=loop.progress.step, disable=not main, desc="train", dynamic_ncols=True)
+    p = loop.progress
+    while p.step < total:
+        sampler.use_epoch(p.epoch)
+        batches = accelerator.skip_first_batches(loader, p.batch_in_epoch) if p.batch_in_epoch else loader
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss, tokens = task.loss(model, batch, cfg.train.dpo_beta)
+                if spec.extra_loss is not None:
+                    loss = loss + spec.extra_loss(accelerator.unwrap_model(model))
+                if not torch.isfinite(loss):
+                    _fail(run_dir, main, f"loss is {float(loss)} at step {p.step + 1}; the last good checkpoint is kept")
+                accelerator.backward(loss)
+                _fault_injection(p.step + 1)
+                if accelerator.sync_gradients and cfg.train.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            p.batch_in_epoch += 1
+            loop.tokens_since_log += tokens
+            if not accelerator.sync_gradients:
+                continue
+            p.step += 1
+            if spec.on_step_end is not None:
+                spec.on_step_end(accelerator.unwrap_model(model), p.step, total)
+            _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, float(loss.detach()), bar)
+            if interrupt["stop"]:
+                _save(run_dir, model, optimizer, scheduler, accelerator, p)
+                raise KeyboardInterrupt
+            if p.step >= total:
+                break
+        else:
+            p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+    bar.close()
+    return evaluate(prep, model, cfg, accelerator)
+
+
+def _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, loss, bar) -> None:
+    p, main = loop.progress, accelerator.is_main_process
+    now = time.time()
+    record: dict[str, Any] = {}
+    if p.step % cfg.train.logging_steps == 0:
+        rate = loop.tokens_since_log / max(now - loop.last_log, 1e-9)
+        record = {"step": p.step, "epoch": p.epoch, "loss": round(loss, 6), "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(rate, 1)}
+        loop.tokens_since_log, loop.last_log = 0, now
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{rate:.0f}")
+    if p.step % cfg.train.eval_steps == 0:
+        record = {"step": p.step, **record, **evaluate(prep, model, cfg, accelerator)}
+    if record and main:
+        runs.append_metrics(run_dir, record)
+    bar.update(1)
+    if p.step % cfg.train.save_steps == 0:
+        _save(run_dir, model, optimizer, scheduler, accelerator, p)
+
+
+def _save(run_dir, model, optimizer, scheduler, accelerator, progress) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        folder = os.path.join(run_dir, "checkpoints", f"step-{progress.step:05d}")
+        state.save_checkpoint(folder, accelerator.unwrap_model(model), optimizer, scheduler, progress)
+
+
+def _fault_injection(step: int) -> None:
+    """Tests of crash recovery set PEFTKIT_FAULT_KILL_AT_STEP=N: the process SIGKILLs itself in
+    the middle of step N (after backward, before the optimizer), as a crash would."""
+    if os.environ.get("PEFTKIT_FAULT_KILL_AT_STEP") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fail(run_dir: str, main: bool, message: str) -> None:
+    if main:
+        runs.update_run_json(run_dir, status="failed", error=message, ended=runs.now())
+    raise TrainingError(message)

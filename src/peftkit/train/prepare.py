@@ -1,0 +1,106 @@
+"""Everything a run needs before its first step: data (checked first, so bad rows fail before any
+model is loaded), tokenizer, model, adapter, tokenized examples and evaluation prompts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Optional
+
+from ..model import PeftModel, get_peft_model
+from ..models import load_model, load_tokenizer
+from . import data
+
+
+@dataclass
+class Prepared:
+    model: PeftModel
+    tokenizer: Any
+    train_examples: list
+    eval_examples: list
+    collate: Callable
+    label_names: list[str] = field(default_factory=list)
+    eval_prompts: list[str] = field(default_factory=list)
+    eval_references: list[str] = field(default_factory=list)
+
+
+def load_splits(cfg: Any) -> tuple[Any, Optional[Any]]:
+    """Load and validate the train (and eval) rows; every bad row names its file, row and field."""
+    fields = dict(text_field=cfg.data.text_field, label_field=cfg.data.label_field)
+    train = data.load_rows(cfg.data.train)
+    data.validate_rows(train, cfg.data.format, cfg.data.train, **fields)
+    evaluation = None
+    if cfg.data.eval:
+        evaluation = data.load_rows(cfg.data.eval)
+        data.validate_rows(evaluation, cfg.data.format, cfg.data.eval, **fields)
+    elif cfg.data.eval_fraction:
+        train, evaluation = data.eval_split(train, cfg.data.eval_fraction, cfg.train.seed)
+    if evaluation is not None and cfg.eval.num_examples:
+        evaluation = evaluation.select(range(min(cfg.eval.num_examples, len(evaluation))))
+    return train, evaluation
+
+
+def tokenize(cfg: Any, rows: Any, tokenizer: Any, source: str, label_names: Optional[list[str]] = None):
+    """Rows -> examples for ``cfg.train.task``; returns ``(examples, label_names)``."""
+    t = cfg.train
+    if t.task == "classification":
+        examples, names = data.tokenize_classification(
+            rows, tokenizer, cfg.data.text_field, cfg.data.label_field, t.max_seq_len, t.truncation, source=source
+        )
+        return examples, names
+    if t.task == "dpo":
+        return data.tokenize_preference(rows, tokenizer, t.max_seq_len, t.truncation, source=source), []
+    examples = data.tokenize_sft(rows, tokenizer, cfg.data.format, t.max_seq_len, t.completion_only, t.truncation, source=source)
+    if t.packing:
+        examples = data.pack(examples, t.max_seq_len, tokenizer.eos_token_id)
+    return examples, []
+
+
+def generation_prompts(cfg: Any, rows: Any, tokenizer: Any) -> tuple[list[str], list[str]]:
+    """Templated prompts and reference answers for ``exact_match`` (chat and prompt_completion)."""
+    prompts, refs = [], []
+    for row in rows:
+        if cfg.data.format == "chat":
+            messages, answer = row["messages"][:-1], row["messages"][-1]["content"]
+        elif cfg.data.format == "prompt_completion":
+            messages, answer = [{"role": "user", "content": row["prompt"]}], row["completion"]
+        else:
+            return [], []
+        if getattr(tokenizer, "chat_template", None):
+            prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        else:
+            prompts.append(messages[-1]["content"])
+        refs.append(answer)
+    return prompts, refs
+
+
+def prepare(cfg: Any, main_process: bool = True) -> Prepared:
+    """Build the model with its adapter and the tokenized data for ``cfg``.
+
+    Example:
+        >>> prep = prepare(load_run_config("examples/quickstart.yaml"))  # doctest: +SKIP
+    """
+    train_rows, eval_rows = load_splits(cfg)
+    tokenizer = load_tokenizer(cfg.model.name, revision=cfg.model.revision)
+    pad_id = data.ensure_pad_token(tokenizer)
+    train_examples, label_names = tokenize(cfg, train_rows, tokenizer, cfg.data.train)
+    eval_examples = []
+    if eval_rows is not None:
+        eval_examples, _ = tokenize(cfg, eval_rows, tokenizer, cfg.data.eval or cfg.data.train)
+    extra = {}
+    if cfg.train.task == "classification":
+        extra = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                     label2id={n: i for i, n in enumerate(label_names)})
+    model = load_model(cfg.model.name, task_type=cfg.model.task_type, dtype=cfg.model.dtype,
+                       revision=cfg.model.revision, **extra)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_id  # classifiers find the last real token through it
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    peft_model = get_peft_model(model, cfg.adapter_config())
+    prompts, refs = ([], [])
+    if eval_rows is not None and "exact_match" in cfg.eval.metrics:
+        prompts, refs = generation_prompts(cfg, eval_rows, tokenizer)
+    return Prepared(peft_model, tokenizer, train_examples, eval_examples, partial(data.collate, pad_token_id=pad_id),
+                    label_names, prompts, refs)
