@@ -360,14 +360,19 @@ def test_chat_needs_a_template_and_a_prefix_consistent_one(plain_tok, tmp_path):
     assert len(tokenize_sft(ds, odd, "chat", 512, completion_only=False)) == 2
 
 
-def test_pack_keeps_every_token(tok):
+def test_pack_keeps_every_labelled_token(tok):
     ds = datasets.Dataset.from_list(ROWS["chat"] * 3)
     examples = tokenize_sft(ds, tok, "chat", 512)
     blocks = pack(examples, 16)
-    assert all(len(b["input_ids"]) == 16 for b in blocks[:-1]) and 0 < len(blocks[-1]["input_ids"]) <= 16
+    assert all(0 < len(b["input_ids"]) <= 16 for b in blocks)
+    # blocks of prompt tokens only are dropped (nothing to learn, NaN loss); every label is kept
+    assert all(any(x != IGNORE for x in b["labels"]) for b in blocks)
+    kept = [t for b in blocks for t in b["labels"] if t != IGNORE]
+    assert kept == [t for ex in examples for t in ex["labels"] if t != IGNORE]
     flat = [t for ex in examples for t in ex["input_ids"]]
-    assert [t for b in blocks for t in b["input_ids"]] == flat
-    assert [t for b in blocks for t in b["labels"]] == [t for ex in examples for t in ex["labels"]]
+    starts = [i for i in range(0, len(flat), 16)]
+    assert [b["input_ids"] for b in blocks] == [flat[i:i + 16] for i in starts if any(
+        x != IGNORE for x in [t for ex in examples for t in ex["labels"]][i:i + 16])]
     assert all(b["attention_mask"] == [1] * len(b["input_ids"]) for b in blocks)
     joined = pack([{"input_ids": [1, 2], "labels": [1, 2]}, {"input_ids": [3], "labels": [3]}],
                   4, eos_token_id=9)

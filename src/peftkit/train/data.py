@@ -413,7 +413,8 @@ def pack(examples, max_seq_len: int, eos_token_id: int | None = None) -> Example
         if ids and eos_token_id is not None and ids[-1] != eos_token_id:
             ids.append(eos_token_id), labels.append(IGNORE)
         ids.extend(ex["input_ids"]), labels.extend(ex["labels"])
-    starts = range(0, len(ids), max_seq_len)
+    # a block of prompt tokens only has nothing to learn from (and a batch of such blocks a NaN loss)
+    starts = [i for i in range(0, len(ids), max_seq_len) if any(x != IGNORE for x in labels[i:i + max_seq_len])]
     return Examples(({"input_ids": ids[i:i + max_seq_len], "labels": labels[i:i + max_seq_len],
                       "attention_mask": [1] * len(ids[i:i + max_seq_len])} for i in starts),
                     source=getattr(examples, "source", None))

@@ -45,7 +45,8 @@ def tokenize(cfg: Any, rows: Any, tokenizer: Any, source: str, label_names: Opti
     t = cfg.train
     if t.task == "classification":
         examples, names = data.tokenize_classification(
-            rows, tokenizer, cfg.data.text_field, cfg.data.label_field, t.max_seq_len, t.truncation, source=source
+            rows, tokenizer, cfg.data.text_field, cfg.data.label_field, t.max_seq_len, t.truncation, source=source,
+            label_names=label_names,  # eval rows use the training label ids
         )
         return examples, names
     if t.task == "dpo":
@@ -86,7 +87,7 @@ def prepare(cfg: Any, main_process: bool = True) -> Prepared:
     train_examples, label_names = tokenize(cfg, train_rows, tokenizer, cfg.data.train)
     eval_examples = []
     if eval_rows is not None:
-        eval_examples, _ = tokenize(cfg, eval_rows, tokenizer, cfg.data.eval or cfg.data.train)
+        eval_examples, _ = tokenize(cfg, eval_rows, tokenizer, cfg.data.eval or cfg.data.train, label_names or None)
     extra = {}
     if cfg.train.task == "classification":
         extra = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
