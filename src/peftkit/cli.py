@@ -72,8 +72,30 @@ def _train(args: argparse.Namespace) -> int:
     except PeftkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"run finished: {run_dir}\nadapter: {os.path.join(run_dir, 'adapter')}")
+    _print_summary(run_dir)
     return 0
+
+
+def _print_summary(run_dir: str, examples: int = 3) -> None:
+    """Eval metrics before (step 0, if measured) and after training, and a few generated answers."""
+    import json
+
+    from .train import runs
+
+    evals = [r for r in runs.read_metrics(run_dir) if any(k.startswith("eval_") for k in r)]
+    print(f"\nrun finished: {run_dir}\nadapter: {os.path.join(run_dir, 'adapter')}")
+    for label, record in (("base model", evals[0] if evals and evals[0]["step"] == 0 else None),
+                          ("fine-tuned", evals[-1] if evals else None)):
+        if record:
+            scores = ", ".join(f"{k[5:]}={v:.4g}" for k, v in record.items() if k.startswith("eval_"))
+            print(f"{label:>11}: {scores}")
+    path = os.path.join(run_dir, "eval_predictions.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)
+        for row in rows[:examples]:
+            mark = "ok " if row["prediction"].strip() == row["reference"].strip() else "bad"
+            print(f"  [{mark}] {row['prediction'].strip()}")
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ FULL = {
               "truncation": "error", "completion_only": False, "packing": True, "save_steps": 20, "eval_steps": 10,
               "logging_steps": 5, "seed": 7, "gradient_checkpointing": True, "mixed_precision": "bf16",
               "max_grad_norm": None, "dpo_beta": 0.2},
-    "eval": {"metrics": ["loss", "exact_match"], "max_new_tokens": 32, "num_examples": 30},
+    "eval": {"metrics": ["loss", "exact_match"], "max_new_tokens": 32, "num_examples": 30, "at_start": True},
     "output": {"dir": "out/runs", "name": "contacts"},
     "tracking": {"backends": ["local", "tensorboard"]},
 }

@@ -96,6 +96,7 @@ class EvalSection(_Section):
     metrics: list[Literal["loss", "exact_match", "accuracy", "f1"]] = ["loss"]
     max_new_tokens: PosInt = 64
     num_examples: Optional[PosInt] = None
+    at_start: bool = False  # also score the untouched base model before the first step
 
 
 class OutputSection(_Section):

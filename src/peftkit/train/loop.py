@@ -112,8 +112,8 @@ def evaluate(prep: Prepared, model: Any, cfg: Any, accelerator: Any) -> dict[str
         scores = classification_scores(model, batches, len(prep.label_names))
         results.update({f"eval_{k}": v for k, v in scores.items() if k in cfg.eval.metrics})
     if "exact_match" in cfg.eval.metrics and prep.eval_prompts:
-        answers = generate_answers(model, prep.tokenizer, prep.eval_prompts, cfg.eval.max_new_tokens)
-        results["eval_exact_match"] = exact_match(answers, prep.eval_references)
+        prep.predictions = generate_answers(model, prep.tokenizer, prep.eval_prompts, cfg.eval.max_new_tokens)
+        results["eval_exact_match"] = exact_match(prep.predictions, prep.eval_references)
     model.train()
     return results
 
@@ -145,12 +145,20 @@ def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator
     loop = LoopState()
     if resume_from:
         loop.progress, _ = state.load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
+    if cfg.eval.at_start and loop.progress.step == 0 and prep.eval_examples:
+        record = {"step": 0, **evaluate(prep, model, cfg, accelerator)}  # the base model: adapters start as identity
+        if accelerator.is_main_process:
+            runs.append_metrics(run_dir, record)
     model.train()
     with _interrupt_flag() as interrupt:
         final = _run_epochs(cfg, run_dir, prep, model, optimizer, scheduler, loader, sampler, accelerator, spec, loop, total, interrupt)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(os.path.join(run_dir, "adapter"))
+        if prep.predictions:
+            rows = [{"prompt": p, "prediction": a, "reference": r}
+                    for p, a, r in zip(prep.eval_prompts, prep.predictions, prep.eval_references)]
+            runs.write_json_atomic(os.path.join(run_dir, "eval_predictions.json"), rows)
         if prep.label_names:  # a classifier's label names travel with its adapter
             runs.write_json_atomic(os.path.join(run_dir, "adapter", "labels.json"), prep.label_names)
     return final
@@ -196,6 +204,10 @@ def _run_epochs(cfg, run_dir, prep, model, optimizer, scheduler, loader, sampler
         else:
             p.epoch, p.batch_in_epoch = p.epoch + 1, 0
     bar.close()
+    if total % cfg.train.eval_steps == 0:  # the last step was just evaluated
+        last = [r for r in runs.read_metrics(run_dir) if r.get("step") == total]
+        if last and any(k.startswith("eval_") for k in last[-1]):
+            return {k: v for k, v in last[-1].items() if k.startswith("eval_")}
     return evaluate(prep, model, cfg, accelerator)
 
 

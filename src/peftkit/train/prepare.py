@@ -22,6 +22,7 @@ class Prepared:
     label_names: list[str] = field(default_factory=list)
     eval_prompts: list[str] = field(default_factory=list)
     eval_references: list[str] = field(default_factory=list)
+    predictions: list[str] = field(default_factory=list)  # the latest exact_match generations
 
 
 def load_splits(cfg: Any) -> tuple[Any, Optional[Any]]:
