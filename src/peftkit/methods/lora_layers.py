@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import TargetError
+from ..kernels import fast_path_applies, lora_linear
 from ..layers import AdapterLayer
 from ..targets import pattern_value
 
@@ -102,6 +103,29 @@ class LoraLayer(AdapterLayer):
 
 class LoraLinear(LoraLayer):
     """LoRA on ``nn.Linear``, or on GPT-2's ``Conv1D`` with ``fan_in_fan_out=True``."""
+
+    # One fused autograd node for the common case (see peftkit.kernels.lora_linear); set to
+    # False to compare against the plain path.
+    use_fused: bool = True
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        name = self._fused_adapter(x, args, kwargs)
+        if name is None:
+            return super().forward(x, *args, **kwargs)
+        drop = self.lora_dropout[name]
+        base = self.base_layer
+        p = drop.p if isinstance(drop, nn.Dropout) else 0.0
+        return lora_linear(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
+                           self.scaling[name], p, self.training)
+
+    def _fused_adapter(self, x: torch.Tensor, args: tuple, kwargs: dict):
+        """The one active adapter if the fused path applies, else None (plain path)."""
+        if (not self.use_fused or args or kwargs or self.disabled or self.row_adapters is not None
+                or self.merged_adapters or len(self.active_adapters) != 1
+                or type(self.base_layer) is not nn.Linear or self.fan_in_fan_out):
+            return None
+        name = self.active_adapters[0]
+        return name if fast_path_applies(x, self.base_layer.weight, self.lora_A[name].weight) else None
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: "LoraConfig", key: str, fan_in_fan_out: bool = False):
         self.fan_in_fan_out = fan_in_fan_out  # set before the first add_adapter, which may read it

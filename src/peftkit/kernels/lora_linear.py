@@ -1,0 +1,92 @@
+"""One autograd function for a LoRA-adapted linear layer: ``y = x W^T + b + s * (d(x) A^T) B^T``.
+
+What it saves over the composed modules (``peft``'s and peftkit's plain path):
+
+- no dropout copy of the input: the mask is kept as one byte per element (or nothing without
+  dropout) and the dropped input is rebuilt in backward when it is needed;
+- the input is saved once however many layers read it (q/k/v and gate/up share theirs), because
+  the function saves the tensor it was given rather than a fresh dropout output;
+- the scale is folded into in-place ``addmm`` calls, so neither pass materialises ``B A x`` or a
+  scaled copy of it.
+
+It is used for one active adapter on ``nn.Linear`` when input, weight and adapter share a dtype
+and autocast is off; everything else takes the plain path (see ``LoraLinear.forward``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def dropout_mask(x: torch.Tensor, p: float) -> Optional[torch.Tensor]:
+    """A boolean keep-mask for dropout probability ``p`` (None when ``p == 0``)."""
+    if p == 0.0:
+        return None
+    return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
+
+
+class LoraLinearFunction(torch.autograd.Function):
+    """Forward and backward of base linear + LoRA in one node of the autograd graph."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, keep: Optional[torch.Tensor], p: float):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        out = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
+        xd = x2 if keep is None else x2 * keep.reshape(x2.shape) * (1.0 / (1.0 - p))
+        h = xd @ lora_a.t()  # (tokens, r): small
+        out.addmm_(h, lora_b.t(), alpha=scaling)
+        ctx.save_for_backward(x, weight, lora_a, lora_b, h, keep)
+        ctx.scaling, ctx.p, ctx.has_bias = scaling, p, bias is not None
+        return out.reshape(*shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, lora_a, lora_b, h, keep = ctx.saved_tensors
+        s, p = ctx.scaling, ctx.p
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1])
+        gb = g @ lora_b  # (tokens, r)
+        grad_x = grad_a = grad_b = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = g @ weight
+            if keep is None:
+                grad_x.addmm_(gb, lora_a, alpha=s)
+            else:
+                grad_x += (gb @ lora_a) * keep.reshape(x2.shape) * (s / (1.0 - p))
+            grad_x = grad_x.reshape(x.shape)
+        if ctx.needs_input_grad[3]:
+            xd = x2 if keep is None else x2 * keep.reshape(x2.shape) * (1.0 / (1.0 - p))
+            grad_a = (gb.t() @ xd).mul_(s)
+        if ctx.needs_input_grad[4]:
+            grad_b = (g.t() @ h).mul_(s)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = g.sum(0)
+        grad_w = g.t() @ x2 if ctx.needs_input_grad[1] else None
+        return grad_x, grad_w, grad_bias, grad_a, grad_b, None, None, None
+
+
+def lora_linear(x, weight, bias, lora_a, lora_b, scaling: float, p: float = 0.0, training: bool = False,
+                keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias) + scaling * lora_b(lora_a(dropout(x)))`` as one autograd node.
+
+    Example:
+        >>> y = lora_linear(x, layer.weight, layer.bias, A.weight, B.weight, 2.0, p=0.05, training=True)  # doctest: +SKIP
+    """
+    if training and p > 0 and keep is None:
+        keep = dropout_mask(x, p)
+    if not training:
+        keep, p = None, 0.0
+    return LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, keep, p)
+
+
+def fast_path_applies(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor) -> bool:
+    """Same dtype everywhere, no autocast, a floating input with a feature dimension."""
+    return (
+        x.dtype == weight.dtype == lora_a.dtype
+        and x.dim() >= 2
+        and x.is_floating_point()
+        and not torch.is_autocast_enabled(x.device.type)
+    )
