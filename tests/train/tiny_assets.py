@@ -71,3 +71,46 @@ def write_config(root: Path, **sections) -> Path:
     path = root / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
+
+
+def tiny_bert_dir(root: Path) -> Path:
+    """A random tiny BERT encoder (no classification head: loading it for SEQ_CLS adds a new one)
+    with the byte-level tokenizer, as a from_pretrained folder."""
+    from transformers import BertConfig, BertModel
+
+    path = root / "tiny-bert"
+    if path.exists():
+        return path
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     vocab_size=len(tok), max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+    BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def the_run(root: Path, name: str | None = None) -> Path:
+    """The one run folder under ``root/runs`` (whose name contains ``name``, if given)."""
+    found = [p for p in sorted((root / "runs").iterdir()) if p.is_dir() and (name is None or name in p.name)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def assert_loads_in_peftkit_and_peft(adapter: Path, make_base, inputs: dict) -> torch.Tensor:
+    """Load ``adapter`` onto two fresh bases (``make_base()``), one with peftkit and one with the real
+    ``peft``; both must give the same outputs for ``inputs``. Returns peftkit's logits."""
+    import peft
+
+    import peftkit as pk
+
+    ours = pk.PeftModel.from_pretrained(make_base(), adapter).eval()
+    theirs = peft.PeftModel.from_pretrained(make_base(), adapter).eval()
+    with torch.no_grad():
+        got, expected = ours(**inputs).logits, theirs(**inputs).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    return got

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 from ..errors import PeftkitError
 from ..registry import method_for_config
 from . import runs, state
-from .prepare import Prepared, prepare
+from .prepare import Prepared, PreparedData, prepare
 from .tasks import TASKS, classification_scores, exact_match, generate_answers, mean_loss
 
 
@@ -57,6 +57,8 @@ class LoopState:
     tokens_since_log: int = 0
     started: float = field(default_factory=time.time)
     last_log: float = field(default_factory=time.time)
+    losses: list = field(default_factory=list)  # this optimizer step's micro-batch losses
+    last_eval: Optional[tuple[int, dict]] = None  # (step, metrics) of the latest evaluation
 
 
 @contextmanager
@@ -118,9 +120,11 @@ def evaluate(prep: Prepared, model: Any, cfg: Any, accelerator: Any) -> dict[str
     return results
 
 
-def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator: Any = None) -> dict[str, Any]:
-    """Run ``cfg`` into ``run_dir`` (resuming from a checkpoint folder if given); returns the
-    final metrics. Raises :class:`TrainingError` on a NaN/inf loss (the last good checkpoint stays)."""
+def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator: Any = None,
+          prepared_data: Optional[PreparedData] = None) -> dict[str, Any]:
+    """Run ``cfg`` into ``run_dir`` (resuming from a checkpoint folder if given; with the data
+    from :func:`~peftkit.train.prepare.prepare_data` if already made); returns the final metrics.
+    Raises :class:`TrainingError` on a NaN/inf loss (the last good checkpoint stays)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -128,7 +132,7 @@ def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator
         gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=cfg.train.mixed_precision
     )
     set_seed(cfg.train.seed)
-    prep = prepare(cfg, main_process=accelerator.is_main_process)
+    prep = prepare(cfg, main_process=accelerator.is_main_process, prepared_data=prepared_data)
     model = prep.model
     spec = method_for_config(model.peft_config["default"])
     sampler = EpochPermutation(len(prep.train_examples), cfg.train.seed)
@@ -136,12 +140,16 @@ def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator
     # state a checkpoint restores (dropout masks after a resume depend on it)
     loader = DataLoader(prep.train_examples, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=prep.collate,
                         generator=torch.Generator())
-    optimizer = _optimizer(model, cfg)
+    raw_optimizer = _optimizer(model, cfg)
+    model, optimizer, loader = accelerator.prepare(model, raw_optimizer, loader)
+    # Steps count optimizer updates on this process's shard of the data (len(loader) after
+    # prepare). The scheduler is not given to accelerate, which would step it once per process
+    # per update (its schedule then ends half-way with two processes); the loop steps it itself.
     total = _total_steps(cfg, len(loader))
     from transformers import get_scheduler
 
-    scheduler = get_scheduler(cfg.train.scheduler, optimizer, num_warmup_steps=cfg.train.warmup_steps, num_training_steps=total)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    scheduler = get_scheduler(cfg.train.scheduler, raw_optimizer, num_warmup_steps=cfg.train.warmup_steps,
+                              num_training_steps=total)
     loop = LoopState()
     if resume_from:
         loop.progress, _ = state.load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
@@ -179,49 +187,71 @@ def _run_epochs(cfg, run_dir, prep, model, optimizer, scheduler, loader, sampler
                 loss, tokens = task.loss(model, batch, cfg.train.dpo_beta)
                 if spec.extra_loss is not None:
                     loss = loss + spec.extra_loss(accelerator.unwrap_model(model))
-                if not torch.isfinite(loss):
-                    _fail(run_dir, main, f"loss is {float(loss)} at step {p.step + 1}; the last good checkpoint is kept")
+                value, tokens, stop, bad = _agree(accelerator, loss, tokens, interrupt["stop"])
+                if bad:
+                    _fail(run_dir, main, f"loss is {bad} at step {p.step + 1}; training stopped, the last good "
+                                         f"checkpoint is kept")
                 accelerator.backward(loss)
                 _fault_injection(p.step + 1)
                 if accelerator.sync_gradients and cfg.train.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()  # once per update (an fp16 overflow skips the update)
                 optimizer.zero_grad()
             p.batch_in_epoch += 1
             loop.tokens_since_log += tokens
+            loop.losses.append(value)
             if not accelerator.sync_gradients:
                 continue
             p.step += 1
             if spec.on_step_end is not None:
                 spec.on_step_end(accelerator.unwrap_model(model), p.step, total)
-            _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, float(loss.detach()), bar)
-            if interrupt["stop"]:
-                _save(run_dir, model, optimizer, scheduler, accelerator, p)
+            _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, bar)
+            if stop:  # Ctrl-C: every process stops after the same step, with a checkpoint of it
+                if p.step % cfg.train.save_steps:  # (unless _after_step just wrote one)
+                    _save(run_dir, model, optimizer, scheduler, accelerator, p)
                 raise KeyboardInterrupt
             if p.step >= total:
                 break
         else:
             p.epoch, p.batch_in_epoch = p.epoch + 1, 0
     bar.close()
-    if total % cfg.train.eval_steps == 0:  # the last step was just evaluated
-        last = [r for r in runs.read_metrics(run_dir) if r.get("step") == total]
-        if last and any(k.startswith("eval_") for k in last[-1]):
-            return {k: v for k, v in last[-1].items() if k.startswith("eval_")}
+    if loop.last_eval and loop.last_eval[0] == p.step:  # the last step was just evaluated
+        return loop.last_eval[1]
     return evaluate(prep, model, cfg, accelerator)
 
 
-def _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, loss, bar) -> None:
+def _agree(accelerator, loss: torch.Tensor, tokens: int, stop: bool) -> tuple[float, int, bool, Optional[str]]:
+    """This micro-batch as all processes see it: ``(mean loss, tokens, stop, bad loss or None)``.
+
+    With several processes one all-reduce makes them agree, so that a NaN on one of them, or a
+    Ctrl-C that reached one of them first, stops all of them at the same step; otherwise the
+    others would wait forever in the next collective. ``bad`` names the loss value that is not
+    finite."""
+    value = float(loss.detach())
+    if accelerator.num_processes == 1:
+        return value, tokens, stop, None if math.isfinite(value) else str(value)
+    finite = math.isfinite(value)
+    sums = accelerator.reduce(torch.tensor([value if finite else 0.0, float(not finite), float(tokens), float(stop)],
+                                           dtype=torch.float64, device=accelerator.device), "sum").tolist()
+    bad = None if sums[1] == 0 else str(value) if not finite else "not finite on another process"
+    return sums[0] / accelerator.num_processes, int(sums[2]), sums[3] > 0, bad
+
+
+def _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, bar) -> None:
     p, main = loop.progress, accelerator.is_main_process
     now = time.time()
     record: dict[str, Any] = {}
+    loss, loop.losses = sum(loop.losses) / len(loop.losses), []  # the mean over accumulated micro-batches
     if p.step % cfg.train.logging_steps == 0:
         rate = loop.tokens_since_log / max(now - loop.last_log, 1e-9)
         record = {"step": p.step, "epoch": p.epoch, "loss": round(loss, 6), "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(rate, 1)}
         loop.tokens_since_log, loop.last_log = 0, now
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{rate:.0f}")
     if p.step % cfg.train.eval_steps == 0:
-        record = {"step": p.step, **record, **evaluate(prep, model, cfg, accelerator)}
+        loop.last_eval = (p.step, evaluate(prep, model, cfg, accelerator))
+        record = {"step": p.step, **record, **loop.last_eval[1]}
     if record and main:
         runs.append_metrics(run_dir, record)
     bar.update(1)

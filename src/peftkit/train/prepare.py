@@ -1,5 +1,8 @@
-"""Everything a run needs before its first step: data (checked first, so bad rows fail before any
-model is loaded), tokenizer, model, adapter, tokenized examples and evaluation prompts."""
+"""Everything a run needs before its first step, in two parts: :func:`prepare_data` (rows checked,
+tokenizer, tokenized examples, evaluation prompts) and :func:`prepare` (the model with its adapter).
+``peftkit train`` runs the first before it creates the run folder, so a bad row, an empty file or a
+too-long sequence fails at once, naming file, row and field, without loading the model and without
+leaving a run folder behind."""
 
 from __future__ import annotations
 
@@ -10,6 +13,17 @@ from typing import Any, Callable, Optional
 from ..model import PeftModel, get_peft_model
 from ..models import load_model, load_tokenizer
 from . import data
+
+
+@dataclass
+class PreparedData:
+    tokenizer: Any
+    train_examples: list
+    eval_examples: list
+    collate: Callable
+    label_names: list[str] = field(default_factory=list)
+    eval_prompts: list[str] = field(default_factory=list)
+    eval_references: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -76,12 +90,9 @@ def generation_prompts(cfg: Any, rows: Any, tokenizer: Any) -> tuple[list[str], 
     return prompts, refs
 
 
-def prepare(cfg: Any, main_process: bool = True) -> Prepared:
-    """Build the model with its adapter and the tokenized data for ``cfg``.
-
-    Example:
-        >>> prep = prepare(load_run_config("examples/quickstart.yaml"))  # doctest: +SKIP
-    """
+def prepare_data(cfg: Any) -> PreparedData:
+    """Load, check and tokenize the data for ``cfg`` (no model is loaded); raises
+    :class:`~peftkit.train.data.DataError` naming the file, row and field of a bad row."""
     train_rows, eval_rows = load_splits(cfg)
     tokenizer = load_tokenizer(cfg.model.name, revision=cfg.model.revision)
     pad_id = data.ensure_pad_token(tokenizer)
@@ -89,20 +100,32 @@ def prepare(cfg: Any, main_process: bool = True) -> Prepared:
     eval_examples = []
     if eval_rows is not None:
         eval_examples, _ = tokenize(cfg, eval_rows, tokenizer, cfg.data.eval or cfg.data.train, label_names or None)
+    prompts, refs = ([], [])
+    if eval_rows is not None and "exact_match" in cfg.eval.metrics:
+        prompts, refs = generation_prompts(cfg, eval_rows, tokenizer)
+    return PreparedData(tokenizer, train_examples, eval_examples, partial(data.collate, pad_token_id=pad_id),
+                        label_names, prompts, refs)
+
+
+def prepare(cfg: Any, main_process: bool = True, prepared_data: Optional[PreparedData] = None) -> Prepared:
+    """Build the model with its adapter for ``cfg``, with the data from :func:`prepare_data` (made
+    here unless given).
+
+    Example:
+        >>> prep = prepare(load_run_config("examples/quickstart.yaml"))  # doctest: +SKIP
+    """
+    d = prepared_data or prepare_data(cfg)
     extra = {}
     if cfg.train.task == "classification":
-        extra = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                     label2id={n: i for i, n in enumerate(label_names)})
+        extra = dict(num_labels=len(d.label_names), id2label=dict(enumerate(d.label_names)),
+                     label2id={n: i for i, n in enumerate(d.label_names)})
     model = load_model(cfg.model.name, task_type=cfg.model.task_type, dtype=cfg.model.dtype,
                        revision=cfg.model.revision, **extra)
     if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = pad_id  # classifiers find the last real token through it
+        model.config.pad_token_id = d.tokenizer.pad_token_id  # classifiers find the last real token through it
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     peft_model = get_peft_model(model, cfg.adapter_config())
-    prompts, refs = ([], [])
-    if eval_rows is not None and "exact_match" in cfg.eval.metrics:
-        prompts, refs = generation_prompts(cfg, eval_rows, tokenizer)
-    return Prepared(peft_model, tokenizer, train_examples, eval_examples, partial(data.collate, pad_token_id=pad_id),
-                    label_names, prompts, refs)
+    return Prepared(peft_model, d.tokenizer, d.train_examples, d.eval_examples, d.collate, d.label_names,
+                    d.eval_prompts, d.eval_references)

@@ -1,4 +1,13 @@
-"""``peftkit train``: one config in, one tracked run folder out (see :mod:`peftkit.train.runs`)."""
+"""``peftkit train``: one config in, one tracked run folder out (see :mod:`peftkit.train.runs`).
+
+What fails before a run folder exists, and so leaves none behind: a bad config
+(:class:`~peftkit.errors.ConfigError`) and bad data (a missing or wrongly typed field, an empty
+file, a sequence over ``max_seq_len`` with ``truncation: error``: a
+:class:`~peftkit.train.data.DataError` naming file, row and field). Both are checked before the
+model is loaded. Anything later (the model cannot be loaded, a NaN loss, a crash) is recorded in
+the run folder's ``run.json`` as ``status: failed`` with the error; Ctrl-C as ``interrupted``.
+On resume, data problems likewise fail before ``run.json`` is touched.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +19,7 @@ from . import runs, state
 from .config import RunConfig, config_hash, dump_yaml, load_run_config, resolved_dict
 
 
-def start_run(cfg: RunConfig, parent: Optional[str] = None) -> str:
+def start_run(cfg: RunConfig, parent: Optional[str] = None, processes: int = 1) -> str:
     """Create the run folder with its resolved config and ``run.json``; returns its path."""
     version = config_hash(cfg)
     run_id = runs.new_run_id(cfg.output.name, cfg.adapter["method"], version)
@@ -18,7 +27,8 @@ def start_run(cfg: RunConfig, parent: Optional[str] = None) -> str:
     dump_yaml(cfg, os.path.join(run_dir, "config.yaml"))
     runs.update_run_json(
         run_dir, run_id=os.path.basename(run_dir), name=cfg.output.name, config_hash=version, status="running",
-        started=runs.now(), ended=None, seed=cfg.train.seed, parent=parent, environment=runs.environment(),
+        started=runs.now(), ended=None, seed=cfg.train.seed, parent=parent, processes=processes,
+        environment=runs.environment(),
     )
     return run_dir
 
@@ -33,6 +43,7 @@ def train_from_config(config_path: str, overrides: Iterable[str] = (), resume: O
     from accelerate import Accelerator
 
     from .loop import train
+    from .prepare import prepare_data
 
     if resume:
         cfg = load_run_config(os.path.join(resume, "config.yaml"), overrides)
@@ -41,8 +52,9 @@ def train_from_config(config_path: str, overrides: Iterable[str] = (), resume: O
         cfg = load_run_config(config_path, overrides)
         run_dir, checkpoint = None, None
     accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=cfg.train.mixed_precision)
+    prepared_data = prepare_data(cfg)  # bad data fails here: no model loaded, no run folder made
     if run_dir is None:
-        run_dir = start_run(cfg) if accelerator.is_main_process else None
+        run_dir = start_run(cfg, processes=accelerator.num_processes) if accelerator.is_main_process else None
         run_dir = _share(accelerator, run_dir)
     elif accelerator.is_main_process:
         step = int(os.path.basename(checkpoint).split("-")[1]) if checkpoint else 0
@@ -50,7 +62,7 @@ def train_from_config(config_path: str, overrides: Iterable[str] = (), resume: O
         runs.update_run_json(run_dir, status="running", resumed_from=checkpoint, resumed=runs.now())
     began = time.time()
     try:
-        final = train(cfg, run_dir, resume_from=checkpoint, accelerator=accelerator)
+        final = train(cfg, run_dir, resume_from=checkpoint, accelerator=accelerator, prepared_data=prepared_data)
     except KeyboardInterrupt:
         if accelerator.is_main_process:
             runs.update_run_json(run_dir, status="interrupted", ended=runs.now())

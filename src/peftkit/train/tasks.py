@@ -6,8 +6,9 @@ loop knows nothing else about tasks; adding one means adding a :class:`Task` to 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,9 @@ def classification_loss(model: Any, batch: dict[str, torch.Tensor], beta: float)
 
 def dpo_loss(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tuple[torch.Tensor, int]:
     """DPO (Rafailov et al., 2023). The reference model is the same model with its adapter
-    disabled, so no second copy of the weights is held in memory."""
+    disabled, so no second copy of the weights is held in memory. It runs in eval mode: the
+    reference is the fixed base model, not a dropout sample of it (with an adapter that starts as
+    identity and no dropout elsewhere, the first loss is exactly log 2)."""
 
     def both() -> tuple[torch.Tensor, torch.Tensor]:
         chosen = sequence_logprob(model, batch["chosen_input_ids"], batch["chosen_attention_mask"], batch["chosen_labels"])
@@ -42,11 +45,23 @@ def dpo_loss(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tuple[t
         return chosen, rejected
 
     policy_chosen, policy_rejected = both()
-    with torch.no_grad(), _unwrap(model).disable_adapter():
+    with torch.no_grad(), _unwrap(model).disable_adapter(), _eval_mode(model):
         ref_chosen, ref_rejected = both()
     margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
     tokens = int(batch["chosen_attention_mask"].sum() + batch["rejected_attention_mask"].sum())
     return -F.logsigmoid(beta * margin).mean(), tokens
+
+
+@contextmanager
+def _eval_mode(model: Any) -> Iterator[None]:
+    """Every module in eval mode inside, each back in its own mode after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _unwrap(model: Any) -> Any:
