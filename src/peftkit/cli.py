@@ -1,7 +1,9 @@
 """The ``peftkit`` command line. Each sub-command is a small function; ``peftkit --help`` lists them.
+The work of ``eval``, ``generate``, ``chat`` and ``merge`` is in :mod:`peftkit.train.commands`,
+:mod:`peftkit.train.evaluation` and :mod:`peftkit.train.export`.
 
 Example:
-    $ peftkit inspect smollm2-135m-instruct --target-modules all-linear
+    $ peftkit generate runs/<id> --prompt "Hello"
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 from typing import Optional
 
 from . import __version__
+from .errors import PeftkitError
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -112,6 +115,108 @@ def _validate(args: argparse.Namespace) -> int:
     return 2
 
 
+def _guarded(work):
+    """Run a command's work; a peftkit error becomes ``error: ...`` and exit code 2."""
+    try:
+        work()
+    except PeftkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Score a run's adapter (``--base``: and the base model) on eval data; write eval_results.json."""
+    from .train.evaluation import evaluate_adapter
+
+    return _guarded(lambda: evaluate_adapter(args.path, config=args.config, data_path=args.data, metrics=args.metrics,
+                                             overrides=args.overrides, base=args.base, model=args.model,
+                                             device=args.device, out_path=args.out))
+
+
+def _talk(args: argparse.Namespace) -> int:
+    """``generate``: answer each ``--prompt``; ``chat``: a conversation read from stdin, a message a line."""
+    from .train import commands as c
+
+    def work():
+        model, tok = c.load_path(args.path, args.model, args.dtype, args.device, causal_lm=True)
+        options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                       system=args.system, seed=args.seed)
+        if args.command == "generate":
+            c.generate(model, tok, args.prompt, raw=args.raw, **options)
+        else:
+            tty = sys.stdin.isatty()
+            c.chat(model, tok, c.typed_lines() if tty else sys.stdin, interactive=tty, **options)
+    return _guarded(work)
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """Merge the adapter into its base model; write a plain transformers folder to --out."""
+    from .train.export import merge_adapter
+
+    return _guarded(lambda: merge_adapter(args.path, args.out, model=args.model, dtype=args.dtype, force=args.force,
+                                          check=not args.no_check, device=args.device))
+
+
+def _adapter_args(p: argparse.ArgumentParser, dtype: bool = True) -> None:
+    p.add_argument("path", metavar="RUN_OR_ADAPTER", help="a run folder (runs/<id>, its final adapter/) or an adapter folder")
+    p.add_argument("--model", help="base model (bundled name, local path or HF id); default: the run config's "
+                                   "model.name, else the adapter's base_model_name_or_path")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    if dtype:
+        p.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype to load the base model in (default float32)")
+
+
+def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"default {max_new_tokens}")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily; > 0 samples")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when --temperature > 0 (default 1.0)")
+    p.add_argument("--system", help="a system message before the conversation")
+    p.add_argument("--seed", type=int, help="random seed for sampling")
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _add_adapter_commands(sub) -> None:
+    p = sub.add_parser("eval", help="score a run's adapter on eval data (and the base model with --base)",
+                       description="Evaluate RUN_DIR's final adapter (or an adapter folder) with the metrics of its run "
+                                   "config; print them and write eval_results.json into the run (or adapter) folder.")
+    _adapter_args(p, dtype=False)
+    p.add_argument("overrides", nargs="*", help="dotted run-config overrides, e.g. eval.num_examples=20")
+    p.add_argument("--config", metavar="RUN.yaml", help="take data and metrics from this run config instead of the run's")
+    p.add_argument("--data", metavar="FILE", help="evaluate on this file (same format as the run's data) instead")
+    p.add_argument("--metrics", nargs="+", choices=("loss", "exact_match", "accuracy", "f1"), help="metrics to compute")
+    p.add_argument("--base", action="store_true", help="also score the base model (adapter disabled) for comparison")
+    p.add_argument("--out", metavar="FILE", help="where to write the results (default: <run>/eval_results.json)")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("generate", help="answer prompts with an adapter",
+                       description="Generate an answer to each --prompt (through the tokenizer's chat template).")
+    _adapter_args(p)
+    p.add_argument("--prompt", action="append", required=True, help="a user message; repeat for several")
+    p.add_argument("--raw", action="store_true", help="send the prompts as they are, without the chat template")
+    _sampling_args(p, 128)
+    p.set_defaults(func=_talk)
+
+    p = sub.add_parser("chat", help="talk to an adapter (one message a line on stdin)",
+                       description="Interactive chat that keeps the conversation; type /reset to start over and "
+                                   "/exit (or Ctrl-D) to quit. Reads piped input too: one message a line.")
+    _adapter_args(p)
+    _sampling_args(p, 256)
+    p.set_defaults(func=_talk)
+
+    p = sub.add_parser("merge", help="fold an adapter into its base model: a plain transformers folder",
+                       description="Load base + adapter, merge_and_unload(), and save a transformers model folder "
+                                   "(safetensors) with the tokenizer; checks the reloaded logits against the adapter model.")
+    _adapter_args(p, dtype=False)
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must be new or empty)")
+    p.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the saved weights (merged in float32)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--no-check", action="store_true", help="skip reloading the merged folder to compare logits")
+    p.set_defaults(func=_merge)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning, peft-compatible.")
     parser.add_argument("--version", action="version", version=f"peftkit {__version__}")
@@ -134,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="run config (YAML)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, checked too")
     p.set_defaults(func=_validate)
+    _add_adapter_commands(sub)
     return parser
 
 
