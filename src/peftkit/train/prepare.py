@@ -6,10 +6,12 @@ leaving a run folder behind."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
+from ..errors import ConfigError
 from ..model import PeftModel, get_peft_model
 from ..models import load_model, load_tokenizer
 from . import data
@@ -90,11 +92,21 @@ def generation_prompts(cfg: Any, rows: Any, tokenizer: Any) -> tuple[list[str], 
     return prompts, refs
 
 
+@contextmanager
+def _model_errors(cfg: Any, what: str) -> Iterator[None]:
+    """A model that cannot be found or loaded is a problem of ``model.name``: say so plainly."""
+    try:
+        yield
+    except (OSError, ValueError, ImportError) as e:  # FileNotFoundError, hub errors, missing packages
+        raise ConfigError(f"Cannot load the {what} of {cfg.model.name!r}:", [("model.name", str(e))]) from e
+
+
 def prepare_data(cfg: Any) -> PreparedData:
     """Load, check and tokenize the data for ``cfg`` (no model is loaded); raises
     :class:`~peftkit.train.data.DataError` naming the file, row and field of a bad row."""
     train_rows, eval_rows = load_splits(cfg)
-    tokenizer = load_tokenizer(cfg.model.name, revision=cfg.model.revision)
+    with _model_errors(cfg, "tokenizer"):
+        tokenizer = load_tokenizer(cfg.model.name, revision=cfg.model.revision)
     pad_id = data.ensure_pad_token(tokenizer)
     train_examples, label_names = tokenize(cfg, train_rows, tokenizer, cfg.data.train)
     eval_examples = []
@@ -119,8 +131,9 @@ def prepare(cfg: Any, main_process: bool = True, prepared_data: Optional[Prepare
     if cfg.train.task == "classification":
         extra = dict(num_labels=len(d.label_names), id2label=dict(enumerate(d.label_names)),
                      label2id={n: i for i, n in enumerate(d.label_names)})
-    model = load_model(cfg.model.name, task_type=cfg.model.task_type, dtype=cfg.model.dtype,
-                       revision=cfg.model.revision, **extra)
+    with _model_errors(cfg, "model"):
+        model = load_model(cfg.model.name, task_type=cfg.model.task_type, dtype=cfg.model.dtype,
+                           revision=cfg.model.revision, **extra)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = d.tokenizer.pad_token_id  # classifiers find the last real token through it
     if cfg.train.gradient_checkpointing:
