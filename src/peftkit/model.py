@@ -10,7 +10,9 @@ save and load adapters, and route mixed batches.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
+import types
 from typing import Any, Iterator, Optional, Union
 
 import torch.nn as nn
@@ -61,6 +63,7 @@ class PeftModel(MergeMixin, nn.Module):
         self.base_model = BaseModelHolder(model)
         self.peft_config: dict[str, PeftConfig] = {}
         self._active: list[str] = []
+        self._sign_forward(model)
         if peft_config is not None:
             self.add_adapter(adapter_name, peft_config)
             self.set_adapter(adapter_name)
@@ -72,6 +75,31 @@ class PeftModel(MergeMixin, nn.Module):
             if name in ("base_model", "peft_config", "_active") or name.startswith("__"):
                 raise
             return getattr(self.base_model, name)
+
+    def _sign_forward(self, model: nn.Module) -> None:
+        """Give this model's ``forward`` the wrapped model's signature (plus ``adapter_names``).
+
+        ``transformers.Trainer`` keeps only the dataset columns that ``inspect.signature(model.forward)``
+        names (for ``peft`` models it looks at the base model instead, by class); without this it would
+        drop ``input_ids``. The call itself is :meth:`forward` unchanged."""
+        try:
+            params = list(inspect.signature(model.forward).parameters.values())
+        except (TypeError, ValueError):  # a forward without a readable signature: leave ours
+            return
+        if "adapter_names" not in {p.name for p in params}:
+            at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+            params.insert(at, inspect.Parameter("adapter_names", inspect.Parameter.KEYWORD_ONLY, default=None))
+        params.insert(0, inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD))
+
+        def forward(self: "PeftModel", *args: Any, **kwargs: Any) -> Any:
+            return type(self).forward(self, *args, **kwargs)
+
+        try:
+            forward.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        except ValueError:  # parameters that cannot be combined this way: leave ours
+            return
+        forward.__doc__ = type(self).forward.__doc__
+        self.__dict__["forward"] = types.MethodType(forward, self)
 
     # ------------------------------------------------------------------ introspection
     def get_base_model(self) -> nn.Module:
@@ -276,8 +304,11 @@ class PeftModel(MergeMixin, nn.Module):
             for m in modules:
                 m.row_adapters = None
 
-    def forward(self, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any) -> Any:
-        """Call the model. ``adapter_names`` (one per row; ``"__base__"`` for none) mixes adapters in one batch."""
+    def forward(self, *args: Any, adapter_names: Optional[list[str]] = None, labels: Any = None, **kwargs: Any) -> Any:
+        """Call the model. ``adapter_names`` (one per row; ``"__base__"`` for none) mixes adapters in one batch.
+        (``labels`` is named so that ``transformers.Trainer`` finds the label column; it is passed on when given.)"""
+        if labels is not None:
+            kwargs["labels"] = labels
         with self._rows(adapter_names):
             return self.get_base_model()(*args, **kwargs)
 
