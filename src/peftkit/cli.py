@@ -75,7 +75,8 @@ def _train(args: argparse.Namespace) -> int:
     except PeftkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    _print_summary(run_dir)
+    if os.environ.get("RANK", "0") == "0":  # under accelerate launch, one summary, from the main process
+        _print_summary(run_dir)
     return 0
 
 
