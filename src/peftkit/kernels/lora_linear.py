@@ -21,10 +21,20 @@ import torch
 
 
 def dropout_mask(x: torch.Tensor, p: float) -> Optional[torch.Tensor]:
-    """A boolean keep-mask for dropout probability ``p`` (None when ``p == 0``)."""
+    """A boolean keep-mask for dropout probability ``p`` (None when ``p == 0``).
+
+    On CPU, ``bernoulli_`` draws one random number per element and dominates the cost of LoRA
+    dropout (6.4 ms for 1024 x 576 on 2 cores). Here each 31-bit draw gives two uniform 15-bit
+    fields compared with ``p`` (resolution 1/32768): 2.0 ms for the same mask.
+    """
     if p == 0.0:
         return None
-    return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
+    if x.device.type != "cpu":
+        return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
+    n = x.numel()
+    words = torch.empty((n + 1) // 2, 1, dtype=torch.int32).random_()  # uniform in [0, 2**31)
+    fields = torch.cat([words & 0x7FFF, (words >> 15) & 0x7FFF], 1).view(-1)[:n]
+    return (fields >= round(p * 32768)).view(x.shape)
 
 
 class LoraLinearFunction(torch.autograd.Function):
@@ -35,8 +45,8 @@ class LoraLinearFunction(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         out = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
-        xd = x2 if keep is None else x2 * keep.reshape(x2.shape) * (1.0 / (1.0 - p))
-        h = xd @ lora_a.t()  # (tokens, r): small
+        # the dropout scale 1/(1-p) is applied to the small (tokens, r) product, not to x
+        h = x2 @ lora_a.t() if keep is None else (x2 * keep.reshape(x2.shape)) @ lora_a.t() * (1.0 / (1.0 - p))
         out.addmm_(h, lora_b.t(), alpha=scaling)
         ctx.save_for_backward(x, weight, lora_a, lora_b, h, keep)
         ctx.scaling, ctx.p, ctx.has_bias = scaling, p, bias is not None
@@ -55,11 +65,11 @@ class LoraLinearFunction(torch.autograd.Function):
             if keep is None:
                 grad_x.addmm_(gb, lora_a, alpha=s)
             else:
-                grad_x += (gb @ lora_a) * keep.reshape(x2.shape) * (s / (1.0 - p))
+                grad_x.add_((gb @ lora_a).mul_(keep.reshape(x2.shape)), alpha=s / (1.0 - p))
             grad_x = grad_x.reshape(x.shape)
         if ctx.needs_input_grad[3]:
-            xd = x2 if keep is None else x2 * keep.reshape(x2.shape) * (1.0 / (1.0 - p))
-            grad_a = (gb.t() @ xd).mul_(s)
+            xd = x2 if keep is None else x2 * keep.reshape(x2.shape)
+            grad_a = (gb.t() @ xd).mul_(s if keep is None else s / (1.0 - p))
         if ctx.needs_input_grad[4]:
             grad_b = (g.t() @ h).mul_(s)
         if ctx.has_bias and ctx.needs_input_grad[2]:
