@@ -34,7 +34,7 @@ FULL = {
               "max_grad_norm": None, "dpo_beta": 0.2},
     "eval": {"metrics": ["loss", "exact_match"], "max_new_tokens": 32, "num_examples": 30, "at_start": True},
     "output": {"dir": "out/runs", "name": "contacts"},
-    "tracking": {"backends": ["local", "tensorboard"]},
+    "tracking": {"backends": ["local"]},
 }
 
 
@@ -179,6 +179,8 @@ BAD = [
     ("generation metric without eval data", merged(MINIMAL, eval={"metrics": ["exact_match"]}), "eval.metrics",
      "set data.eval or data.eval_fraction"),
     ("unknown metric", merged(MINIMAL, eval={"metrics": ["loss", "bleu"]}), "eval.metrics[1]", "got 'bleu'"),
+    ("tracker not wired in yet", merged(MINIMAL, tracking={"backends": ["tensorboard"]}), "tracking.backends",
+     "only 'local'"),
     ("bad tracker", merged(MINIMAL, tracking={"backends": ["wandbb"]}), "tracking.backends[0]",
      "did you mean 'wandb'?"),
     ("run name with a slash", merged(MINIMAL, output={"name": "a/b"}), "output.name", "folder name"),

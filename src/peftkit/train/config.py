@@ -106,8 +106,18 @@ class OutputSection(_Section):
 
 
 class TrackingSection(_Section):
-    """Experiment trackers (through accelerate); ``local`` writes metrics.jsonl only."""
+    """Experiment trackers; ``local`` (metrics.jsonl in the run folder) is what exists today."""
     backends: list[Literal["local", "tensorboard", "mlflow", "wandb"]] = ["local"]
+
+    @field_validator("backends")
+    @classmethod
+    def _only_local_yet(cls, value: list[str]) -> list[str]:
+        # accepted names, refused until the accelerate trackers are wired in: a silent no-op
+        # would let a user believe their run is logged somewhere it is not
+        if any(b != "local" for b in value):
+            raise ValueError("only 'local' is available in this version (tensorboard, mlflow and wandb "
+                             "through accelerate come with experiment tracking); use [local]")
+        return value
 
 
 SECTIONS: dict[str, Optional[type[_Section]]] = dict(model=ModelSection, adapter=None, data=DataSection,
