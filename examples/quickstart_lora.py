@@ -40,24 +40,8 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- data: templated contacts
-FIRST = ["Maria", "James", "Aiko", "Omar", "Lena", "Carlos", "Priya", "Tom", "Sofia", "Ivan",
-         "Chen", "Fatima", "Lucas", "Nora", "Mateo", "Elif", "Kwame", "Hannah", "Yuki", "Rafael"]
-LAST = ["Lopez", "Smith", "Tanaka", "Haddad", "Fischer", "Rossi", "Patel", "Walsh", "Novak",
-        "Petrov", "Wang", "Diallo", "Martin", "Berg", "Silva", "Kaya", "Mensah", "Cohen", "Sato"]
-CITIES = ["Lisbon", "Toronto", "Osaka", "Cairo", "Munich", "Naples", "Pune", "Dublin", "Prague",
-          "Kyiv", "Chengdu", "Dakar", "Lyon", "Bergen", "Recife", "Izmir", "Accra", "Haifa"]
-DOMAINS = ["example.com", "mail.org", "inbox.net", "post.io"]
-TEMPLATES = [
-    "Hi, I'm {name} from {city}. You can reach me at {email}.",
-    "Please send the invoice to {name} ({email}), our office in {city}.",
-    "{name} moved to {city} last year; the new address is {email}.",
-    "Contact: {email} -- that's {name}, based in {city}.",
-    "Our speaker, {name}, flies in from {city}. Questions go to {email}.",
-    "Write to {email} if you want to meet {name} while in {city}.",
-]
-# The instruction goes in the system turn: it replaces the template's default system prompt
-# ("You are a helpful AI assistant named SmolLM, ..."), which keeps examples short (~85 tokens).
-INSTRUCTION = 'Extract the contact from the message as JSON: {"name": ..., "email": ..., "city": ...}'
+# The task's vocabulary and instruction are shared with the YAML quick start's data generator.
+from make_quickstart_data import CITIES, DOMAINS, FIRST, INSTRUCTION, LAST, TEMPLATES  # noqa: E402
 
 
 def make_examples(n: int, rng: random.Random) -> list[dict]:

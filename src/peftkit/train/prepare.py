@@ -29,15 +29,10 @@ class PreparedData:
 
 
 @dataclass
-class Prepared:
-    model: PeftModel
-    tokenizer: Any
-    train_examples: list
-    eval_examples: list
-    collate: Callable
-    label_names: list[str] = field(default_factory=list)
-    eval_prompts: list[str] = field(default_factory=list)
-    eval_references: list[str] = field(default_factory=list)
+class Prepared(PreparedData):
+    """The data plus the model with its adapter: everything the loop needs."""
+
+    model: Optional[PeftModel] = None
     predictions: list[str] = field(default_factory=list)  # the latest exact_match generations
 
 
@@ -140,5 +135,4 @@ def prepare(cfg: Any, main_process: bool = True, prepared_data: Optional[Prepare
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     peft_model = get_peft_model(model, cfg.adapter_config())
-    return Prepared(peft_model, d.tokenizer, d.train_examples, d.eval_examples, d.collate, d.label_names,
-                    d.eval_prompts, d.eval_references)
+    return Prepared(**vars(d), model=peft_model)
