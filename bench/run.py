@@ -6,8 +6,8 @@ times with warm-up and medians, and prints ratios.
     python bench/run.py --suite cpu --quick    # fewer layers and repeats, for a smoke test
     python bench/run.py --suite gpu            # Llama 1B shape, bf16, batch 8 x 1024 (needs CUDA)
 
-Benchmarks so far: B1 (LoRA training step / frozen-base step, dropout 0 and 0.05) and B2 (peak
-memory: GPU max allocated; CPU bytes saved for backward).
+Benchmarks so far: B1 (LoRA training step / frozen-base step, dropout 0 and 0.05), B2 (peak
+memory: GPU max allocated; CPU bytes saved for backward) and B5 (adapter load, switch, merge).
 """
 
 from __future__ import annotations
@@ -156,11 +156,41 @@ def bench_training(setup: Setup, warmup: int, reps: int) -> list[tuple[str, floa
     return rows
 
 
+def bench_adapter_ops(setup: Setup, reps: int) -> list[tuple[str, float, float]]:
+    """B5: load an adapter onto a base, switch between two adapters, merge+unmerge; ms per op."""
+    import tempfile
+
+    import peft
+
+    import peftkit
+
+    theirs, ours = lora_models(setup, 0.0)
+    folder = tempfile.mkdtemp()
+    theirs.save_pretrained(folder)
+    libs = {"peft": (peft, theirs), "peftkit": (peftkit, ours)}
+    for lib, model in libs.values():
+        model.load_adapter(folder, adapter_name="second")
+    rows = []
+    # fresh base copies made beforehand, so that loading is timed without the copy
+    bases = {name: [copy.deepcopy(setup.base) for _ in range(reps + 1)] for name in libs}
+    ops = {
+        "load adapter": lambda name, lib, m: lib.PeftModel.from_pretrained(bases[name].pop(), folder),
+        "set_adapter x2": lambda name, lib, m: (m.set_adapter("second"), m.set_adapter("default")),
+        "merge+unmerge": lambda name, lib, m: (m.merge_adapter(), m.unmerge_adapter()),
+    }
+    for op, fn in ops.items():
+        fns = {name: (lambda name=name, lib=lib, m=m: fn(name, lib, m)) for name, (lib, m) in libs.items()}
+        times = timed_round_robin(fns, setup.device, 1, reps)
+        rows.append((op, times["peft"] * 1e3, times["peftkit"] * 1e3))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=sorted(SHAPES), default="cpu")
     parser.add_argument("--quick", action="store_true", help="4 layers, 1 warm-up, 3 repeats")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--only", nargs="+", default=["b1", "b5"], choices=["b1", "b5"], help="benchmarks to run")
     args = parser.parse_args()
     if args.suite == "gpu" and not torch.cuda.is_available():
         raise SystemExit("--suite gpu needs a CUDA device")
@@ -168,11 +198,18 @@ def main() -> None:
     warmup, reps = (1, 3) if args.quick else (2, args.reps)
     print(f"suite {args.suite}: {sum(p.numel() for p in setup.base.parameters()) / 1e6:.0f}M parameters, "
           f"batch {tuple(setup.input_ids.shape)}, {setup.dtype}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    rows = bench_training(setup, warmup, reps)
-    print("\nB1/B2  LoRA r=16 on all 7 projections, ratios to the frozen-base step")
-    print(f"{'':24s} {'step time':>10s} {'memory':>8s}")
-    for name, t, m in rows:
-        print(f"{name:24s} {t:10.3f} {m:8.3f}")
+    if "b1" in args.only:
+        rows = bench_training(setup, warmup, reps)
+        print("\nB1/B2  LoRA r=16 on all 7 projections, ratios to the frozen-base step")
+        print(f"{'':24s} {'step time':>10s} {'memory':>8s}")
+        for name, t, m in rows:
+            print(f"{name:24s} {t:10.3f} {m:8.3f}")
+    if "b5" in args.only:
+        rows = bench_adapter_ops(setup, reps)
+        print("\nB5  adapter operations (ms, median)")
+        print(f"{'':16s} {'peft':>9s} {'peftkit':>9s} {'ratio':>7s}")
+        for op, a, b in rows:
+            print(f"{op:16s} {a:9.1f} {b:9.1f} {b / a:7.2f}")
 
 
 if __name__ == "__main__":

@@ -142,22 +142,25 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         for name in names:
             if name not in self.adapter_names or name in self.merged_adapters:
                 continue
-            delta = self.delta_weight(name).to(weight.dtype)
             if safe_merge:
-                merged = weight.data + delta
+                merged = weight.data + self.delta_weight(name).to(weight.dtype)
                 if not torch.isfinite(merged).all():
                     raise AdapterError(f"merging adapter {name!r} gives NaN/inf weights; the base layer was left as it was")
                 weight.data.copy_(merged)
             else:
-                weight.data += delta
+                self.add_delta_(weight.data, name, 1.0)
             self.merged_adapters.append(name)
+
+    def add_delta_(self, weight: torch.Tensor, adapter_name: str, sign: float) -> None:
+        """``weight += sign * delta_weight(adapter_name)`` in place; layers override it when they
+        can do this without materialising the delta (LoRA: one ``addmm_``)."""
+        weight += sign * self.delta_weight(adapter_name).to(weight.dtype)
 
     def unmerge(self) -> None:
         """Subtract every merged adapter's delta again (restores the base weights up to rounding)."""
         weight = self.base_layer.weight
         while self.merged_adapters:
-            name = self.merged_adapters.pop()
-            weight.data -= self.delta_weight(name).to(weight.dtype)
+            self.add_delta_(weight.data, self.merged_adapters.pop(), -1.0)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disabled:

@@ -178,6 +178,17 @@ class LoraLinear(LoraLayer):
         delta = (b @ a) * self.scaling[adapter_name]
         return delta.T if self.fan_in_fan_out else delta
 
+    def add_delta_(self, weight: torch.Tensor, adapter_name: str, sign: float) -> None:
+        a, b = self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight
+        if a.dtype != weight.dtype:  # fp32 adapters on a half-precision base: the generic path casts
+            return super().add_delta_(weight, adapter_name, sign)
+        alpha = sign * self.scaling[adapter_name]
+        with torch.no_grad():
+            if self.fan_in_fan_out:
+                weight.addmm_(a.t(), b.t(), alpha=alpha)  # Conv1D stores (in, out)
+            else:
+                weight.addmm_(b, a, alpha=alpha)
+
 
 class LoraEmbedding(LoraLayer):
     """LoRA on ``nn.Embedding``: ``lora_embedding_A`` (r x vocab) is looked up like an embedding
