@@ -9,31 +9,14 @@ import math
 import pytest
 import torch
 import torch.nn as nn
+from tiny_models import tiny_bert_classifier as tiny_bert_cls
+from tiny_models import tiny_llama
 from toy_models import TOYS
-from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import peftkit as pk
 
 LINEAR = TOYS[0]
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=100, pad_token_id=0)
-    return LlamaForCausalLM(cfg).eval()
-
-
-def tiny_bert_cls() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    cfg = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     vocab_size=100, num_labels=3)
-    return BertForSequenceClassification(cfg).eval()
 
 
 def lora(**kw) -> pk.LoraConfig:

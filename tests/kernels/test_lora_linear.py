@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import peftkit as pk
-from peftkit.kernels.lora_linear import LoraLinearFunction, lora_linear
+from peftkit.kernels.lora_linear import lora_linear
 from peftkit.methods.lora_layers import LoraLinear
 
 

@@ -13,18 +13,25 @@ import warnings
 import datasets
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from tiny_assets import CHATML, tiny_tokenizer
 
 from peftkit.errors import PeftkitError
-from peftkit.train.data import (IGNORE, DataError, Examples, collate, ensure_pad_token, eval_split,
-                                load_rows, pack, tokenize_classification, tokenize_preference,
-                                tokenize_sft, validate_rows)
+from peftkit.train.data import (
+    IGNORE,
+    DataError,
+    Examples,
+    collate,
+    ensure_pad_token,
+    eval_split,
+    load_rows,
+    pack,
+    tokenize_classification,
+    tokenize_preference,
+    tokenize_sft,
+    validate_rows,
+)
 
 datasets.disable_progress_bars()
-
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 ROWS = {
     "chat": [{"messages": [{"role": "user", "content": "Hi"},
@@ -43,15 +50,8 @@ ROWS = {
 
 
 def make_tokenizer(template: str | None = CHATML):
-    """Byte-level BPE without merges: every byte is a token, so decode(encode(s)) == s."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    core = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>",
-                                  additional_special_tokens=["<|im_start|>"])
-    tok.chat_template = template
-    return tok
+    """The shared byte-level test tokenizer, without a pad token (tests supply one themselves)."""
+    return tiny_tokenizer(template, pad=False)
 
 
 @pytest.fixture(scope="module")

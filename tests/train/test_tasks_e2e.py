@@ -15,7 +15,6 @@ import torch
 import transformers
 from tiny_assets import (
     assert_loads_in_peftkit_and_peft,
-    chat_rows,
     read_metrics,
     the_run,
     tiny_bert_dir,

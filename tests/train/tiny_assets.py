@@ -15,14 +15,17 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
+def tiny_tokenizer(template: str | None = CHATML, pad: bool = True) -> PreTrainedTokenizerFast:
+    """Byte-level BPE without merges: every byte is a token, so decode(encode(s)) == s.
+    ``pad=False`` leaves the pad token unset (to test code that must supply one)."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     core = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|im_end|>",
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>",
+                                  pad_token="<|im_end|>" if pad else None,
                                   additional_special_tokens=["<|im_start|>"])
-    tok.chat_template = CHATML
+    tok.chat_template = template
     return tok
 
 
