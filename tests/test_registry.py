@@ -98,3 +98,81 @@ def test_registering_a_second_method_under_a_taken_name_fails():
     spec = pk.MethodSpec("LORA", pk.LoraConfig, OutScaleLinear, [])
     with pytest.raises(ValueError, match="already registered"):
         pk.register_method(spec)
+
+
+class GlobalGainConfig(TargetedConfig):
+    """A toy method with model-level state: one learned gain shared by every adapted layer."""
+
+    peft_type: ClassVar[str] = "TEST_GLOBAL_GAIN"
+
+
+class GlobalGainLinear(pk.AdapterLayer):
+    adapter_param_names = ()
+
+    def __init__(self, base_layer: nn.Linear, adapter_name: str, config: GlobalGainConfig, key: str):
+        super().__init__(base_layer, key)
+        self.gains: dict[str, nn.Parameter] = {}  # filled by on_add; the model owns the parameter
+
+    @property
+    def adapter_names(self):
+        return list(self.gains)
+
+    def add_adapter(self, adapter_name, config, key):
+        pass  # on_add hands the shared gain to the layer
+
+    def delete_adapter(self, adapter_name):
+        self.gains.pop(adapter_name, None)
+        super().delete_adapter(adapter_name)
+
+    def delta(self, adapter_name, x):
+        return nn.functional.linear(x, self.base_layer.weight) * self.gains[adapter_name]
+
+
+def _gain_on_add(peft_model, adapter_name, config):
+    if not hasattr(peft_model.base_model, "global_gain"):
+        peft_model.base_model.global_gain = nn.ParameterDict()
+    peft_model.base_model.global_gain[adapter_name] = nn.Parameter(torch.tensor(0.25))
+    for layer in peft_model._adapter_layers():
+        layer.gains[adapter_name] = peft_model.base_model.global_gain[adapter_name]
+
+
+def _gain_on_delete(peft_model, adapter_name):
+    gains = getattr(peft_model.base_model, "global_gain", {})
+    if adapter_name in gains:
+        del gains[adapter_name]
+
+
+def _gain_tensors(peft_model, adapter_name):
+    return {"base_model.global_gain": peft_model.base_model.global_gain[adapter_name]}
+
+
+def test_model_level_state_is_created_saved_loaded_and_trained(tmp_path):
+    pk.register_method(
+        pk.MethodSpec(
+            "TEST_GLOBAL_GAIN", GlobalGainConfig, GlobalGainLinear,
+            [pk.LayerFactory("nn.Linear", lambda m: isinstance(m, nn.Linear), GlobalGainLinear)],
+            on_add=_gain_on_add, on_delete=_gain_on_delete, model_tensors=_gain_tensors,
+        ),
+        replace=True,
+    )
+    toy = TOYS[0]
+    x = toy.inputs()
+    model = pk.get_peft_model(toy.model(), GlobalGainConfig(target_modules=["lin1"]))
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["base_model.global_gain.default"]
+    with torch.no_grad():
+        model.base_model.global_gain["default"].fill_(0.75)
+    expected = model(x)
+    state = pk.get_peft_model_state_dict(model)
+    assert list(state) == ["base_model.global_gain"] and state["base_model.global_gain"].item() == 0.75
+
+    model.save_pretrained(tmp_path)
+    loaded = pk.PeftModel.from_pretrained(toy.model(), tmp_path)
+    assert torch.equal(loaded(x), expected)
+    assert not loaded.base_model.global_gain["default"].requires_grad  # loaded for inference
+
+    model.add_adapter("other", GlobalGainConfig(target_modules=["lin1"]))
+    model.set_adapter("other")
+    assert model.base_model.global_gain["other"].requires_grad
+    assert not model.base_model.global_gain["default"].requires_grad
+    model.delete_adapter("other")
+    assert "other" not in model.base_model.global_gain

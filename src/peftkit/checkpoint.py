@@ -78,6 +78,15 @@ def _adapter_entries(model: nn.Module, adapter_name: str, config: PeftConfig) ->
     return entries
 
 
+def model_level_tensors(model: "PeftModel", adapter_name: str) -> dict[str, torch.Tensor]:
+    """Checkpoint key -> live tensor for state the adapter's method keeps on the PeftModel itself
+    (see ``MethodSpec.model_tensors``); empty for methods that live entirely in their layers."""
+    from .registry import method_for_config
+
+    spec = method_for_config(model.peft_config[adapter_name])
+    return dict(spec.model_tensors(model, adapter_name)) if spec.model_tensors else {}
+
+
 def _embedding_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The embedding tables of a transformers model under their parameter paths: the adapted ones
     if an adapter targets an embedding (as peft), otherwise the input and output tables."""
@@ -114,6 +123,7 @@ def get_peft_model_state_dict(
     if adapter_name not in model.peft_config:
         raise CheckpointError(f"unknown adapter {adapter_name!r}; this model has {sorted(model.peft_config)}")
     live = adapter_tensors(model.get_base_model(), adapter_name, model.peft_config[adapter_name])
+    live.update(model_level_tensors(model, adapter_name))
     if save_embedding_layers is True:
         live.update({PREFIX + k: p for k, p in _embedding_parameters(model.get_base_model()).items()})
     if state_dict is None:
@@ -161,6 +171,7 @@ def set_peft_model_state_dict(
     """
     base = model.get_base_model()
     expected = _adapter_entries(base, adapter_name, model.peft_config[adapter_name])
+    expected.update({key: (key, t) for key, t in model_level_tensors(model, adapter_name).items()})
     # Keys that name plain base-model parameters (biases, or embedding tables peft saves when
     # target embeddings were resized) are loaded into the base model, as peft does.
     extra = {PREFIX + n: p for n, p in base.named_parameters()}

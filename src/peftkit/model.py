@@ -184,6 +184,8 @@ class PeftModel(MergeMixin, nn.Module):
             for key in targets:
                 self._wrap(spec, key, adapter_name, init_config)
             self._wrap_modules_to_save(adapter_name, config)
+            if spec.on_add:
+                spec.on_add(self, adapter_name, init_config)
             if not config.base_model_name_or_path:
                 config.base_model_name_or_path = getattr(model, "name_or_path", None) or None
         except BaseException:
@@ -239,6 +241,9 @@ class PeftModel(MergeMixin, nn.Module):
         """Remove an adapter; layers left without adapters get their original module back."""
         self._check_names([adapter_name])
         model = self.get_base_model()
+        spec = method_for_config(self.peft_config[adapter_name])
+        if spec.on_delete:
+            spec.on_delete(self, adapter_name)
         for key, module in list(self._adapter_modules()):
             module.delete_adapter(adapter_name)
             if not module.adapter_names:
@@ -266,6 +271,10 @@ class PeftModel(MergeMixin, nn.Module):
             bias = getattr(self.peft_config[name], "bias", "none")
             for p in checkpoint._bias_parameters(model, name, bias).values():
                 p.requires_grad_(trainable)
+        for name in self.peft_config:
+            for t in checkpoint.model_level_tensors(self, name).values():
+                if isinstance(t, nn.Parameter):
+                    t.requires_grad_(trainable and name in self._active)
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:

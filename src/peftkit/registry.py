@@ -54,6 +54,15 @@ class MethodSpec:
     on_step_end: Optional[Callable[..., None]] = None
     # Extra loss terms (e.g. orthogonal regularisation), added by the training loop.
     extra_loss: Optional[Callable[..., object]] = None
+    # State a method keeps on the PeftModel rather than in injected layers (VeRA's shared
+    # projections, a prompt encoder). ``on_add(peft_model, adapter_name, config)`` runs after the
+    # layers are wrapped (and is undone by ``on_delete(peft_model, adapter_name)``, which is also
+    # called to roll back a failed add); ``model_tensors(peft_model, adapter_name)`` returns
+    # checkpoint key -> live tensor, saved and loaded (shape-checked) beside the layers' tensors.
+    # Parameters among them train while their adapter is active and trainable.
+    on_add: Optional[Callable[..., None]] = None
+    on_delete: Optional[Callable[..., None]] = None
+    model_tensors: Optional[Callable[..., dict]] = None
 
     def factory_for(self, module: nn.Module) -> Optional[LayerFactory]:
         """The first factory that accepts ``module``, or None."""
