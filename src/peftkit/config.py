@@ -37,6 +37,18 @@ class PeftType(str, Enum):
     """Built-in method names as written in ``adapter_config.json``. Plugins may add any string."""
 
     LORA = "LORA"
+    ADALORA = "ADALORA"
+    IA3 = "IA3"
+    VERA = "VERA"
+    LOHA = "LOHA"
+    LOKR = "LOKR"
+    PROMPT_TUNING = "PROMPT_TUNING"
+    P_TUNING = "P_TUNING"
+    PREFIX_TUNING = "PREFIX_TUNING"
+    # peftkit's own methods (peft has none of these)
+    BOTTLENECK = "BOTTLENECK"
+    BITFIT = "BITFIT"
+    LN_TUNING = "LN_TUNING"
 
 
 # Marks a peft-only key whose value never matters (bookkeeping such as "peft_version").
