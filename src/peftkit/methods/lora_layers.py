@@ -4,6 +4,7 @@ Tensor names and shapes are ``peft``'s, so checkpoints move both ways:
 ``lora_A[name]`` maps the input down to rank ``r``, ``lora_B[name]`` maps back up, and the output
 gains ``scaling * lora_B(lora_A(dropout(x)))`` with ``scaling = lora_alpha / r`` (or ``/ sqrt(r)``
 with rsLoRA). ``lora_B`` starts at zero, so a new adapter leaves the model's outputs unchanged.
+Adapters added with ``use_dora=True`` are DoRA adapters (see :mod:`peftkit.methods.dora`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import TargetError
-from ..kernels import fast_path_applies, lora_linear
+from ..kernels import fast_path_applies, lora_linear, multi_lora
+from ..kernels.dora import dora_fast_path_applies, dora_linear
 from ..layers import AdapterLayer
 from ..targets import pattern_value
+from .dora import MAGNITUDE, DoraMixin, dora_delta, init_magnitude, weight_norm
 
 if TYPE_CHECKING:
     from .lora import LoraConfig
@@ -38,18 +41,20 @@ def adapter_dtype(base_weight: torch.Tensor) -> torch.dtype:
     return base_weight.dtype if base_weight.is_floating_point() else torch.float32
 
 
-class LoraLayer(AdapterLayer):
-    """Shared LoRA bookkeeping: rank, alpha and scaling per adapter."""
+class LoraLayer(DoraMixin, AdapterLayer):
+    """Shared LoRA bookkeeping: rank, alpha and scaling per adapter (DoRA from :class:`DoraMixin`)."""
 
-    adapter_param_names = ("lora_A", "lora_B")
+    adapter_param_names = ("lora_A", "lora_B", MAGNITUDE)
     adapter_setting_names = ("r", "lora_alpha", "scaling", "lora_dropout")
     # What holds one adapter's tensor: a module (nn.Linear, nn.Conv2d) or a bare nn.Parameter.
     tensor_holder: type[nn.Module] = nn.ModuleDict
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: "LoraConfig", key: str):
         super().__init__(base_layer, key)
+        self._init_dora()
         for attr in self.adapter_param_names:
-            setattr(self, attr, self.tensor_holder())
+            if attr != MAGNITUDE:
+                setattr(self, attr, self.tensor_holder())
         self.lora_dropout = nn.ModuleDict()
         self.r: dict[str, int] = {}
         self.lora_alpha: dict[str, float] = {}
@@ -57,6 +62,7 @@ class LoraLayer(AdapterLayer):
         self.add_adapter(adapter_name, config, key)
 
     def add_adapter(self, adapter_name: str, config: "LoraConfig", key: str) -> None:
+        self._check_dora(config, key)
         r = pattern_value(config.rank_pattern, key, config.r)
         alpha = pattern_value(config.alpha_pattern, key, config.lora_alpha)
         self.r[adapter_name] = r

@@ -1,0 +1,130 @@
+"""The batched mixed-adapter path equals the per-adapter loop it replaces: outputs, gradients,
+uneven and padded groups, ranks that differ, base rows, adapters absent from some layers, beam
+search; and its weight stacks never go stale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import tiny_llama
+
+import peftkit as pk
+from peftkit.kernels import multi_lora
+from peftkit.methods.lora_layers import LoraLinear
+
+ATOL = 1e-5
+
+
+def adapters(configs: dict[str, dict]) -> pk.PeftModel:
+    model = None
+    for i, (name, kw) in enumerate(configs.items()):
+        cfg = pk.LoraConfig(init_lora_weights=False, **{"target_modules": ["q_proj", "v_proj", "down_proj"], **kw})
+        torch.manual_seed(i)
+        if model is None:
+            model = pk.get_peft_model(tiny_llama(), cfg, adapter_name=name)
+        else:
+            model.add_adapter(name, cfg)
+    return model.eval()
+
+
+@pytest.fixture
+def slow_path(monkeypatch):
+    """Run a model through the generic per-adapter loop instead of the batched path."""
+
+    def run(model, *args, **kwargs):
+        with monkeypatch.context() as m:
+            m.setattr(multi_lora, "MAX_PADDING", -1.0)  # every plan counts as too padded
+            return model(*args, **kwargs)
+
+    return run
+
+
+def used_batched_path(model, ids, names, monkeypatch) -> bool:
+    calls = []
+    real = multi_lora.add_mixed_lora_
+    monkeypatch.setattr(multi_lora, "add_mixed_lora_", lambda *a: calls.append(1) or real(*a))
+    model(input_ids=ids, adapter_names=names)
+    monkeypatch.setattr(multi_lora, "add_mixed_lora_", real)
+    return bool(calls)
+
+
+IDS = torch.randint(3, 100, (6, 5), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("names", [
+    ["a", "b", "c", "a", "b", "c"],                 # even groups
+    ["a", "a", "a", "b", "__base__", "c"],          # uneven groups, a base row
+    ["b", "b", "b", "b", "b", "a"],                 # padded: slot "a" carries 4 rows of padding
+    ["__base__"] * 6,                               # nothing to add
+])
+def test_batched_equals_loop(names, slow_path, monkeypatch):
+    model = adapters({"a": {}, "b": {"r": 4}, "c": {"r": 2, "lora_alpha": 7, "target_modules": ["q_proj"]}})
+    with torch.no_grad():
+        fast = model(input_ids=IDS, adapter_names=names).logits
+        slow = slow_path(model, input_ids=IDS, adapter_names=names).logits
+        torch.testing.assert_close(fast, slow, atol=ATOL, rtol=0)
+        for i, name in enumerate(names):  # and each row equals running that adapter alone
+            if name == "__base__":
+                with model.disable_adapter():
+                    alone = model(input_ids=IDS[i : i + 1]).logits
+            else:
+                model.set_adapter(name)
+                alone = model(input_ids=IDS[i : i + 1]).logits
+            torch.testing.assert_close(fast[i : i + 1], alone, atol=ATOL, rtol=0)
+    assert used_batched_path(model, IDS, names, monkeypatch) == (names != ["__base__"] * 6)
+    if names.count("b") == 5:  # 10 slots for 6 rows: over a lower padding limit the loop takes over
+        monkeypatch.setattr(multi_lora, "MAX_PADDING", 1.5)
+        assert not used_batched_path(model, IDS, names, monkeypatch)
+
+
+def test_gradients_match_the_loop(slow_path):
+    model = adapters({"a": {}, "b": {"r": 4}})
+    model.train()
+    names = ["a", "b", "a", "b", "b", "a"]
+    model(input_ids=IDS, labels=IDS, adapter_names=names).loss.backward()
+    fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    slow_path(model, input_ids=IDS, labels=IDS, adapter_names=names).loss.backward()
+    slow = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert fast.keys() == slow.keys() and fast
+    for n in fast:
+        torch.testing.assert_close(fast[n], slow[n], atol=1e-6, rtol=1e-5)
+
+
+def test_stacks_follow_weight_changes():
+    model = adapters({"a": {}, "b": {}})
+    names = ["a", "b"] * 3
+    with torch.no_grad():
+        before = model(input_ids=IDS, adapter_names=names).logits
+        layer = next(m for m in model.modules() if isinstance(m, LoraLinear))
+        layer.lora_B["b"].weight.mul_(3.0)  # in place, as an optimizer step or a load does
+        changed = model(input_ids=IDS, adapter_names=names).logits
+        assert torch.equal(changed[0], before[0]) and not torch.allclose(changed[1], before[1])
+        model.delete_adapter("b")
+        model.add_adapter("b", pk.LoraConfig(target_modules=["q_proj", "v_proj", "down_proj"]))  # B = 0 again
+        model.set_adapter("a")
+        with model.disable_adapter():
+            base = model(input_ids=IDS).logits
+        fresh = model(input_ids=IDS, adapter_names=names).logits
+        torch.testing.assert_close(fresh[1::2], base[1::2], atol=ATOL, rtol=0)
+
+
+def test_beam_search_expands_rows():
+    model = adapters({"a": {}, "b": {}})
+    prompt = IDS[:2, :3]
+    out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), adapter_names=["a", "b"],
+                         max_new_tokens=3, num_beams=2, do_sample=False, pad_token_id=0)
+    for i, name in enumerate(["a", "b"]):
+        model.set_adapter(name)
+        alone = model.generate(input_ids=prompt[i : i + 1], attention_mask=torch.ones_like(prompt[i : i + 1]),
+                               max_new_tokens=3, num_beams=2, do_sample=False, pad_token_id=0)
+        assert torch.equal(out[i : i + 1], alone)
+
+
+def test_row_plan_layout():
+    plan = multi_lora.row_plan(("x", "__base__", "y", "x", "z"), frozenset({"x", "y"}), torch.device("cpu"))
+    assert plan.names == ("x", "y") and plan.per_slot == 2 and plan.real_rows == 3
+    assert plan.gather.tolist() == [0, 3, 2, 2]
+    assert plan.keep.tolist() == [[1.0, 1.0], [1.0, 0.0]] and plan.padding == 4 / 3
+    even = multi_lora.row_plan(("x", "y", "y", "x"), frozenset({"x", "y"}), torch.device("cpu"))
+    assert even.keep is None and even.gather.tolist() == [0, 3, 1, 2]
