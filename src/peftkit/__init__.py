@@ -15,6 +15,9 @@ from .errors import (
     TargetError,
 )
 from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper
+from .methods.bitfit import BitFitConfig
+from .methods.bottleneck import BottleneckConfig
+from .methods.ln_tuning import LNTuningConfig
 from .methods.lora import LoraConfig
 from .model import (
     PeftModel,
@@ -40,8 +43,11 @@ __all__ = [
     "AdapterError",
     "AdapterLayer",
     "BASE_ADAPTER",
+    "BitFitConfig",
+    "BottleneckConfig",
     "CheckpointError",
     "ConfigError",
+    "LNTuningConfig",
     "LayerFactory",
     "LoraConfig",
     "MethodSpec",

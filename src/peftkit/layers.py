@@ -151,6 +151,12 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
                 self.add_delta_(weight.data, name, 1.0)
             self.merged_adapters.append(name)
 
+    def merge_is_finite(self, adapter_name: str) -> bool:
+        """Whether merging ``adapter_name`` leaves every base tensor finite (``safe_merge``'s check);
+        layers that merge into something other than ``base_layer.weight`` override it."""
+        weight = self.base_layer.weight
+        return bool(torch.isfinite(weight.data + self.delta_weight(adapter_name).to(weight.dtype)).all())
+
     def add_delta_(self, weight: torch.Tensor, adapter_name: str, sign: float) -> None:
         """``weight += sign * delta_weight(adapter_name)`` in place; layers override it when they
         can do this without materialising the delta (LoRA: one ``addmm_``)."""

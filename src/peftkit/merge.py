@@ -7,7 +7,6 @@ import warnings
 from collections import Counter
 from typing import Optional
 
-import torch
 import torch.nn as nn
 
 from .errors import AdapterError
@@ -34,8 +33,7 @@ class MergeMixin:
             for layer in layers:
                 for name in names:
                     if name in layer.adapter_names and name not in layer.merged_adapters:
-                        w = layer.base_layer.weight
-                        if not torch.isfinite(w.data + layer.delta_weight(name).to(w.dtype)).all():
+                        if not layer.merge_is_finite(name):
                             raise AdapterError(
                                 f"merging adapter {name!r} into {layer.key!r} gives NaN/inf weights; nothing was merged"
                             )

@@ -123,6 +123,10 @@ def resolve_target_modules(model: nn.Module, config: TargetedConfig) -> Optional
         skip = _output_head_names(model, config.task_type)
         return [key for key, m in iter_plain_modules(model) if _is_linear(m) and key not in skip]
     if targets is None:
+        # a method may define its own default (BitFit: every module with a bias; LN tuning: the norms)
+        method_default = getattr(config, "default_target_modules", None)
+        if callable(method_default):
+            return method_default(model)
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         if model_type not in DEFAULT_TARGETS:
             raise TargetError(
@@ -131,6 +135,20 @@ def resolve_target_modules(model: nn.Module, config: TargetedConfig) -> Optional
             )
         return list(DEFAULT_TARGETS[model_type])
     return targets
+
+
+def compact_names(model: nn.Module, keys: list[str]) -> list[str]:
+    """``keys`` as short peft-style names: a leaf name (``"ln_1"``) where every module of that name
+    is among ``keys``, the full key otherwise. Matching the result selects exactly ``keys``."""
+    chosen = set(keys)
+    by_leaf: dict[str, list[str]] = {}
+    for key, _ in iter_plain_modules(model):
+        by_leaf.setdefault(key.rsplit(".", 1)[-1], []).append(key)
+    names = []
+    for key in keys:
+        leaf = key.rsplit(".", 1)[-1]
+        names.append(leaf if all(k in chosen for k in by_leaf[leaf]) else key)
+    return list(dict.fromkeys(names))
 
 
 def modules_to_save_for(config: TargetedConfig) -> list[str]:

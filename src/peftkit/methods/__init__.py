@@ -1,3 +1,6 @@
 """Built-in adapter methods. Importing a method module registers it (see :mod:`peftkit.registry`)."""
 
 from . import lora  # noqa: F401
+from . import bottleneck  # noqa: F401
+from . import bitfit  # noqa: F401
+from . import ln_tuning  # noqa: F401
