@@ -172,3 +172,13 @@ def test_cpu_dropout_mask_rate(p):
     assert keep.dtype == torch.bool and keep.shape == (1000, 1001)
     assert abs((1 - keep.float().mean().item()) - p) < 0.003
     assert dropout_mask(torch.empty(3, 3), 0.0) is None
+
+
+def test_inference_skips_the_autograd_node_with_the_same_result():
+    x, w, b, a, bb = tensors()
+    with_graph = lora_linear(x, w, b, a, bb, 2.0)
+    assert with_graph.grad_fn is not None
+    with torch.no_grad():
+        without = lora_linear(x, w, b, a, bb, 2.0)
+    assert without.grad_fn is None
+    assert torch.equal(with_graph.detach(), without)

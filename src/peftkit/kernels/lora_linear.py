@@ -37,20 +37,26 @@ def dropout_mask(x: torch.Tensor, p: float) -> Optional[torch.Tensor]:
     return (fields >= round(p * 32768)).view(x.shape)
 
 
+def _forward(x, weight, bias, lora_a, lora_b, scaling: float, keep: Optional[torch.Tensor], p: float):
+    """The output and the rank-``r`` activations ``h`` (kept for backward)."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    out = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
+    # the dropout scale 1/(1-p) is applied to the small (tokens, r) product, not to x
+    h = x2 @ lora_a.t() if keep is None else (x2 * keep.reshape(x2.shape)) @ lora_a.t() * (1.0 / (1.0 - p))
+    out.addmm_(h, lora_b.t(), alpha=scaling)
+    return out.reshape(*shape[:-1], out.shape[-1]), h
+
+
 class LoraLinearFunction(torch.autograd.Function):
     """Forward and backward of base linear + LoRA in one node of the autograd graph."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, keep: Optional[torch.Tensor], p: float):
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        out = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
-        # the dropout scale 1/(1-p) is applied to the small (tokens, r) product, not to x
-        h = x2 @ lora_a.t() if keep is None else (x2 * keep.reshape(x2.shape)) @ lora_a.t() * (1.0 / (1.0 - p))
-        out.addmm_(h, lora_b.t(), alpha=scaling)
+        out, h = _forward(x, weight, bias, lora_a, lora_b, scaling, keep, p)
         ctx.save_for_backward(x, weight, lora_a, lora_b, h, keep)
         ctx.scaling, ctx.p, ctx.has_bias = scaling, p, bias is not None
-        return out.reshape(*shape[:-1], out.shape[-1])
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -89,6 +95,9 @@ def lora_linear(x, weight, bias, lora_a, lora_b, scaling: float, p: float = 0.0,
         keep = dropout_mask(x, p)
     if not training:
         keep, p = None, 0.0
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, weight, bias, lora_a, lora_b)):
+        # inference: the same maths without an autograd node (its fixed cost shows in decoding)
+        return _forward(x, weight, bias, lora_a, lora_b, scaling, keep, p)[0]
     return LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, keep, p)
 
 
