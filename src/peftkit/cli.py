@@ -60,14 +60,23 @@ def _train(args: argparse.Namespace) -> int:
     from .errors import PeftkitError
     from .train.runner import train_from_config
 
-    if not args.config and not args.resume:
-        print("error: give a CONFIG file, or --resume RUN_DIR", file=sys.stderr)
+    if not args.config and not args.resume and not args.from_run:
+        print("error: give a CONFIG file, --from-run RUN or --resume RUN_DIR", file=sys.stderr)
+        return 2
+    if args.resume and (args.sweep or args.from_run):
+        print("error: --resume continues one run as it was; it does not go with --sweep or --from-run", file=sys.stderr)
         return 2
     overrides = list(args.overrides)
     config = args.config
     if config and "=" in config and not os.path.exists(config):  # `peftkit train --resume R key=value`
         overrides, config = [config, *overrides], None
     try:
+        from .tracking import commands as tracking
+
+        if args.from_run:
+            config, overrides = tracking.from_run_config(config, overrides, args.from_run)
+        if args.sweep:
+            return tracking.train_sweep(config, overrides, args.sweep)
         run_dir = train_from_config(config, overrides, resume=args.resume)
     except KeyboardInterrupt:
         print("\ninterrupted: a checkpoint was saved; continue with  peftkit train --resume RUN_DIR", file=sys.stderr)
@@ -88,7 +97,8 @@ def _print_summary(run_dir: str, examples: int = 3) -> None:
 
     evals = [r for r in runs.read_metrics(run_dir) if any(k.startswith("eval_") for k in r)]
     print(f"\nrun finished: {run_dir}\nadapter: {os.path.join(run_dir, 'adapter')}")
-    for label, record in (("base model", evals[0] if evals and evals[0]["step"] == 0 else None),
+    start = "start" if runs.read_run_json(run_dir).get("parent_adapter") else "base model"  # --from-run: the parent's
+    for label, record in ((start, evals[0] if evals and evals[0]["step"] == 0 else None),
                           ("fine-tuned", evals[-1] if evals else None)):
         if record:
             scores = ", ".join(f"{k[5:]}={v:.4g}" for k, v in record.items() if k.startswith("eval_"))
@@ -234,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="run config (YAML)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. adapter.r=8 train.max_steps=100")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed or interrupted run from its newest checkpoint")
+    p.add_argument("--sweep", action="append", metavar="KEY=V1,V2", help="train every point of the grid, one run each "
+                                                                       "(repeat for more keys), e.g. adapter.r=8,16,32")
+    p.add_argument("--from-run", metavar="RUN", help="start from RUN's adapter (sets adapter.from; RUN becomes the "
+                                                     "parent); without CONFIG, RUN's own config is used")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("validate", help="check a run config and list every problem (exit code 2 if any)")
@@ -241,12 +255,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, checked too")
     p.set_defaults(func=_validate)
     _add_adapter_commands(sub)
+    from .tracking.commands import add_parser as add_runs_parser
+
+    add_runs_parser(sub)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of the ``peftkit`` console script."""
-    args = build_parser().parse_args(argv)
+    from .tracking.commands import join_sort_argument
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(join_sort_argument(sys.argv[1:] if argv is None else list(argv)))
+    if extra:  # `train run.yaml --sweep k=1,2 train.lr=1e-4`: overrides after an option are overrides too
+        if args.command == "train" and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
 
 

@@ -35,6 +35,9 @@ TASK_TYPES = {"sft": "CAUSAL_LM", "classification": "SEQ_CLS", "dpo": "CAUSAL_LM
 METRIC_TASKS = {"accuracy": ("classification",), "f1": ("classification",), "exact_match": ("sft",)}
 # Adapter fields the run fills in from the model section; a second copy in `adapter` could disagree.
 RUN_OWNED = ("task_type", "base_model_name_or_path", "revision", "inference_mode")
+# Keys of the adapter section that are the run's, not the method config's: which method, and an
+# existing adapter (run folder, run id or adapter folder) whose weights the new adapter starts from.
+ADAPTER_RUN_KEYS = ("method", "from")
 # Names people bring from transformers, peft and other trainers, which difflib cannot match to ours.
 SYNONYMS = dict(pair.split("=") for pair in """learning_rate=lr num_train_epochs=epochs max_seq_length=max_seq_len
     per_device_train_batch_size=batch_size gradient_accumulation_steps=grad_accum lr_scheduler_type=scheduler
@@ -106,17 +109,19 @@ class OutputSection(_Section):
 
 
 class TrackingSection(_Section):
-    """Experiment trackers; ``local`` (metrics.jsonl in the run folder) is what exists today."""
+    """Where metrics go besides the run folder's ``metrics.jsonl`` (always written; ``local`` names it),
+    through accelerate's trackers: ``tensorboard`` (event files in ``<run>/tensorboard``), ``mlflow`` (the
+    experiment ``project`` in ``mlflow_uri``, by default a local file store ``<output.dir>/mlruns``) and
+    ``wandb`` (the project ``project``). Where metrics are sent does not change the config version."""
     backends: list[Literal["local", "tensorboard", "mlflow", "wandb"]] = ["local"]
+    project: Name = "peftkit"
+    mlflow_uri: Optional[Name] = None  # e.g. sqlite:///mlflow.db or http://host:5000
 
     @field_validator("backends")
     @classmethod
-    def _only_local_yet(cls, value: list[str]) -> list[str]:
-        # accepted names, refused until the accelerate trackers are wired in: a silent no-op
-        # would let a user believe their run is logged somewhere it is not
-        if any(b != "local" for b in value):
-            raise ValueError("only 'local' is available in this version (tensorboard, mlflow and wandb "
-                             "through accelerate come with experiment tracking); use [local]")
+    def _once_each(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a backend twice: {value}")
         return value
 
 
@@ -157,7 +162,7 @@ class RunConfig(BaseModel):
     def adapter_config(self) -> PeftConfig:
         """The adapter's config object, with task_type, base_model_name_or_path and revision taken
         from the model section: ``cfg.adapter_config().task_type`` -> ``TaskType.CAUSAL_LM``."""
-        fields = {k: v for k, v in self.adapter.items() if k != "method"}
+        fields = {k: v for k, v in self.adapter.items() if k not in ADAPTER_RUN_KEYS}
         model = {"task_type": self.model.task_type, "base_model_name_or_path": self.model.name}
         return _find_method(self.adapter["method"]).config_cls(**fields, **model, revision=self.model.revision)
 
@@ -263,15 +268,18 @@ class _Validation:
             self.problems += e.problems
             return None
         cls, fields, count = spec.config_cls, {}, len(self.problems)
+        source = raw.get("from")  # an adapter to start from (lineage); see peftkit.tracking.lineage
+        if source is not None and (not isinstance(source, str) or not source.strip()):
+            self.problems.append(("adapter.from", f"must be a run folder, run id or adapter folder, got {source!r}"))
         for key, value in raw.items():
             if key in RUN_OWNED:
                 self.problems.append((f"adapter.{key}", "filled in from the model section or by the trainer"))
             elif key in cls.peft_only_keys:
                 self.problems.append((f"adapter.{key}", "a peft option that peftkit does not implement; remove it"))
-            elif key not in cls.model_fields and key != "method":
-                known = [f for f in cls.model_fields if f not in RUN_OWNED] + ["method"]
+            elif key not in cls.model_fields and key not in ADAPTER_RUN_KEYS:
+                known = [f for f in cls.model_fields if f not in RUN_OWNED] + list(ADAPTER_RUN_KEYS)
                 self.problems.append((f"adapter.{key}", self.unknown_key(str(key), "adapter", known)))
-            elif key != "method":
+            elif key not in ADAPTER_RUN_KEYS:
                 fields[key] = value
         try:
             config = cls(**fields)
@@ -279,7 +287,8 @@ class _Validation:
             self.problems += [(f"adapter.{p}" if p else "adapter", msg) for p, msg in e.problems]
             return None
         data = {k: v for k, v in config.model_dump(mode="json").items() if k not in RUN_OWNED}
-        return {"method": spec.peft_type.lower(), **data} if len(self.problems) == count else None
+        head = {"method": spec.peft_type.lower(), **({"from": source} if source is not None else {})}
+        return {**head, **data} if len(self.problems) == count else None
 
     def cross_checks(self) -> None:
         """Checks between sections; each runs only when the values it reads are valid."""
@@ -398,12 +407,17 @@ def dump_yaml(cfg: RunConfig, path: PathLike) -> None:
     os.replace(tmp, path)  # a crash never leaves a half-written config behind
 
 
+# Sections that say where a run's outputs go, not what is trained: left out of the config version.
+UNVERSIONED = ("output", "tracking")
+
+
 def config_hash(cfg: Union[RunConfig, dict[str, Any]]) -> str:
-    """12 hex digits of the sha256 of the resolved config's canonical JSON without ``output`` (where
-    the run is written, and its name): key order, number spelling and spelled-out defaults do not
-    change it. ``config_hash(cfg)`` -> ``'3f2a9c0d1b7e'``."""
+    """The config *version*: 12 hex digits of the sha256 of the resolved config's canonical JSON
+    without ``output`` (where the run is written, and its name) and ``tracking`` (where metrics are
+    sent): key order, number spelling and spelled-out defaults do not change it.
+    ``config_hash(cfg)`` -> ``'3f2a9c0d1b7e'``."""
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig(**cfg)
-    data = {k: v for k, v in resolved_dict(cfg).items() if k != "output"}
+    data = {k: v for k, v in resolved_dict(cfg).items() if k not in UNVERSIONED}
     # 32 and 32.0 are the same alpha: integral floats are written as ints (bools stay bools).
     data = json.loads(json.dumps(data), parse_float=lambda t: int(float(t)) if float(t).is_integer() else float(t))
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..errors import PeftkitError
 from ..registry import method_for_config
+from ..tracking.lineage import load_initial_weights
+from ..tracking.trackers import log_metrics
 from . import runs, state
 from .prepare import Prepared, PreparedData, prepare
 from .tasks import TASKS, classification_scores, exact_match, generate_answers, mean_loss
@@ -134,6 +136,8 @@ def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator
     set_seed(cfg.train.seed)
     prep = prepare(cfg, main_process=accelerator.is_main_process, prepared_data=prepared_data)
     model = prep.model
+    if cfg.adapter.get("from") and not resume_from:  # lineage: start from another run's adapter
+        load_initial_weights(model, cfg.adapter["from"])
     spec = method_for_config(model.peft_config["default"])
     sampler = EpochPermutation(len(prep.train_examples), cfg.train.seed)
     # the loader's own generator: creating an iterator must not draw from the global RNG, whose
@@ -156,7 +160,7 @@ def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator
     if cfg.eval.at_start and loop.progress.step == 0 and prep.eval_examples:
         record = {"step": 0, **evaluate(prep, model, cfg, accelerator)}  # the base model: adapters start as identity
         if accelerator.is_main_process:
-            runs.append_metrics(run_dir, record)
+            log_metrics(accelerator, run_dir, record)
     model.train()
     with _interrupt_flag() as interrupt:
         final = _run_epochs(cfg, run_dir, prep, model, optimizer, scheduler, loader, sampler, accelerator, spec, loop, total, interrupt)
@@ -253,7 +257,7 @@ def _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, lo
         loop.last_eval = (p.step, evaluate(prep, model, cfg, accelerator))
         record = {"step": p.step, **record, **loop.last_eval[1]}
     if record and main:
-        runs.append_metrics(run_dir, record)
+        log_metrics(accelerator, run_dir, record)
     bar.update(1)
     if p.step % cfg.train.save_steps == 0:
         _save(run_dir, model, optimizer, scheduler, accelerator, p)

@@ -4,7 +4,8 @@ What fails before a run folder exists, and so leaves none behind: a bad config
 (:class:`~peftkit.errors.ConfigError`) and bad data (a missing or wrongly typed field, an empty
 file, a sequence over ``max_seq_len`` with ``truncation: error``: a
 :class:`~peftkit.train.data.DataError` naming file, row and field). Both are checked before the
-model is loaded. Anything later (the model cannot be loaded, a NaN loss, a crash) is recorded in
+model is loaded; so are an ``adapter.from`` that names no adapter of the method, and a tracker
+whose package is missing. Anything later (the model cannot be loaded, a NaN loss, a crash) is recorded in
 the run folder's ``run.json`` as ``status: failed`` with the error; Ctrl-C as ``interrupted``.
 On resume, data problems likewise fail before ``run.json`` is touched.
 """
@@ -12,68 +13,124 @@ On resume, data problems likewise fail before ``run.json`` is touched.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from . import runs, state
 from .config import RunConfig, config_hash, dump_yaml, load_run_config, resolved_dict
 
 
-def start_run(cfg: RunConfig, parent: Optional[str] = None, processes: int = 1) -> str:
-    """Create the run folder with its resolved config and ``run.json``; returns its path."""
+def start_run(cfg: RunConfig, parent: Any = None, processes: int = 1, extra: Optional[dict] = None) -> str:
+    """Create the run folder with its resolved config and ``run.json``; returns its path. ``parent``
+    is the :class:`~peftkit.tracking.lineage.Parent` the adapter starts from (lineage); ``extra``
+    adds fields to run.json (``sweep``, ``reproduces``)."""
+    from ..tracking import env
+
     version = config_hash(cfg)
     run_id = runs.new_run_id(cfg.output.name, cfg.adapter["method"], version)
     run_dir = runs.create_run_dir(cfg.output.dir, run_id)
     dump_yaml(cfg, os.path.join(run_dir, "config.yaml"))
     runs.update_run_json(
         run_dir, run_id=os.path.basename(run_dir), name=cfg.output.name, config_hash=version, status="running",
-        started=runs.now(), ended=None, seed=cfg.train.seed, parent=parent, processes=processes,
-        environment=runs.environment(),
+        started=runs.now(), ended=None, seed=cfg.train.seed, parent=parent.run_id if parent else None,
+        parent_path=parent.run_dir if parent else None, parent_adapter=parent.adapter_dir if parent else None,
+        processes=processes, environment=env.capture(),
+        data=env.data_fingerprints({"train": cfg.data.train, "eval": cfg.data.eval}), **(extra or {}),
     )
     return run_dir
 
 
-def train_from_config(config_path: str, overrides: Iterable[str] = (), resume: Optional[str] = None) -> str:
+def resolve_parent(cfg: RunConfig) -> Any:
+    """``adapter.from`` as a :class:`~peftkit.tracking.lineage.Parent` (None without it); the config
+    then names the absolute adapter folder, so that the version does not depend on its spelling."""
+    source = cfg.adapter.get("from")
+    if not source:
+        return None
+    from ..tracking.lineage import resolve_parent as resolve
+
+    parent = resolve(source, cfg.output.dir, cfg.adapter["method"])
+    cfg.adapter["from"] = parent.adapter_dir
+    return parent
+
+
+def train_from_config(config_path: Optional[str], overrides: Iterable[str] = (), resume: Optional[str] = None,
+                      extra: Optional[dict] = None) -> str:
     """Run a config file (with dotted overrides), or resume the run folder ``resume``; returns the
-    run folder. The final adapter is in ``<run>/adapter`` in the peft format.
+    run folder. The final adapter is in ``<run>/adapter`` in the peft format. ``extra`` adds fields
+    to a new run's run.json (a sweep's point, the run a reproduction repeats).
 
     Example:
         >>> run_dir = train_from_config("examples/quickstart.yaml", ["train.max_steps=10"])  # doctest: +SKIP
     """
     from accelerate import Accelerator
 
+    from ..tracking import trackers
     from .loop import train
     from .prepare import prepare_data
 
     if resume:
         cfg = load_run_config(os.path.join(resume, "config.yaml"), overrides)
         run_dir, checkpoint = resume, state.latest_checkpoint(os.path.join(resume, "checkpoints"))
+        parent = None
     else:
         cfg = load_run_config(config_path, overrides)
         run_dir, checkpoint = None, None
+        parent = resolve_parent(cfg)
+    trackers.check_backends(cfg.tracking.backends)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=cfg.train.mixed_precision)
     prepared_data = prepare_data(cfg)  # bad data fails here: no model loaded, no run folder made
+    main = accelerator.is_main_process
     if run_dir is None:
-        run_dir = start_run(cfg, processes=accelerator.num_processes) if accelerator.is_main_process else None
+        run_dir = start_run(cfg, parent, accelerator.num_processes, extra) if main else None
         run_dir = _share(accelerator, run_dir)
-    elif accelerator.is_main_process:
+    elif main:
         step = int(os.path.basename(checkpoint).split("-")[1]) if checkpoint else 0
         runs.truncate_metrics(run_dir, step)
         runs.update_run_json(run_dir, status="running", resumed_from=checkpoint, resumed=runs.now())
     began = time.time()
     try:
+        if main:
+            previous = runs.read_run_json(run_dir).get("trackers") if resume else None
+            opened = trackers.open_trackers(accelerator, cfg, run_dir, config_hash(cfg), previous)
+            if opened:
+                runs.update_run_json(run_dir, trackers=opened)
+            index_run(run_dir)
         final = train(cfg, run_dir, resume_from=checkpoint, accelerator=accelerator, prepared_data=prepared_data)
     except KeyboardInterrupt:
-        if accelerator.is_main_process:
+        if main:
             runs.update_run_json(run_dir, status="interrupted", ended=runs.now())
+            _closed(accelerator, run_dir, "interrupted")
         raise
     except Exception as e:
-        if accelerator.is_main_process and runs.read_run_json(run_dir).get("status") == "running":
+        if main and runs.read_run_json(run_dir).get("status") == "running":
             runs.update_run_json(run_dir, status="failed", error=f"{type(e).__name__}: {e}", ended=runs.now())
+        if main:
+            _closed(accelerator, run_dir, "failed")
         raise
-    if accelerator.is_main_process:
+    if main:
         _finish(run_dir, final, time.time() - began)
+        _closed(accelerator, run_dir, "completed")
     return run_dir
+
+
+def _closed(accelerator, run_dir: str, status: str) -> None:
+    from ..tracking.trackers import close_trackers
+
+    close_trackers(accelerator, status)
+    index_run(run_dir)
+
+
+def index_run(run_dir: str) -> None:
+    """Update the runs folder's index for this run. The index is a cache of the run folders (which
+    ``peftkit runs`` re-reads when they change), so a failure here never stops training."""
+    from ..tracking.index import RunIndex
+
+    try:
+        with RunIndex(os.path.dirname(os.path.abspath(run_dir))) as index:
+            index.update(run_dir)
+    except (sqlite3.Error, OSError):
+        pass
 
 
 def _finish(run_dir: str, final: dict, seconds: float) -> None:

@@ -1,8 +1,9 @@
 """Run directories: one folder per training run, the source of truth for what happened.
 
-``<output.dir>/<run-id>/`` holds ``config.yaml`` (fully resolved), ``run.json`` (config hash,
-times, status, environment, seed, parent run), ``metrics.jsonl`` (one JSON object per logged
-step), ``checkpoints/``, ``adapter/`` (the final adapter, peft format) and ``loss.png``.
+``<output.dir>/<run-id>/`` holds ``config.yaml`` (fully resolved), ``run.json`` (config version,
+times, status, environment, seed, parent run, sweep), ``metrics.jsonl`` (one JSON object per logged
+step), ``checkpoints/``, ``adapter/`` (the final adapter, peft format) and ``loss.png``. Listing,
+comparing and reporting on many runs is :mod:`peftkit.tracking`.
 """
 
 from __future__ import annotations
@@ -10,30 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
-import sys
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Optional
-
-PACKAGES = ("peftkit", "torch", "transformers", "accelerate", "datasets", "safetensors", "peft")
 
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def environment() -> dict[str, Any]:
-    """Package versions, Python, OS and device: what a person needs to reproduce a run."""
-    import torch
-
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
-    return {"python": sys.version.split()[0], "os": platform.platform(), "device": device, "packages": versions}
 
 
 def new_run_id(name: Optional[str], method: str, config_hash: str) -> str:
@@ -85,11 +67,21 @@ def append_metrics(run_dir: str, record: dict[str, Any]) -> None:
 
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``. A line that is not JSON (the half-written last line of a
+    killed run, or one being written while another process reads) is skipped."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
+    records = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 def truncate_metrics(run_dir: str, step: int) -> None:
@@ -102,28 +94,9 @@ def truncate_metrics(run_dir: str, step: int) -> None:
 
 
 def plot_loss(run_dir: str) -> Optional[str]:
-    """``loss.png``: training loss (and eval loss, if logged) against the step."""
-    records = read_metrics(run_dir)
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
-    if not train and not evals:
-        return None
-    import matplotlib
+    """``loss.png``: the run's curves (loss, learning rate, eval metrics) against the step; None
+    when nothing was logged."""
+    from ..tracking.plots import plot_runs
+    from ..tracking.records import read_run
 
-    matplotlib.use("Agg")  # no display on servers and CI
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(os.path.basename(run_dir.rstrip("/")), fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    path = os.path.join(run_dir, "loss.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return plot_runs([read_run(run_dir)], os.path.join(run_dir, "loss.png"))
