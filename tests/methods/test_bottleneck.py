@@ -208,6 +208,8 @@ def test_bad_configs_name_the_field():
         pk.BottleneckConfig(non_linearity="swishy")
     with pytest.raises(pk.ConfigError, match="reduction_factor.*> 0"):
         pk.BottleneckConfig(reduction_factor=-2)
+    with pytest.raises(pk.ConfigError, match="layers_to_transform: layer indices must be >= 0"):
+        pk.BottleneckConfig(layers_to_transform=[-1])
 
 
 def test_unmatched_blocks_list_candidate_names():

@@ -14,10 +14,10 @@ with defaults per model type in :data:`BLOCK_DEFAULTS`. The layer lives in
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
 import torch.nn as nn
-from pydantic import field_validator
+from pydantic import AfterValidator, BeforeValidator, field_validator
 
 from ..config import PeftConfig, _normalise_names, finite_number
 from ..errors import TargetError
@@ -48,7 +48,22 @@ BLOCK_DEFAULTS: dict[str, tuple[Union[str, list[str]], Union[str, list[str]]]] =
     **{t: _BERT for t in ("bert", "roberta", "xlm-roberta", "electra")},
 }
 
-Names = Optional[Union[str, list[str]]]
+def _as_list(value: Any) -> Any:
+    value = _normalise_names(value, "modules_to_save")
+    return [value] if isinstance(value, str) else value
+
+
+def _non_negative(value: Any) -> Any:
+    if any(i < 0 for i in ([value] if isinstance(value, int) else (value or []))):
+        raise ValueError("layer indices must be >= 0")
+    return value
+
+
+# Module-name fields validated as in TargetedConfig (which this config does not extend: bottleneck
+# adapters attach to blocks found by their own fields, not through target_modules).
+Names = Annotated[Optional[Union[str, list[str]]], BeforeValidator(lambda v: _normalise_names(v, ""))]
+SavedNames = Annotated[Optional[list[str]], BeforeValidator(_as_list)]
+LayerIndices = Annotated[Optional[Union[int, list[int]]], AfterValidator(_non_negative)]
 
 
 class BottleneckConfig(PeftConfig):
@@ -76,20 +91,9 @@ class BottleneckConfig(PeftConfig):
     attn_modules: Names = None
     ffn_modules: Names = None
     exclude_modules: Names = None
-    layers_to_transform: Optional[Union[int, list[int]]] = None
-    layers_pattern: Names = None
-    modules_to_save: Optional[list[str]] = None
-
-    @field_validator("attn_modules", "ffn_modules", "exclude_modules", mode="before")
-    @classmethod
-    def _names(cls, value: Any, info: Any) -> Any:
-        return _normalise_names(value, info.field_name)
-
-    @field_validator("modules_to_save", mode="before")
-    @classmethod
-    def _save_names(cls, value: Any) -> Any:
-        value = _normalise_names(value, "modules_to_save")
-        return [value] if isinstance(value, str) else value
+    layers_to_transform: LayerIndices = None
+    layers_pattern: Optional[Union[str, list[str]]] = None
+    modules_to_save: SavedNames = None
 
     @field_validator("bottleneck_size", mode="before")
     @classmethod
@@ -106,13 +110,6 @@ class BottleneckConfig(PeftConfig):
         finite_number(value, info.field_name)
         if info.field_name == "reduction_factor" and value <= 0:
             raise ValueError("must be > 0 (hidden size / adapter width, e.g. 16)")
-        return value
-
-    @field_validator("layers_to_transform")
-    @classmethod
-    def _layers(cls, value: Any) -> Any:
-        if any(i < 0 for i in ([value] if isinstance(value, int) else (value or []))):
-            raise ValueError("layer indices must be >= 0")
         return value
 
     def check(self) -> list[tuple[str, str]]:
