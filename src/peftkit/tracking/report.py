@@ -34,6 +34,8 @@ th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: ta
 tr.completed td.status { color: #1a7f37; } tr.failed td.status, tr.unreadable td.status { color: #cf222e; }
 tr.running td.status { color: #0969da; } tr.interrupted td.status { color: #9a6700; }
 td.absent { color: #8c959f; font-style: italic; }
+#config-diff td, #config-diff th { white-space: normal; overflow-wrap: anywhere; max-width: 18em; }
+#config-diff td:first-child { white-space: nowrap; }
 img { max-width: 100%; border: 1px solid #d0d7de; margin: 6px 0; }
 pre { background: #f6f8fa; padding: 8px; overflow-x: auto; font-size: 12px; }
 details { margin: 6px 0; } summary { cursor: pointer; font-weight: 600; }
