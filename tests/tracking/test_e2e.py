@@ -21,12 +21,7 @@ from peftkit.tracking.index import INDEX_FILE, RunIndex
 SMALL = dict(train={"max_steps": 2, "save_steps": 2, "eval_steps": 2}, eval={"metrics": ["loss"]})
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: the thread pool costs more than it saves
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +29,12 @@ def sweep(tmp_path_factory) -> Path:
     """Two runs (adapter.r=2,4) of one sweep, each also logged to TensorBoard and MLflow."""
     root = tmp_path_factory.mktemp("tracking")
     config = write_config(root, **SMALL, tracking={"backends": ["local", "tensorboard", "mlflow"]})
-    assert main(["train", str(config), "--sweep", "adapter.r=2,4", "output.name=sw"]) == 0
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # set up before the per-test fixture: tiny models run faster on one thread
+    try:
+        assert main(["train", str(config), "--sweep", "adapter.r=2,4", "output.name=sw"]) == 0
+    finally:
+        torch.set_num_threads(previous)
     return root
 
 

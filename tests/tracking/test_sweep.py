@@ -64,3 +64,16 @@ def test_each_run_gets_its_point_and_a_failure_does_not_stop_the_sweep(tmp_path)
     overrides, extra = calls[2]
     assert overrides == ["train.max_steps=2", "adapter.r=32"]
     assert extra == {"sweep": {"id": sid, "index": 2, "size": 3, "point": {"adapter.r": 32}}}
+
+
+def test_train_cli_refuses_what_does_not_go_together(tmp_path, capsys):
+    from peftkit.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(BASE))
+    assert main(["train", "--resume", str(tmp_path), "--sweep", "adapter.r=8,16"]) == 2
+    assert "does not go with --sweep" in capsys.readouterr().err
+    assert main(["train", str(config), "--sweep", "adapter.r=8,0", "train.max_steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid sweep" in err and "adapter.r=0 -> adapter.r" in err and not (tmp_path / "runs").exists()
+    assert main(["train"]) == 2 and "--from-run RUN" in capsys.readouterr().err

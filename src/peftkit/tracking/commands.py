@@ -155,15 +155,18 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- peftkit train
 def from_run_config(config: Optional[str], overrides: list[str], source: str, runs_dir: str = "runs") -> tuple[str, list[str]]:
-    """``peftkit train [CONFIG] --from-run RUN``: continue from RUN's adapter, with CONFIG or, without
-    one, RUN's own resolved config (so the adapter section fits). Returns (config, overrides)."""
-    if os.path.isdir(source):
-        path = os.path.abspath(source)
-    else:
-        with Catalog(runs_dir) as catalog:
-            path = catalog.resolve(source).path
-    config = config or os.path.join(path, records.CONFIG_FILE)
-    return config, [*overrides, f"adapter.from={json.dumps(path)}"]
+    """``peftkit train [CONFIG] --from-run RUN``: start from RUN's adapter (``adapter.from``). With
+    CONFIG, RUN may be a path or a run name in CONFIG's ``output.dir``; without one, RUN's own resolved
+    config is trained (so the adapter section fits), and a name is looked up in ``runs_dir``.
+    Returns (config, overrides)."""
+    if config is None:
+        if os.path.isdir(source):
+            path = os.path.abspath(source)
+        else:
+            with Catalog(runs_dir) as catalog:
+                path = catalog.resolve(source).path
+        config, source = os.path.join(path, records.CONFIG_FILE), path
+    return config, [*overrides, f"adapter.from={json.dumps(source)}"]
 
 
 def train_sweep(config: str, overrides: list[str], specs: list[str]) -> int:
