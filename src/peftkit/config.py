@@ -45,10 +45,10 @@ class PeftType(str, Enum):
     PROMPT_TUNING = "PROMPT_TUNING"
     P_TUNING = "P_TUNING"
     PREFIX_TUNING = "PREFIX_TUNING"
-    # peftkit's own methods (peft has none of these)
+    LN_TUNING = "LN_TUNING"
+    # peftkit's own methods (peft has neither)
     BOTTLENECK = "BOTTLENECK"
     BITFIT = "BITFIT"
-    LN_TUNING = "LN_TUNING"
 
 
 # Marks a peft-only key whose value never matters (bookkeeping such as "peft_version").
