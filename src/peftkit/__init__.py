@@ -19,6 +19,9 @@ from .methods.bitfit import BitFitConfig
 from .methods.bottleneck import BottleneckConfig
 from .methods.ln_tuning import LNTuningConfig
 from .methods.lora import LoraConfig
+from .methods.p_tuning import PromptEncoderConfig, PromptEncoderReparameterizationType
+from .methods.prefix_tuning import PrefixTuningConfig
+from .methods.prompt_tuning import PromptTuningConfig, PromptTuningInit
 from .model import (
     PeftModel,
     PeftModelForCausalLM,
@@ -62,6 +65,11 @@ __all__ = [
     "PeftModelForTokenClassification",
     "PeftType",
     "PeftkitError",
+    "PrefixTuningConfig",
+    "PromptEncoderConfig",
+    "PromptEncoderReparameterizationType",
+    "PromptTuningConfig",
+    "PromptTuningInit",
     "TargetError",
     "TaskType",
     "get_method",

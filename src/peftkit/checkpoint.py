@@ -68,14 +68,23 @@ def adapter_tensors(model: nn.Module, adapter_name: str, config: PeftConfig) -> 
 
 def _adapter_entries(model: nn.Module, adapter_name: str, config: PeftConfig) -> dict[str, tuple[str, nn.Parameter]]:
     """Checkpoint key -> (module path, live parameter)."""
+    prefix = key_prefix(config)
     entries: dict[str, tuple[str, nn.Parameter]] = {}
     for key, module in iter_plain_modules(model):
         if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
             for sub, p in module.adapter_parameters(adapter_name):
-                entries[f"{PREFIX}{key}.{sub}"] = (key, p)
+                entries[f"{prefix}{key}.{sub}"] = (key, p)
     for key, p in _bias_parameters(model, adapter_name, getattr(config, "bias", "none")).items():
-        entries[PREFIX + key] = (key.rsplit(".", 1)[0], p)
+        entries[prefix + key] = (key.rsplit(".", 1)[0], p)
     return entries
+
+
+def key_prefix(config: PeftConfig) -> str:
+    """The checkpoint key prefix of the user's model for this config's method (``PREFIX`` for
+    methods that wrap layers; peft writes ``base_model.`` for prompt-learning methods)."""
+    from .registry import method_for_config
+
+    return method_for_config(config).key_prefix
 
 
 def model_level_tensors(model: "PeftModel", adapter_name: str) -> dict[str, torch.Tensor]:
@@ -85,6 +94,17 @@ def model_level_tensors(model: "PeftModel", adapter_name: str) -> dict[str, torc
 
     spec = method_for_config(model.peft_config[adapter_name])
     return dict(spec.model_tensors(model, adapter_name)) if spec.model_tensors else {}
+
+
+def model_level_parameters(model: "PeftModel", adapter_name: str) -> list[nn.Parameter]:
+    """The parameters an adapter's method keeps on the PeftModel that train with the adapter
+    (``MethodSpec.model_parameters``, or else the parameters among its ``model_tensors``)."""
+    from .registry import method_for_config
+
+    spec = method_for_config(model.peft_config[adapter_name])
+    if spec.model_parameters:
+        return list(spec.model_parameters(model, adapter_name))
+    return [t for t in model_level_tensors(model, adapter_name).values() if isinstance(t, nn.Parameter)]
 
 
 def _embedding_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -125,21 +145,24 @@ def get_peft_model_state_dict(
     live = adapter_tensors(model.get_base_model(), adapter_name, model.peft_config[adapter_name])
     live.update(model_level_tensors(model, adapter_name))
     if save_embedding_layers is True:
-        live.update({PREFIX + k: p for k, p in _embedding_parameters(model.get_base_model()).items()})
+        prefix = key_prefix(model.peft_config[adapter_name])
+        live.update({prefix + k: p for k, p in _embedding_parameters(model.get_base_model()).items()})
     if state_dict is None:
         return {k: p.detach() for k, p in live.items()}
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-    return {k: state_dict[names[id(p)]] for k, p in live.items()}
+    # a tensor the method computes (a prompt encoder's output) is no parameter: it is saved as is
+    return {k: state_dict[names[id(p)]] if id(p) in names else p.detach() for k, p in live.items()}
 
 
 def _check_fit(
-    expected: dict[str, tuple[str, nn.Parameter]], extra: dict[str, nn.Parameter], saved: dict[str, torch.Tensor], source: str
+    expected: dict[str, tuple[str, nn.Parameter]], extra: dict[str, nn.Parameter], saved: dict[str, torch.Tensor], source: str,
+    prefix: str = PREFIX,
 ) -> None:
     for key, tensor in saved.items():
         if key in expected:
             module, target = expected[key]
         elif key in extra:
-            module, target = key.removeprefix(PREFIX).rsplit(".", 1)[0], extra[key]
+            module, target = key.removeprefix(prefix).rsplit(".", 1)[0], extra[key]
         else:
             raise CheckpointError(
                 f"{source}: tensor {key!r} has no matching module in this model. "
@@ -171,16 +194,34 @@ def set_peft_model_state_dict(
     """
     base = model.get_base_model()
     expected = _adapter_entries(base, adapter_name, model.peft_config[adapter_name])
-    expected.update({key: (key, t) for key, t in model_level_tensors(model, adapter_name).items()})
+    model_level = model_level_tensors(model, adapter_name)
+    expected.update({key: (key, t) for key, t in model_level.items()})
     # Keys that name plain base-model parameters (biases, or embedding tables peft saves when
     # target embeddings were resized) are loaded into the base model, as peft does.
-    extra = {PREFIX + n: p for n, p in base.named_parameters()}
-    _check_fit(expected, extra, peft_model_state_dict, source)
+    prefix = key_prefix(model.peft_config[adapter_name])
+    extra = {prefix + n: p for n, p in base.named_parameters()}
+    _check_fit(expected, extra, peft_model_state_dict, source, prefix)
+    _check_storable(model, model_level, peft_model_state_dict, adapter_name, source)
     with torch.no_grad():
         for key, tensor in peft_model_state_dict.items():
             target = expected[key][1] if key in expected else extra[key]
             target.copy_(tensor.to(device=target.device, dtype=target.dtype))
     return LoadResult([], [])
+
+
+def _check_storable(
+    model: "PeftModel", model_level: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], adapter_name: str, source: str
+) -> None:
+    """A model-level tensor that the method computes (e.g. the prompt a P-tuning encoder makes from
+    its embedding and MLP) cannot take a saved value: only an adapter built for loading can."""
+    owned = {id(t) for t in (*model.parameters(), *model.buffers())}
+    computed = sorted(k for k, t in model_level.items() if k in saved and id(t) not in owned)
+    if computed:
+        raise CheckpointError(
+            f"{source}: {computed[0]!r} is computed by adapter {adapter_name!r} (its encoder is trainable), so a saved "
+            "value cannot be put into it; load the checkpoint as a new adapter with PeftModel.from_pretrained() "
+            "or load_adapter(), which hold the saved value directly"
+        )
 
 
 def save_adapter_weights(tensors: dict[str, torch.Tensor], directory: str) -> str:

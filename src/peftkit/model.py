@@ -63,6 +63,7 @@ class PeftModel(MergeMixin, nn.Module):
         self.base_model = BaseModelHolder(model)
         self.peft_config: dict[str, PeftConfig] = {}
         self._active: list[str] = []
+        self._inputs_disabled = False  # disable_adapter(): no method rewrites the inputs
         self._sign_forward(model)
         if peft_config is not None:
             self.add_adapter(adapter_name, peft_config)
@@ -170,8 +171,9 @@ class PeftModel(MergeMixin, nn.Module):
         config = config.model_copy(deep=True)
         init_config = config if same else init_config.model_copy(deep=True)
         model = self.get_base_model()
-        if isinstance(config, TargetedConfig):
+        if "modules_to_save" in type(config).model_fields:
             self._add_task_heads(config, init_config)
+        if isinstance(config, TargetedConfig):
             targets = find_targets(model, config)
             self._check_factories(spec, targets)
             resolved = resolve_target_modules(model, config)
@@ -196,7 +198,7 @@ class PeftModel(MergeMixin, nn.Module):
                 p.requires_grad_(False)
         self._apply_trainability()
 
-    def _add_task_heads(self, *configs: TargetedConfig) -> None:
+    def _add_task_heads(self, *configs: PeftConfig) -> None:
         """Classification heads are new and untrained: they train in full and save with the adapter
         (written into the saved config, so peft loading it knows too)."""
         for config in configs:
@@ -259,6 +261,9 @@ class PeftModel(MergeMixin, nn.Module):
         """Make one adapter (or several, summed) active; only active adapters train."""
         names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
         self._check_names(names)
+        limit = self._method().max_active_adapters
+        if limit is not None and len(names) > limit:
+            raise AdapterError(f"{self._method().peft_type} allows {limit} active adapter(s) at a time, got {names}")
         self._active = names
         self._apply_trainability()
 
@@ -272,9 +277,8 @@ class PeftModel(MergeMixin, nn.Module):
             for p in checkpoint._bias_parameters(model, name, bias).values():
                 p.requires_grad_(trainable)
         for name in self.peft_config:
-            for t in checkpoint.model_level_tensors(self, name).values():
-                if isinstance(t, nn.Parameter):
-                    t.requires_grad_(trainable and name in self._active)
+            for p in checkpoint.model_level_parameters(self, name):
+                p.requires_grad_(trainable and name in self._active)
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -287,9 +291,11 @@ class PeftModel(MergeMixin, nn.Module):
         modules = [m for _, m in self._adapter_modules()]
         for m in modules:
             m.disabled = True
+        self._inputs_disabled = True
         try:
             yield
         finally:
+            self._inputs_disabled = False
             for m in modules:
                 m.disabled = False
 
@@ -301,6 +307,11 @@ class PeftModel(MergeMixin, nn.Module):
             return
         if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
             raise AdapterError("adapter_names must be a list with one adapter name (or '__base__') per batch row")
+        if self.peft_config and self._method().prepare_inputs is not None:
+            raise AdapterError(
+                f"{self._method().peft_type} adapters change the model's inputs, so one batch cannot mix them "
+                "(adapter_names=...); run one batch per adapter with set_adapter()"
+            )
         self._check_names(list(dict.fromkeys(adapter_names)), allow_base=True)
         if any(layer.merged_adapters for layer in self._adapter_layers()):
             raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
@@ -318,13 +329,44 @@ class PeftModel(MergeMixin, nn.Module):
         (``labels`` is named so that ``transformers.Trainer`` finds the label column; it is passed on when given.)"""
         if labels is not None:
             kwargs["labels"] = labels
-        with self._rows(adapter_names):
+        with self._rows(adapter_names), self._inputs_prepared():
             return self.get_base_model()(*args, **kwargs)
 
     def generate(self, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any) -> Any:
         """``model.generate`` with the adapters applied; ``adapter_names`` as in :meth:`forward`."""
-        with self._rows(adapter_names):
-            return self.get_base_model().generate(*args, **kwargs)
+        with self._rows(adapter_names), self._inputs_prepared() as method:
+            model = self.get_base_model()
+            if method is not None and method.prepare_generate is not None:
+                kwargs = method.prepare_generate(self, self._active[0], _by_name(model.generate, args, kwargs))
+                args = ()
+            return model.generate(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _inputs_prepared(self) -> Iterator[Optional[MethodSpec]]:
+        """Inside, every call of the wrapped model's forward has its keyword arguments rewritten by
+        the active adapter's method (``MethodSpec.prepare_inputs``: e.g. virtual tokens prepended to
+        the input embeddings); yields that method, or None when there is nothing to rewrite."""
+        method = self._method() if self.peft_config and self._active else None
+        if method is None or method.prepare_inputs is None or self._inputs_disabled:
+            yield None
+            return
+        name = self._active[0]
+
+        def rewrite(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            return (), method.prepare_inputs(self, name, _by_name(module.forward, args, kwargs))
+
+        handle = self.get_base_model().register_forward_pre_hook(rewrite, with_kwargs=True)
+        try:
+            yield method
+        finally:
+            handle.remove()
+
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        if self.peft_config and self._method().merge_error:
+            raise AdapterError(self._method().merge_error)
+        super().merge_adapter(adapter_names, safe_merge=safe_merge)
+
+    merge_adapter.__doc__ = MergeMixin.merge_adapter.__doc__
 
     # ------------------------------------------------------------------ saving and loading
     def save_pretrained(
@@ -408,6 +450,17 @@ class PeftModel(MergeMixin, nn.Module):
         if config.inference_mode:
             self.eval()  # an adapter loaded for inference runs without dropout, as in peft
         return result
+
+
+def _by_name(function: Any, args: tuple, kwargs: dict) -> dict:
+    """``kwargs`` plus the positional ``args`` under the names ``function`` gives them."""
+    if not args:
+        return dict(kwargs)
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    names = [p.name for p in inspect.signature(function).parameters.values() if p.kind in kinds]
+    if len(args) > len(names):
+        raise TypeError(f"{getattr(function, '__qualname__', function)} takes at most {len(names)} positional arguments")
+    return {**dict(zip(names, args)), **kwargs}
 
 
 def get_peft_model(model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default", **kwargs: Any) -> PeftModel:

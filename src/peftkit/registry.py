@@ -63,6 +63,24 @@ class MethodSpec:
     on_add: Optional[Callable[..., None]] = None
     on_delete: Optional[Callable[..., None]] = None
     model_tensors: Optional[Callable[..., dict]] = None
+    # ``model_parameters(peft_model, adapter_name)``: the model-level parameters that train with the
+    # adapter, when they are not the saved tensors themselves (a prompt encoder saves the prompt it
+    # computes, but trains its embedding and MLP). None: the parameters among ``model_tensors``.
+    model_parameters: Optional[Callable[..., list]] = None
+    # Methods that change the model's inputs rather than (or besides) its layers (prompt, prefix
+    # tuning). ``prepare_inputs(peft_model, adapter_name, kwargs) -> kwargs`` rewrites the keyword
+    # arguments of every call of the wrapped model's forward, in ``forward()`` and at each step of
+    # ``generate()``; ``prepare_generate(peft_model, adapter_name, kwargs) -> kwargs`` rewrites the
+    # arguments of ``generate()`` itself, once (for inputs that generate hands to an encoder directly).
+    prepare_inputs: Optional[Callable[..., dict]] = None
+    prepare_generate: Optional[Callable[..., dict]] = None
+    # At most this many adapters of the method may be active at once (None: no limit).
+    max_active_adapters: Optional[int] = None
+    # Why adapters of this method can never be merged into the base weights (None: see layer_cls).
+    merge_error: Optional[str] = None
+    # Where the user's model sits in the checkpoint's key space: peft writes ``base_model.model.``
+    # for methods that wrap layers and ``base_model.`` for prompt-learning methods.
+    key_prefix: str = "base_model.model."
 
     def factory_for(self, module: nn.Module) -> Optional[LayerFactory]:
         """The first factory that accepts ``module``, or None."""

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 def sequence_logprob(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum of log-probabilities of the labelled tokens (labels != -100), one value per row."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    # the last input_ids.shape[1] positions: a prompt-learning adapter puts virtual tokens in front
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -input_ids.shape[1] : -1].float()
     targets = labels[:, 1:]
     mask = targets != -100
     logp = torch.gather(F.log_softmax(logits, -1), 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
