@@ -17,7 +17,10 @@ from .errors import (
 from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper
 from .methods.bitfit import BitFitConfig
 from .methods.bottleneck import BottleneckConfig
+from .methods.ia3 import IA3Config
 from .methods.ln_tuning import LNTuningConfig
+from .methods.loha import LoHaConfig
+from .methods.lokr import LoKrConfig
 from .methods.lora import LoraConfig
 from .methods.p_tuning import PromptEncoderConfig, PromptEncoderReparameterizationType
 from .methods.prefix_tuning import PrefixTuningConfig
@@ -50,8 +53,11 @@ __all__ = [
     "BottleneckConfig",
     "CheckpointError",
     "ConfigError",
+    "IA3Config",
     "LNTuningConfig",
     "LayerFactory",
+    "LoHaConfig",
+    "LoKrConfig",
     "LoraConfig",
     "MethodSpec",
     "ModulesToSaveWrapper",

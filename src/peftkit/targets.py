@@ -118,6 +118,10 @@ def _is_linear(module: nn.Module) -> bool:
 def resolve_target_modules(model: nn.Module, config: TargetedConfig) -> Optional[str | list[str]]:
     """``target_modules`` as concrete names: expands ``"all-linear"`` and the per-architecture
     default used when it is unset."""
+    # a method may fill model-dependent defaults of its own first (IA3: feedforward_modules)
+    fill_defaults = getattr(config, "fill_model_defaults", None)
+    if callable(fill_defaults):
+        fill_defaults(model)
     targets = config.target_modules
     if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
         skip = _output_head_names(model, config.task_type)

@@ -4,4 +4,7 @@ from . import lora  # noqa: F401
 from . import bottleneck  # noqa: F401
 from . import bitfit  # noqa: F401
 from . import ln_tuning  # noqa: F401
+from . import ia3  # noqa: F401
+from . import loha  # noqa: F401
+from . import lokr  # noqa: F401
 from . import p_tuning, prefix_tuning, prompt_tuning  # noqa: F401
