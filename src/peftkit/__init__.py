@@ -25,6 +25,8 @@ from .methods.lora import LoraConfig
 from .methods.p_tuning import PromptEncoderConfig, PromptEncoderReparameterizationType
 from .methods.prefix_tuning import PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig, PromptTuningInit
+from .methods.vera import VeraConfig
+from .methods.adalora import AdaLoraConfig
 from .model import (
     PeftModel,
     PeftModelForCausalLM,
@@ -46,6 +48,7 @@ from .registry import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaLoraConfig",
     "AdapterError",
     "AdapterLayer",
     "BASE_ADAPTER",
@@ -78,6 +81,7 @@ __all__ = [
     "PromptTuningInit",
     "TargetError",
     "TaskType",
+    "VeraConfig",
     "get_method",
     "get_peft_model",
     "get_peft_model_state_dict",

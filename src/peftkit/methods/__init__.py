@@ -7,4 +7,6 @@ from . import ln_tuning  # noqa: F401
 from . import ia3  # noqa: F401
 from . import loha  # noqa: F401
 from . import lokr  # noqa: F401
+from . import vera  # noqa: F401
+from . import adalora  # noqa: F401
 from . import p_tuning, prefix_tuning, prompt_tuning  # noqa: F401

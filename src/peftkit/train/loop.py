@@ -202,6 +202,9 @@ def _run_epochs(cfg, run_dir, prep, model, optimizer, scheduler, loader, sampler
                 optimizer.step()
                 if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                     scheduler.step()  # once per update (an fp16 overflow skips the update)
+                if accelerator.sync_gradients and spec.on_step_end is not None:
+                    # before zero_grad: AdaLoRA's rank allocation reads this update's gradients
+                    spec.on_step_end(accelerator.unwrap_model(model), p.step + 1, total)
                 optimizer.zero_grad()
             p.batch_in_epoch += 1
             loop.tokens_since_log += tokens
@@ -209,8 +212,6 @@ def _run_epochs(cfg, run_dir, prep, model, optimizer, scheduler, loader, sampler
             if not accelerator.sync_gradients:
                 continue
             p.step += 1
-            if spec.on_step_end is not None:
-                spec.on_step_end(accelerator.unwrap_model(model), p.step, total)
             _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, bar)
             if stop:  # Ctrl-C: every process stops after the same step, with a checkpoint of it
                 if p.step % cfg.train.save_steps:  # (unless _after_step just wrote one)
