@@ -35,6 +35,7 @@ def sweep(tmp_path_factory) -> Path:
         assert main(["train", str(config), "--sweep", "adapter.r=2,4", "output.name=sw"]) == 0
     finally:
         torch.set_num_threads(previous)
+    assert not (root / "runs" / INDEX_FILE).exists()  # no `peftkit runs` yet: nothing but run folders (and mlruns)
     return root
 
 
@@ -163,6 +164,8 @@ def test_reproduce_runs_the_same_version_and_agrees(sweep, capsys):
 @pytest.mark.slow  # two fresh Python processes importing torch; the index's own two-writer test is fast
 def test_two_train_processes_share_one_runs_folder(tmp_path):
     config = write_config(tmp_path, **SMALL)
+    (tmp_path / "runs").mkdir()
+    RunIndex(tmp_path / "runs").close()  # as after a first `peftkit runs list`: the trainers then keep it current
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-m", "peftkit.cli", "train", str(config)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -173,7 +176,7 @@ def test_two_train_processes_share_one_runs_folder(tmp_path):
     assert len(folders) == 2 and all(info(f)["status"] == "completed" for f in folders)
     with RunIndex(tmp_path / "runs") as index:
         assert index.integrity() == "ok" and index.sync() == 0  # both trainers indexed their final state
+        assert index.load()[0].status == "completed"
         runs = index.load()
     assert [r.id for r in runs] == [f.name for f in folders] and runs[0].version == runs[1].version
     assert runs[0].summary["final"] == runs[1].summary["final"]  # same config, same results on CPU
-    assert (tmp_path / "runs" / INDEX_FILE).exists()

@@ -21,6 +21,7 @@ file system; on a network file system keep the runs folder local or expect lock 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 from typing import Any, Iterator, Optional
@@ -193,25 +194,19 @@ class RunIndex:
         """Runs by id (in that order), or all of them oldest first."""
         if run_ids is None:
             rows = self.conn.execute("SELECT record FROM runs ORDER BY started, id").fetchall()
-            return [records.from_json(_loads(r[0])) for r in rows]
+            return [records.from_json(json.loads(r[0])) for r in rows]
         found = {}
         for run_id in run_ids:
             row = self.conn.execute("SELECT record FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row:
-                found[run_id] = records.from_json(_loads(row[0]))
+                found[run_id] = records.from_json(json.loads(row[0]))
         return [found[i] for i in run_ids if i in found]
 
     def query(self, sql_where: str, params: list[Any], order: str, order_params: list[Any], joins: str) -> list[Run]:
         """Runs matching a WHERE clause over ``runs`` (see :mod:`peftkit.tracking.query`)."""
         sql = f"SELECT runs.record FROM runs {joins} WHERE {sql_where} ORDER BY {order}"
         rows = self.conn.execute(sql, order_params + params).fetchall()
-        return [records.from_json(_loads(r[0])) for r in rows]
+        return [records.from_json(json.loads(r[0])) for r in rows]
 
     def integrity(self) -> str:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
-
-
-def _loads(text: str) -> dict[str, Any]:
-    import json
-
-    return json.loads(text)

@@ -117,9 +117,9 @@ def _time(text: Optional[str]) -> Optional[dt.datetime]:
 
 def summarize(records: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:
     """``steps`` (the last step logged), ``loss`` (the last training loss), ``final`` (metric ->
-    value of the final evaluation; the latest one for an unfinished run), ``best`` (metric ->
-    ``{"value", "step"}`` over evaluations after step 0) and ``curves`` of nothing: curves are read
-    from metrics.jsonl when plotted. Metric names drop the ``eval_`` prefix."""
+    value of the final evaluation; the latest one for an unfinished run) and ``best`` (metric ->
+    ``{"value", "step"}`` over evaluations after step 0). Metric names drop the ``eval_`` prefix;
+    the curves themselves stay in metrics.jsonl (see :mod:`peftkit.tracking.plots`)."""
     steps = max((int(r.get("step", 0)) for r in records), default=0)
     train = [r for r in records if "loss" in r and not r.get("final")]
     evals = [{k[5:]: v for k, v in r.items() if k.startswith("eval_") and _number(v)} | {"step": r.get("step", 0)}

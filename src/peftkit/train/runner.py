@@ -122,12 +122,16 @@ def _closed(accelerator, run_dir: str, status: str) -> None:
 
 
 def index_run(run_dir: str) -> None:
-    """Update the runs folder's index for this run. The index is a cache of the run folders (which
-    ``peftkit runs`` re-reads when they change), so a failure here never stops training."""
-    from ..tracking.index import RunIndex
+    """Update the runs folder's index for this run, if the folder has one (the first ``peftkit runs``
+    command makes it; a runs folder that no one lists holds nothing but run folders). The index is a
+    cache of the run folders, re-read when they change, so a failure here never stops training."""
+    from ..tracking.index import INDEX_FILE, RunIndex
 
+    runs_dir = os.path.dirname(os.path.abspath(run_dir))
+    if not os.path.exists(os.path.join(runs_dir, INDEX_FILE)):
+        return
     try:
-        with RunIndex(os.path.dirname(os.path.abspath(run_dir))) as index:
+        with RunIndex(runs_dir) as index:
             index.update(run_dir)
     except (sqlite3.Error, OSError):
         pass
