@@ -432,7 +432,7 @@ def test_peft_reads_config_written_by_peftkit(tmp_path):
 @pytest.mark.parametrize(
     "key, value",
     [
-        ("use_dora", False),
+        ("use_qalora", False),
         ("loftq_config", {}),
         ("megatron_config", None),
         ("lora_bias", False),
@@ -454,7 +454,6 @@ def test_peft_only_key_at_unused_value_is_dropped_silently(tmp_path, key, value)
 @pytest.mark.parametrize(
     "key, value",
     [
-        ("use_dora", True),
         ("loftq_config", {"loftq_bits": 4}),
         ("lora_bias", True),
         ("layer_replication", [[0, 2]]),
@@ -471,11 +470,11 @@ def test_peft_only_key_at_non_default_value_raises_naming_the_key(tmp_path, key,
     assert str(folder / "adapter_config.json") in str(info.value)
 
 
-def test_dora_config_written_by_peft_is_refused(tmp_path):
-    _peft_written(tmp_path / "dora", r=4, target_modules=["q_proj"], use_dora=True)
+def test_unimplemented_feature_in_a_config_written_by_peft_is_refused(tmp_path):
+    _peft_written(tmp_path / "bias", r=4, target_modules=["q_proj"], lora_bias=True)
     with pytest.raises(ConfigError) as info:
-        PeftConfig.from_pretrained(tmp_path / "dora")
-    assert _problem_fields(info.value) == ["use_dora"]
+        PeftConfig.from_pretrained(tmp_path / "bias")
+    assert _problem_fields(info.value) == ["lora_bias"]
 
 
 @pytest.mark.parametrize("value", [None, [], {}, False])
@@ -502,11 +501,11 @@ def test_misspelt_key_in_file_suggests_the_field(tmp_path):
 
 def test_all_bad_keys_in_a_file_are_reported_at_once(tmp_path):
     folder = _write_config(
-        tmp_path / "a", {"peft_type": "LORA", "use_dora": True, "loftq_config": {"loftq_bits": 4}, "mystery": 1}
+        tmp_path / "a", {"peft_type": "LORA", "lora_bias": True, "loftq_config": {"loftq_bits": 4}, "mystery": 1}
     )
     with pytest.raises(ConfigError) as info:
         PeftConfig.from_pretrained(folder)
-    assert set(_problem_fields(info.value)) == {"use_dora", "loftq_config", "mystery"}
+    assert set(_problem_fields(info.value)) == {"lora_bias", "loftq_config", "mystery"}
 
 
 def test_nan_alpha_in_file_is_refused(tmp_path):

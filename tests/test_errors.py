@@ -171,9 +171,9 @@ def test_missing_adapter_folder(tmp_path):
 def test_unsupported_peft_feature_in_saved_config(tmp_path):
     pk.get_peft_model(LINEAR.model(), pk.LoraConfig(target_modules=LINEAR.targets)).save_pretrained(tmp_path)
     data = json.loads((tmp_path / "adapter_config.json").read_text())
-    data["use_dora"] = True
+    data["use_qalora"] = True
     (tmp_path / "adapter_config.json").write_text(json.dumps(data))
-    with pytest.raises(pk.ConfigError, match="use_dora"):
+    with pytest.raises(pk.ConfigError, match="use_qalora"):
         pk.PeftModel.from_pretrained(LINEAR.model(), tmp_path)
 
 
