@@ -61,17 +61,17 @@ def main() -> None:
     base = load_model("smollm2-135m-instruct", dtype="float32")
     ids = torch.randint(0, base.config.vocab_size, (2, 8))
     rows = []
-    for peft_type in pk.registered_methods():
-        if peft_type.startswith("TEST_"):
-            continue
+    cases = [(t, t.lower(), REQUIRED.get(t, {})) for t in pk.registered_methods() if not t.startswith("TEST_")]
+    cases.insert(1, ("LORA", "lora (use_dora)", {"use_dora": True}))
+    for peft_type, label, kwargs in cases:
         try:
-            rows.append((peft_type, measure(base, peft_type, REQUIRED.get(peft_type, {}), ids)))
+            rows.append((peft_type, label, measure(base, peft_type, kwargs, ids)))
         except Exception as e:  # a method that cannot run with defaults is reported, not hidden
-            print(f"{peft_type}: {type(e).__name__}: {e}", file=sys.stderr)
+            print(f"{label}: {type(e).__name__}: {e}", file=sys.stderr)
     print("| method | in `peft` | parameters added | trainable % | adapter file | merge | mixed batch |")
     print("| --- | --- | ---: | ---: | ---: | --- | --- |")
-    for peft_type, m in rows:
-        print(f"| {peft_type.lower()} | {'yes' if peft_type in PEFT_HAS else 'no'} | {m['added']:,} | "
+    for peft_type, label, m in rows:
+        print(f"| {label} | {'yes' if peft_type in PEFT_HAS else 'no'} | {m['added']:,} | "
               f"{m['share']:.3f} | {m['size'] / 1024:,.0f} KiB | {'yes' if m['mergeable'] else 'no'} | "
               f"{'yes' if m['mixed'] else 'no'} |")
 
