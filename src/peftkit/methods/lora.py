@@ -1,5 +1,5 @@
-"""LoRA (Hu et al., 2021): ``W x + (alpha / r) * B A x``, with rsLoRA scaling and PiSSA / OLoRA /
-Gaussian initialisations. The config mirrors ``peft.LoraConfig``; the layers live in
+"""LoRA (Hu et al., 2021): ``W x + (alpha / r) * B A x``, with rsLoRA scaling, DoRA and PiSSA /
+OLoRA / Gaussian initialisations. The config mirrors ``peft.LoraConfig``; the layers live in
 :mod:`peftkit.methods.lora_layers`."""
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ class LoraConfig(TargetedConfig):
         **PeftConfig.peft_only_keys,
         "megatron_core": ANY_VALUE,
         "qalora_group_size": ANY_VALUE,
-        "use_dora": False,
         "use_qalora": False,
         "lora_bias": False,
         "ensure_weight_tying": False,
@@ -50,6 +49,8 @@ class LoraConfig(TargetedConfig):
     fan_in_fan_out: bool = False
     bias: Literal["none", "all", "lora_only"] = "none"
     use_rslora: bool = False
+    # DoRA (peftkit.methods.dora): a trained magnitude per output unit beside A and B
+    use_dora: bool = False
     init_lora_weights: InitLoraWeights = True
     rank_pattern: dict[str, int] = {}
     alpha_pattern: dict[str, Union[int, float]] = {}

@@ -75,11 +75,15 @@ class LoraLayer(DoraMixin, AdapterLayer):
             self.init_tensors(adapter_name, config.init_lora_weights)
             for attr in self.adapter_param_names:
                 holder = getattr(self, attr)
+                if adapter_name not in holder:
+                    continue
                 entry = holder[adapter_name]
                 if isinstance(entry, nn.Parameter):
                     holder[adapter_name] = nn.Parameter(entry.to(device=weight.device, dtype=adapter_dtype(weight)))
                 else:
                     entry.to(device=weight.device, dtype=adapter_dtype(weight))
+            if config.use_dora:  # the magnitude starts at the adapted weight's norm: outputs unchanged
+                init_magnitude(self, adapter_name, adapter_dtype(weight))
 
     @abc.abstractmethod
     def create_tensors(self, adapter_name: str, r: int) -> None:
@@ -101,10 +105,25 @@ class LoraLayer(DoraMixin, AdapterLayer):
             )
         nn.init.zeros_(self.lora_B[adapter_name].weight)
 
-    def delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
-        lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
-        x = self.lora_dropout[adapter_name](x.to(lora_A.weight.dtype))
-        return lora_B(lora_A(x)) * self.scaling[adapter_name]
+    def delta(self, adapter_name: str, x: torch.Tensor, base_out: torch.Tensor | None = None) -> torch.Tensor:
+        """What the adapter adds to the base output; DoRA adapters use ``base_out`` (the running
+        output) when given, and compute the base part themselves otherwise."""
+        xd = self.adapter_input(adapter_name, x)
+        if adapter_name in self.lora_magnitude_vector:
+            return dora_delta(self, adapter_name, x, xd, base_out)
+        return self.lowrank(adapter_name, xd)
+
+    def adapter_input(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the adapter's dtype, after its dropout."""
+        return self.lora_dropout[adapter_name](x.to(self.lora_A[adapter_name].weight.dtype))
+
+    def lowrank(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        """``scaling * B A x`` for an input already cast and dropped out."""
+        return self.lora_B[adapter_name](self.lora_A[adapter_name](x)) * self.scaling[adapter_name]
+
+    @abc.abstractmethod
+    def lowrank_weight(self, adapter_name: str) -> torch.Tensor:
+        """``scaling * B A`` in the base weight's layout (plain LoRA's merge delta)."""
 
 
 class LoraLinear(LoraLayer):
@@ -121,21 +140,47 @@ class LoraLinear(LoraLayer):
         drop = self.lora_dropout[name]
         base = self.base_layer
         p = drop.p if isinstance(drop, nn.Dropout) else 0.0
-        return lora_linear(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
-                           self.scaling[name], p, self.training)
+        a, b = self.lora_A[name].weight, self.lora_B[name].weight
+        if name in self.lora_magnitude_vector:
+            return dora_linear(x, self.dora_rows(name)[0], base.bias, a, b, self.lora_magnitude_vector[name].weight,
+                               weight_norm(self, name), self.scaling[name], p, self.training)
+        return lora_linear(x, base.weight, base.bias, a, b, self.scaling[name], p, self.training)
 
     def _fused_adapter(self, x: torch.Tensor, args: tuple, kwargs: dict):
         """The one active adapter if the fused path applies, else None (plain path)."""
         if (not self.use_fused or args or kwargs or self.disabled or self.row_adapters is not None
-                or self.merged_adapters or len(self.active_adapters) != 1
-                or type(self.base_layer) is not nn.Linear or self.fan_in_fan_out):
+                or self.merged_adapters or len(self.active_adapters) != 1):
             return None
-        name = self.active_adapters[0]
-        return name if fast_path_applies(x, self.base_layer.weight, self.lora_A[name].weight) else None
+        name, base = self.active_adapters[0], self.base_layer
+        if name in self.lora_magnitude_vector:  # DoRA: also GPT-2's Conv1D and fp32 adapters on a half base
+            dropped_base = self.dora_base_sees_dropout and self.training and isinstance(self.lora_dropout[name], nn.Dropout)
+            plain = type(base) is nn.Linear or is_conv1d(base)
+            return name if plain and not dropped_base and dora_fast_path_applies(x, base.weight) else None
+        if type(base) is not nn.Linear or self.fan_in_fan_out:
+            return None
+        return name if fast_path_applies(x, base.weight, self.lora_A[name].weight) else None
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: "LoraConfig", key: str, fan_in_fan_out: bool = False):
         self.fan_in_fan_out = fan_in_fan_out  # set before the first add_adapter, which may read it
+        self._stacks = multi_lora.StackCache()
         super().__init__(base_layer, adapter_name, config, key)
+
+    def _forward_mixed(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Mixed batches in two batched matmuls (see peftkit.kernels.multi_lora); the generic
+        per-adapter loop where that does not apply (dropout while training, DoRA, heavy padding)."""
+        names = self.row_adapters
+        if x.shape[0] != len(names) and names and x.shape[0] % len(names) == 0:  # beams / samples
+            names = [n for n in names for _ in range(x.shape[0] // len(names))]
+        plan = None
+        if len(names) == x.shape[0] and not args and not kwargs and not self.merged_adapters:
+            plan = multi_lora.row_plan(tuple(names), frozenset(self.adapter_names), x.device)
+        special = getattr(self, "lora_magnitude_vector", {})  # DoRA adapters take the generic path
+        if (plan is None or plan.padding > multi_lora.MAX_PADDING or any(n in special for n in plan.names)
+                or (self.training and any(isinstance(self.lora_dropout[n], nn.Dropout) for n in plan.names))):
+            return super()._forward_mixed(x, *args, **kwargs)
+        weights = [(self.lora_A[n].weight, self.lora_B[n].weight, self.scaling[n]) for n in plan.names]
+        a_stack, b_stack = self._stacks.get(plan.names, weights)
+        return multi_lora.add_mixed_lora_(self.base_layer(x), x, plan, a_stack, b_stack)
 
     @property
     def in_out(self) -> tuple[int, int]:
@@ -178,15 +223,30 @@ class LoraLinear(LoraLayer):
         self.lora_B[adapter_name].weight.copy_(b)
         residual = w - scale * (b @ a)
         base.data.copy_((residual.T if self.fan_in_fan_out else residual).to(base.dtype))
+        self._dora_norms.clear()  # .data writes do not bump the weight's version
 
-    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+    supports_dora = True
+
+    def dora_rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        w = self.base_layer.weight
+        return (w.t() if self.fan_in_fan_out else w), self.lora_A[name].weight, self.lora_B[name].weight
+
+    def dora_weight_layout(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.t() if self.fan_in_fan_out else rows
+
+    def dora_base(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.base_layer.weight
+        return F.linear(x, (w.t() if self.fan_in_fan_out else w).to(x.dtype))
+
+    def lowrank_weight(self, adapter_name: str) -> torch.Tensor:
         a, b = self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight
         delta = (b @ a) * self.scaling[adapter_name]
         return delta.T if self.fan_in_fan_out else delta
 
     def add_delta_(self, weight: torch.Tensor, adapter_name: str, sign: float) -> None:
         a, b = self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight
-        if a.dtype != weight.dtype:  # fp32 adapters on a half-precision base: the generic path casts
+        if a.dtype != weight.dtype or adapter_name in self.lora_magnitude_vector:
+            # fp32 adapters on a half-precision base (the generic path casts), or DoRA
             return super().add_delta_(weight, adapter_name, sign)
         alpha = sign * self.scaling[adapter_name]
         with torch.no_grad():
@@ -200,8 +260,9 @@ class LoraEmbedding(LoraLayer):
     """LoRA on ``nn.Embedding``: ``lora_embedding_A`` (r x vocab) is looked up like an embedding
     table, then ``lora_embedding_B`` (dim x r) maps it up. A starts at zero, B random."""
 
-    adapter_param_names = ("lora_embedding_A", "lora_embedding_B")
+    adapter_param_names = ("lora_embedding_A", "lora_embedding_B", MAGNITUDE)
     tensor_holder = nn.ParameterDict
+    supports_dora = True  # one magnitude per embedding dimension (a column of the table), as peft
 
     def create_tensors(self, adapter_name: str, r: int) -> None:
         num, dim = self.base_layer.weight.shape
@@ -215,15 +276,27 @@ class LoraEmbedding(LoraLayer):
             nn.init.zeros_(self.lora_embedding_A[adapter_name])
             nn.init.normal_(self.lora_embedding_B[adapter_name])
 
-    def delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+    def adapter_input(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
+        return x  # token ids; embeddings have no LoRA dropout (as peft)
+
+    def lowrank(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
         a, b = self.lora_embedding_A[adapter_name], self.lora_embedding_B[adapter_name]
         e = self.base_layer
         looked_up = F.embedding(x, a.T, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, e.sparse)
         return (looked_up @ b.T) * self.scaling[adapter_name]
 
-    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+    def lowrank_weight(self, adapter_name: str) -> torch.Tensor:
         a, b = self.lora_embedding_A[adapter_name], self.lora_embedding_B[adapter_name]
         return (b @ a).T * self.scaling[adapter_name]
+
+    def dora_rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.base_layer.weight.t(), self.lora_embedding_A[name], self.lora_embedding_B[name]
+
+    def dora_weight_layout(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.t()
+
+    def dora_base(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x)
 
 
 class LoraConv(LoraLayer):
@@ -245,7 +318,22 @@ class LoraConv(LoraLayer):
         self.lora_A[adapter_name] = conv_cls(conv.in_channels, r, conv.kernel_size, conv.stride, conv.padding, bias=False)
         self.lora_B[adapter_name] = conv_cls(r, conv.out_channels, ones, ones, bias=False)
 
-    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+    def lowrank_weight(self, adapter_name: str) -> torch.Tensor:
         a = self.lora_A[adapter_name].weight  # (r, in, *kernel)
         b = self.lora_B[adapter_name].weight.flatten(1)  # (out, r)
         return torch.einsum("or,ri...->oi...", b, a) * self.scaling[adapter_name]
+
+    supports_dora = True  # one magnitude per output channel, shaped (1, out, 1, ...) as peft
+
+    def dora_rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        flat = (self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight)
+        return tuple(t.flatten(1) for t in flat)
+
+    def dora_unit_view(self, vec: torch.Tensor) -> torch.Tensor:
+        return vec.reshape(1, -1, *([1] * (self.base_layer.weight.dim() - 2)))
+
+    def dora_weight_layout(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.reshape(self.base_layer.weight.shape)
+
+    def dora_base(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer._conv_forward(x, self.base_layer.weight.to(x.dtype), None)
