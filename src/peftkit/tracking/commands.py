@@ -22,9 +22,21 @@ from . import records, views
 from .catalog import Catalog, RunsError
 
 
+def _runs_dir_from_paths(args: argparse.Namespace) -> None:
+    """A run named by its path needs no --dir: without one (and without a ./runs folder), the
+    runs folder is the one that holds the first run given as a path."""
+    if getattr(args, "dir", "runs") != "runs" or os.path.isdir("runs"):
+        return
+    names = [getattr(args, "run", None), *(getattr(args, "runs", None) or [])]
+    paths = [n for n in names if isinstance(n, str) and (os.sep in n.rstrip(os.sep) or n.startswith("."))]
+    if paths and records.is_run_dir(os.path.abspath(paths[0])):
+        args.dir = os.path.dirname(os.path.abspath(paths[0]).rstrip(os.sep))
+
+
 def _guard(work: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
+            _runs_dir_from_paths(args)
             return work(args)
         except PeftkitError as e:
             print(f"error: {e}", file=sys.stderr)
