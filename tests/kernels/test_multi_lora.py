@@ -128,3 +128,27 @@ def test_row_plan_layout():
     assert plan.keep.tolist() == [[1.0, 1.0], [1.0, 0.0]] and plan.padding == 4 / 3
     even = multi_lora.row_plan(("x", "y", "y", "x"), frozenset({"x", "y"}), torch.device("cpu"))
     assert even.keep is None and even.gather.tolist() == [0, 3, 1, 2]
+
+
+def test_stacks_follow_a_fused_optimizer_step():
+    """Fused AdamW updates weights without bumping Tensor._version; the cache still notices."""
+    model = adapters({"a": {}, "b": {}})
+    names = ["a", "b"] * 3
+    with torch.no_grad():
+        before = model(input_ids=IDS, adapter_names=names).logits  # fills the caches
+    model.set_adapter("b")
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=0.1, fused=True)
+    versions = [p._version for p in params]
+    model(input_ids=IDS, labels=IDS).loss.backward()
+    optimizer.step()
+    assert [p._version for p in params] == versions  # why a version-keyed cache alone is not enough
+    model.eval()
+    with torch.no_grad():
+        after = model(input_ids=IDS, adapter_names=names).logits
+        model.set_adapter("b")
+        alone = model(input_ids=IDS[1:2]).logits
+    assert torch.equal(after[0], before[0])  # adapter "a" did not train
+    torch.testing.assert_close(after[1:2], alone, atol=ATOL, rtol=0)
+    assert not torch.allclose(after[1], before[1])

@@ -17,6 +17,20 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+# Optimizer steps taken in this process. Fused optimizers (e.g. ``AdamW(fused=True)``) update
+# parameters without bumping ``Tensor._version``, so the stack caches also key on this counter,
+# kept by a global post-step hook that every torch optimizer runs.
+_optimizer_steps = 0
+
+
+def _count_optimizer_step(*_: object) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 # Past this much padding (slots / real rows) the per-adapter loop is cheaper: a batch of 60 rows
 # for one adapter and 4 rows for three others would otherwise compute 4 x 60 padded rows.
@@ -73,7 +87,8 @@ def row_plan(row_adapters: tuple[str, ...], known: frozenset[str], device: torch
 
 class StackCache:
     """Per-layer stacked adapter weights for a set of adapter names, rebuilt when any weight is
-    replaced or changed in place (tracked by weak reference and ``Tensor._version``), or when autograd
+    replaced or changed in place (tracked by weak reference, ``Tensor._version`` and the count of
+    optimizer steps), or when autograd
     needs a graph back to the weights (training through a mixed batch)."""
 
     def __init__(self) -> None:
@@ -84,7 +99,8 @@ class StackCache:
         """``(A_stack (K, r_max, in), B_stack (K, out, r_max))`` with ``scaling`` folded into B."""
         needs_graph = torch.is_grad_enabled() and any(a.requires_grad or b.requires_grad for a, b, _ in weights)
         # weak references: a deleted adapter's tensor compares unequal even if its id is reused
-        key = (names, tuple((weakref.ref(a), a._version, weakref.ref(b), b._version, s) for a, b, s in weights))
+        key = (names, _optimizer_steps,
+               tuple((weakref.ref(a), a._version, weakref.ref(b), b._version, s) for a, b, s in weights))
         if needs_graph or key != self._key:
             value = _stack(weights)
             if needs_graph:
