@@ -26,6 +26,8 @@ class MergeMixin:
         With ``safe_merge`` every merged weight is checked for NaN/inf before any is changed."""
         names = self._active if adapter_names is None else list(adapter_names)
         self._check_names(names)
+        if self.peft_config and self._method().merge_error:  # e.g. prompt learning: nothing to merge into
+            raise AdapterError(self._method().merge_error)
         layers = list(self._adapter_layers())
         if layers and not self._method().layer_cls.mergeable:
             raise AdapterError(f"{self._method().peft_type} adapters cannot be merged into the base weights")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import os
 import types
 from typing import Any, Iterator, Optional, Union
 
@@ -19,9 +18,10 @@ import torch.nn as nn
 
 from . import checkpoint
 from .config import PeftConfig, TargetedConfig
-from .errors import AdapterError, CheckpointError, TargetError
+from .errors import AdapterError, TargetError
 from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper, _ForwardsToBase
 from .merge import MergeMixin
+from .model_io import SaveLoadMixin
 from .registry import MethodSpec, method_for_config
 from .targets import (
     TASK_HEADS,
@@ -48,7 +48,7 @@ class BaseModelHolder(_ForwardsToBase):
         return self.model(*args, **kwargs)
 
 
-class PeftModel(MergeMixin, nn.Module):
+class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
     """A model with one or more adapters. Build it with :func:`get_peft_model` or
     :meth:`PeftModel.from_pretrained`.
 
@@ -360,96 +360,6 @@ class PeftModel(MergeMixin, nn.Module):
             yield method
         finally:
             handle.remove()
-
-    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
-        if self.peft_config and self._method().merge_error:
-            raise AdapterError(self._method().merge_error)
-        super().merge_adapter(adapter_names, safe_merge=safe_merge)
-
-    merge_adapter.__doc__ = MergeMixin.merge_adapter.__doc__
-
-    # ------------------------------------------------------------------ saving and loading
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        safe_serialization: bool = True,
-        selected_adapters: Optional[list[str]] = None,
-        is_main_process: bool = True,
-        save_embedding_layers: bool = False,
-        **_: Any,
-    ) -> None:
-        """Write each adapter as ``adapter_config.json`` + ``adapter_model.safetensors``: the
-        ``"default"`` adapter in ``save_directory``, others in ``save_directory/<name>/``.
-        ``save_embedding_layers=True`` also writes the embedding tables (after a vocabulary resize)."""
-        if not safe_serialization:
-            raise CheckpointError("peftkit writes safetensors only (pickle files can run code); drop safe_serialization=False")
-        names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
-        self._check_names(names)
-        if not is_main_process:
-            return
-        for name in names:
-            target = str(save_directory) if name == "default" else os.path.join(str(save_directory), name)
-            tensors = checkpoint.get_peft_model_state_dict(self, adapter_name=name, save_embedding_layers=save_embedding_layers)
-            checkpoint.save_adapter_weights(tensors, target)
-            config = self.peft_config[name].model_copy(deep=True)
-            config.inference_mode = True  # a saved adapter loads for inference unless asked otherwise
-            config.save_pretrained(target)
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        model: nn.Module,
-        model_id: str | os.PathLike,
-        adapter_name: str = "default",
-        is_trainable: bool = False,
-        config: Optional[PeftConfig] = None,
-        subfolder: Optional[str] = None,
-        revision: Optional[str] = None,
-        **kwargs: Any,
-    ) -> "PeftModel":
-        """Load a saved adapter (peftkit's or ``peft``'s) onto ``model``. If the adapter does not fit,
-        the error names the first mismatching module and ``model`` is left as it was."""
-        config = config or PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
-        config.inference_mode = not is_trainable
-        weights, path = checkpoint.load_adapter_weights(model_id, subfolder=subfolder, revision=revision)
-        peft_model = cls(model, None)
-        saved_grad = [(p, p.requires_grad) for p in model.parameters()]
-        try:
-            peft_model._load(adapter_name, config, weights, path)
-        except BaseException:
-            for p, flag in saved_grad:  # the model goes back exactly as it came
-                p.requires_grad_(flag)
-            raise
-        peft_model.set_adapter(adapter_name)
-        return peft_model
-
-    def load_adapter(
-        self,
-        model_id: str | os.PathLike,
-        adapter_name: str,
-        is_trainable: bool = False,
-        subfolder: Optional[str] = None,
-        revision: Optional[str] = None,
-        **kwargs: Any,
-    ) -> checkpoint.LoadResult:
-        """Load another saved adapter beside the existing ones (it is not made active)."""
-        config = PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
-        config.inference_mode = not is_trainable
-        weights, path = checkpoint.load_adapter_weights(model_id, subfolder=subfolder, revision=revision)
-        return self._load(adapter_name, config, weights, path)
-
-    def _load(self, adapter_name: str, config: PeftConfig, weights: dict, source: str) -> checkpoint.LoadResult:
-        # Initialisation is skipped (the saved values overwrite it); PiSSA/OLoRA must not touch the base.
-        self._inject(adapter_name, config, config.for_loading())
-        try:
-            result = checkpoint.set_peft_model_state_dict(self, weights, adapter_name=adapter_name, source=source)
-        except BaseException:
-            self.delete_adapter(adapter_name)
-            raise
-        self._apply_trainability()
-        if config.inference_mode:
-            self.eval()  # an adapter loaded for inference runs without dropout, as in peft
-        return result
 
 
 def _by_name(function: Any, args: tuple, kwargs: dict) -> dict:
