@@ -163,17 +163,6 @@ def test_fused_path_keeps_less_for_backward_with_dropout():
     assert fused < 0.5 * plain, (fused, plain)
 
 
-@pytest.mark.parametrize("p", [0.05, 0.3, 0.5])
-def test_cpu_dropout_mask_rate(p):
-    from peftkit.kernels.lora_linear import dropout_mask
-
-    torch.manual_seed(0)
-    keep = dropout_mask(torch.empty(1000, 1001), p)
-    assert keep.dtype == torch.bool and keep.shape == (1000, 1001)
-    assert abs((1 - keep.float().mean().item()) - p) < 0.003
-    assert dropout_mask(torch.empty(3, 3), 0.0) is None
-
-
 def test_inference_skips_the_autograd_node_with_the_same_result():
     x, w, b, a, bb = tensors()
     with_graph = lora_linear(x, w, b, a, bb, 2.0)

@@ -12,8 +12,8 @@ What it saves over composing the formula from torch ops (``peft``'s way):
   (most LLM projections): then nothing extra is kept where the next op saves its input anyway
   (the MLP's gate/up, attention's values). ``peft`` keeps two output-sized tensors and forms the
   full ``W + s B A`` every step;
-- dropout as in :mod:`peftkit.kernels.lora_linear` (a one-byte keep-mask), on the low-rank input
-  only (see :mod:`peftkit.methods.dora`).
+- dropout as in :mod:`peftkit.kernels.lora_linear` (a one-byte keep-mask on CPU, a seed on GPU),
+  on the low-rank input only (see :mod:`peftkit.methods.dora`).
 
 A magnitude that is exactly 0 zeroes its unit's output, and here its gradient too (the plain path
 still gives ``sum(grad * u) / norm``); a trained magnitude is never exactly 0 in practice.
@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from .lora_linear import dropout_mask
+from .dropout import draw_mask, mask_from_seed
 
 
 def _fold_into_weight(tokens: int, weight: torch.Tensor) -> bool:
@@ -56,20 +56,22 @@ class DoraLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, magnitude, norm, scaling: float,
-                keep: Optional[torch.Tensor], p: float):
+                keep: Optional[torch.Tensor], p: float, seed: Optional[int] = None):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         g = magnitude.detach().float().reshape(-1) / norm
         y0, h = _forward_y0(x2, weight, lora_a.to(x.dtype), lora_b, g, scaling, keep, p)
         out = y0 if bias is None else y0 + bias.to(y0.dtype)
-        ctx.save_for_backward(x, weight, lora_a, lora_b, magnitude, h, keep, y0, g)
-        ctx.scaling, ctx.p, ctx.has_bias = scaling, p, bias is not None
+        ctx.save_for_backward(x, weight, lora_a, lora_b, magnitude, h, None if seed is not None else keep, y0, g)
+        ctx.scaling, ctx.p, ctx.has_bias, ctx.seed = scaling, p, bias is not None, seed
         return out.reshape(*shape[:-1], out.shape[-1])
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, lora_a, lora_b, magnitude, h, keep, y0, g = ctx.saved_tensors
         s, p = ctx.scaling, ctx.p
+        if ctx.seed is not None:
+            keep = mask_from_seed(x.shape, p, x.device, ctx.seed)
         grad = grad_out.reshape(-1, grad_out.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
         a = lora_a.to(x.dtype)
@@ -83,7 +85,7 @@ class DoraLinearFunction(torch.autograd.Function):
             if keep is None:
                 grad_x.addmm_(gb, a, alpha=s)
             else:
-                grad_x.add_((gb @ a).mul_(keep.reshape(x2.shape)), alpha=s / (1.0 - p))
+                grad_x.addcmul_(gb @ a, keep.reshape(x2.shape), value=s / (1.0 - p))
             grad_x = grad_x.reshape(x.shape)
         if ctx.needs_input_grad[3]:
             xd = x2 if keep is None else x2 * keep.reshape(x2.shape)
@@ -97,30 +99,33 @@ class DoraLinearFunction(torch.autograd.Function):
             grad_bias = grad.sum(0)
         if ctx.needs_input_grad[1]:
             grad_w = (grad.t() @ x2).float().mul_(g[:, None]).to(weight.dtype)
-        return grad_x, grad_w, grad_bias, grad_a, grad_b, grad_m, None, None, None, None
+        return grad_x, grad_w, grad_bias, grad_a, grad_b, grad_m, None, None, None, None, None
 
 
 def dora_linear(x, weight, bias, lora_a, lora_b, magnitude, norm, scaling: float, p: float = 0.0,
-                training: bool = False, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+                training: bool = False, keep: Optional[torch.Tensor] = None, redraw: Optional[bool] = None) -> torch.Tensor:
     """``g * (F.linear(x, weight) + scaling * lora_b(lora_a(dropout(x)))) + bias`` with
     ``g = magnitude / norm``, as one autograd node (``weight`` is ``(out, in)``, possibly a view).
 
     Example:
         >>> y = dora_linear(x, lin.weight, lin.bias, A.weight, B.weight, m, norm, 2.0)  # doctest: +SKIP
     """
-    if training and p > 0 and keep is None:
-        keep = dropout_mask(x, p)
+    seed = None
     if not training:
         keep, p = None, 0.0
     if not torch.is_grad_enabled() or not any(
             t is not None and t.requires_grad for t in (x, weight, bias, lora_a, lora_b, magnitude)):
+        if keep is None and p > 0:
+            keep = draw_mask(x, p, redraw=False)[0]
         with torch.no_grad():  # the forward alone: nothing is kept
             x2 = x.reshape(-1, x.shape[-1])
             g = magnitude.float().reshape(-1) / norm
             y0, _ = _forward_y0(x2, weight, lora_a.to(x.dtype), lora_b, g, scaling, keep, p)
             out = y0 if bias is None else y0.add_(bias.to(y0.dtype))
             return out.reshape(*x.shape[:-1], out.shape[-1])
-    return DoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, magnitude, norm, scaling, keep, p)
+    if keep is None:
+        keep, seed = draw_mask(x, p, redraw)
+    return DoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, magnitude, norm, scaling, keep, p, seed)
 
 
 def column_dots(a: torch.Tensor, b: torch.Tensor, chunk_elements: int = 1 << 22) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 What it saves over the composed modules (``peft``'s and peftkit's plain path):
 
-- no dropout copy of the input: the mask is kept as one byte per element (or nothing without
-  dropout) and the dropped input is rebuilt in backward when it is needed;
+- no dropout copy of the input: the mask is kept as one byte per element on CPU, as a seed to
+  draw it again on GPU (:mod:`peftkit.kernels.dropout`), and the dropped input is rebuilt in
+  backward when it is needed;
 - the input is saved once however many layers read it (q/k/v and gate/up share theirs), because
   the function saves the tensor it was given rather than a fresh dropout output;
 - the scale is folded into in-place ``addmm`` calls, so neither pass materialises ``B A x`` or a
@@ -19,19 +20,7 @@ from typing import Optional
 
 import torch
 
-
-def dropout_mask(x: torch.Tensor, p: float) -> Optional[torch.Tensor]:
-    """A boolean keep-mask for dropout probability ``p`` (None when ``p == 0``).
-
-    On CPU, ``bernoulli_`` draws a float per element and dominates the cost of LoRA dropout
-    (10 ms for 1024 x 576 on 2 cores). Here one uniform 15-bit integer per element (``int16``
-    ``random_`` draws from [0, 32767]) is compared with ``p`` (resolution 1/32768): 2.0 ms.
-    """
-    if p == 0.0:
-        return None
-    if x.device.type != "cpu":
-        return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
-    return torch.empty(x.shape, dtype=torch.int16).random_() >= round(p * 32768)
+from .dropout import draw_mask, mask_from_seed
 
 
 def _forward(x, weight, bias, lora_a, lora_b, scaling: float, keep: Optional[torch.Tensor], p: float):
@@ -49,16 +38,19 @@ class LoraLinearFunction(torch.autograd.Function):
     """Forward and backward of base linear + LoRA in one node of the autograd graph."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, keep: Optional[torch.Tensor], p: float):
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, keep: Optional[torch.Tensor], p: float,
+                seed: Optional[int] = None):
         out, h = _forward(x, weight, bias, lora_a, lora_b, scaling, keep, p)
-        ctx.save_for_backward(x, weight, lora_a, lora_b, h, keep)
-        ctx.scaling, ctx.p, ctx.has_bias = scaling, p, bias is not None
+        ctx.save_for_backward(x, weight, lora_a, lora_b, h, None if seed is not None else keep)
+        ctx.scaling, ctx.p, ctx.has_bias, ctx.seed = scaling, p, bias is not None, seed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, lora_a, lora_b, h, keep = ctx.saved_tensors
         s, p = ctx.scaling, ctx.p
+        if ctx.seed is not None:
+            keep = mask_from_seed(x.shape, p, x.device, ctx.seed)
         g = grad_out.reshape(-1, grad_out.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
         gb = g @ lora_b  # (tokens, r)
@@ -68,7 +60,7 @@ class LoraLinearFunction(torch.autograd.Function):
             if keep is None:
                 grad_x.addmm_(gb, lora_a, alpha=s)
             else:
-                grad_x.add_((gb @ lora_a).mul_(keep.reshape(x2.shape)), alpha=s / (1.0 - p))
+                grad_x.addcmul_(gb @ lora_a, keep.reshape(x2.shape), value=s / (1.0 - p))
             grad_x = grad_x.reshape(x.shape)
         if ctx.needs_input_grad[3]:
             xd = x2 if keep is None else x2 * keep.reshape(x2.shape)
@@ -78,24 +70,31 @@ class LoraLinearFunction(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = g.sum(0)
         grad_w = g.t() @ x2 if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w, grad_bias, grad_a, grad_b, None, None, None
+        return grad_x, grad_w, grad_bias, grad_a, grad_b, None, None, None, None
 
 
 def lora_linear(x, weight, bias, lora_a, lora_b, scaling: float, p: float = 0.0, training: bool = False,
-                keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+                keep: Optional[torch.Tensor] = None, redraw: Optional[bool] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias) + scaling * lora_b(lora_a(dropout(x)))`` as one autograd node.
+
+    ``keep`` fixes the dropout mask (tests compare paths with it); otherwise one is drawn, kept for
+    backward on CPU and redrawn from a seed on GPU (``redraw`` overrides that choice, see
+    :func:`peftkit.kernels.dropout.draw_mask`).
 
     Example:
         >>> y = lora_linear(x, layer.weight, layer.bias, A.weight, B.weight, 2.0, p=0.05, training=True)  # doctest: +SKIP
     """
-    if training and p > 0 and keep is None:
-        keep = dropout_mask(x, p)
+    seed = None
     if not training:
         keep, p = None, 0.0
     if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, weight, bias, lora_a, lora_b)):
         # inference: the same maths without an autograd node (its fixed cost shows in decoding)
+        if keep is None and p > 0:
+            keep = draw_mask(x, p, redraw=False)[0]
         return _forward(x, weight, bias, lora_a, lora_b, scaling, keep, p)[0]
-    return LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, keep, p)
+    if keep is None:
+        keep, seed = draw_mask(x, p, redraw)
+    return LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, keep, p, seed)
 
 
 def fast_path_applies(x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor) -> bool:
