@@ -56,6 +56,55 @@ def _bias_parameters(model: nn.Module, adapter_name: str, bias: str) -> dict[str
     return found
 
 
+def _is_bias(name: str) -> bool:
+    return name == "bias" or name.endswith(".bias")
+
+
+def peft_key_without_adapter(key: str, adapter_name: str) -> str:
+    """``peft``'s rule for turning an in-model parameter path into a checkpoint key: the adapter name
+    goes only where it is the last or second-to-last segment (``head.modules_to_save.default.bias``
+    -> ``head.modules_to_save.bias``; a deeper ``head.modules_to_save.default.dense.bias`` keeps it).
+
+    Example:
+        >>> peft_key_without_adapter("classifier.modules_to_save.default.bias", "default")
+        'classifier.modules_to_save.bias'
+    """
+    suffix = "." + adapter_name
+    if key.endswith(suffix):
+        return key[: -len(suffix)]
+    head, dot, last = key.rpartition(".")
+    return f"{head.removesuffix(suffix)}{dot}{last}"
+
+
+def _saved_module_biases(model: nn.Module, adapter_name: str) -> dict[str, tuple[str, nn.Parameter]]:
+    """With ``bias="all"``, ``peft`` saves every bias of the model by its path, so a module trained in
+    full (``modules_to_save``) contributes two more keys besides ``<path>.bias``: its frozen
+    original's ``<path>.original_module.bias`` and the adapter's copy again as
+    ``<path>.modules_to_save.bias``. They are written the same way here; on loading they are
+    optional (the copy's value comes from ``<path>.bias``; the original's is restored)."""
+    found: dict[str, tuple[str, nn.Parameter]] = {}
+    for key, module in iter_plain_modules(model):
+        if not isinstance(module, ModulesToSaveWrapper):
+            continue
+        for sub, p in module.original_module.named_parameters():
+            if _is_bias(sub):
+                found[f"{key}.original_module.{sub}"] = (key, p)
+        if adapter_name in module.modules_to_save:
+            for sub, p in module.modules_to_save[adapter_name].named_parameters():
+                if _is_bias(sub):
+                    found[peft_key_without_adapter(f"{key}.modules_to_save.{adapter_name}.{sub}", adapter_name)] = (key, p)
+    return found
+
+
+def _optional_entries(model: nn.Module, adapter_name: str, config: PeftConfig) -> dict[str, tuple[str, nn.Parameter]]:
+    """Checkpoint key -> (module path, live parameter) for tensors that are saved as ``peft`` saves them
+    but may be absent from a checkpoint (earlier peftkit versions did not write them)."""
+    if getattr(config, "bias", "none") != "all":
+        return {}
+    prefix = key_prefix(config)
+    return {prefix + k: v for k, v in _saved_module_biases(model, adapter_name).items()}
+
+
 def adapter_tensors(model: nn.Module, adapter_name: str, config: PeftConfig) -> dict[str, nn.Parameter]:
     """Checkpoint key -> live parameter for one adapter of a model (the user's model, adapted).
 
@@ -142,7 +191,9 @@ def get_peft_model_state_dict(
     """
     if adapter_name not in model.peft_config:
         raise CheckpointError(f"unknown adapter {adapter_name!r}; this model has {sorted(model.peft_config)}")
-    live = adapter_tensors(model.get_base_model(), adapter_name, model.peft_config[adapter_name])
+    base, config = model.get_base_model(), model.peft_config[adapter_name]
+    live = adapter_tensors(base, adapter_name, config)
+    live.update({key: p for key, (_, p) in _optional_entries(base, adapter_name, config).items()})
     live.update(model_level_tensors(model, adapter_name))
     if save_embedding_layers is True:
         prefix = key_prefix(model.peft_config[adapter_name])
@@ -200,11 +251,18 @@ def set_peft_model_state_dict(
     # target embeddings were resized) are loaded into the base model, as peft does.
     prefix = key_prefix(model.peft_config[adapter_name])
     extra = {prefix + n: p for n, p in base.named_parameters()}
+    optional = _optional_entries(base, adapter_name, model.peft_config[adapter_name])
+    extra.update({key: p for key, (_, p) in optional.items()})
     _check_fit(expected, extra, peft_model_state_dict, source, prefix)
     _check_storable(model, model_level, peft_model_state_dict, adapter_name, source)
+    # A tensor saved under two keys (a saved module's bias, with bias="all") takes its value from
+    # the required key, as in peft, which ignores the second one.
+    required = {id(expected[key][1]) for key in peft_model_state_dict if key in expected}
     with torch.no_grad():
         for key, tensor in peft_model_state_dict.items():
             target = expected[key][1] if key in expected else extra[key]
+            if key not in expected and id(target) in required:
+                continue
             target.copy_(tensor.to(device=target.device, dtype=target.dtype))
     return LoadResult([], [])
 
