@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Optional
 
+import torch
 import torch.nn as nn
 
 from . import checkpoint
-from .config import PeftConfig
+from .config import CONFIG_NAME, PeftConfig
 from .errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -31,23 +32,48 @@ class SaveLoadMixin:
         selected_adapters: Optional[list[str]] = None,
         is_main_process: bool = True,
         save_embedding_layers: bool = False,
+        path_initial_model_for_weight_conversion: Optional[str | os.PathLike] = None,
+        state_dict: Optional[dict[str, torch.Tensor]] = None,
         **_: Any,
     ) -> None:
         """Write each adapter as ``adapter_config.json`` + ``adapter_model.safetensors``: the
         ``"default"`` adapter in ``save_directory``, others in ``save_directory/<name>/``.
-        ``save_embedding_layers=True`` also writes the embedding tables (after a vocabulary resize)."""
+        ``save_embedding_layers=True`` also writes the embedding tables (after a vocabulary resize).
+        ``state_dict`` (e.g. gathered by DeepSpeed, keyed by this model's parameter names) supplies
+        the values to write.
+
+        ``path_initial_model_for_weight_conversion``: the folder of a PiSSA/OLoRA adapter saved
+        right after ``get_peft_model()`` (before training). The adapter is then written as a plain
+        LoRA adapter of twice the rank that applies to the ORIGINAL base weights (as ``peft``
+        does); the model in memory and the initial folder are left as they are.
+
+        Example:
+            >>> model.save_pretrained("pissa_init")                                   # doctest: +SKIP
+            >>> ...  # train
+            >>> model.save_pretrained("lora", path_initial_model_for_weight_conversion="pissa_init")  # doctest: +SKIP
+        """
         if not safe_serialization:
             raise CheckpointError("peftkit writes safetensors only (pickle files can run code); drop safe_serialization=False")
         names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
         self._check_names(names)
         if not is_main_process:
             return
+        if os.path.isfile(save_directory):
+            raise CheckpointError(f"save_directory {str(save_directory)!r} is a file; pass a folder to write the adapter into")
+        initial = None if path_initial_model_for_weight_conversion is None else _initial_adapter(path_initial_model_for_weight_conversion)
+        outputs = []  # everything is computed (and checked) before the first file is written
         for name in names:
-            target = str(save_directory) if name == "default" else os.path.join(str(save_directory), name)
-            tensors = checkpoint.get_peft_model_state_dict(self, adapter_name=name, save_embedding_layers=save_embedding_layers)
-            checkpoint.save_adapter_weights(tensors, target)
+            tensors = checkpoint.get_peft_model_state_dict(
+                self, state_dict=state_dict, adapter_name=name, save_embedding_layers=save_embedding_layers
+            )
             config = self.peft_config[name].model_copy(deep=True)
+            if initial is not None:
+                config, tensors = _converted(config, tensors, *initial, name)
             config.inference_mode = True  # a saved adapter loads for inference unless asked otherwise
+            target = str(save_directory) if name == "default" else os.path.join(str(save_directory), name)
+            outputs.append((target, config, tensors))
+        for target, config, tensors in outputs:
+            checkpoint.save_adapter_weights(tensors, target)
             config.save_pretrained(target)
 
     @classmethod
@@ -105,3 +131,29 @@ class SaveLoadMixin:
         if config.inference_mode:
             self.eval()  # an adapter loaded for inference runs without dropout, as in peft
         return result
+
+
+def _initial_adapter(path: str | os.PathLike) -> tuple[PeftConfig, dict[str, torch.Tensor], str]:
+    """The adapter saved right after PiSSA/OLoRA initialisation: ``(config, tensors, path)``."""
+    folder = str(path)
+    if not os.path.isfile(os.path.join(folder, checkpoint.WEIGHTS_NAME)) or not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+        raise CheckpointError(
+            f"path_initial_model_for_weight_conversion={folder!r} holds no saved adapter ({CONFIG_NAME} and "
+            f"{checkpoint.WEIGHTS_NAME}); save the adapter there with save_pretrained() right after get_peft_model(), "
+            "before training"
+        )
+    config = PeftConfig.from_pretrained(folder)
+    weights, _ = checkpoint.load_adapter_weights(folder)
+    return config, weights, folder
+
+
+def _converted(
+    config: PeftConfig, tensors: dict, initial_config: PeftConfig, initial: dict, folder: str, name: str
+) -> tuple[PeftConfig, dict]:
+    convert = getattr(config, "converted_from_mutated_init", None)
+    if convert is None:  # only methods whose init modifies the base weights define it (LoRA: PiSSA/OLoRA)
+        raise CheckpointError(
+            f"adapter {name!r}: path_initial_model_for_weight_conversion applies to LoRA adapters initialised "
+            f"with PiSSA or OLoRA, not to {config.peft_type} adapters; save without it"
+        )
+    return convert(tensors, initial_config, initial, f"adapter {name!r} (initial adapter {folder!r})")

@@ -12,6 +12,7 @@ from pydantic import field_validator
 
 from ..config import ANY_VALUE, PeftConfig, TargetedConfig, finite_number
 from ..registry import LayerFactory, MethodSpec, register_method
+from .lora_conversion import convert_mutated_init
 from .lora_layers import LoraConv, LoraEmbedding, LoraLayer, LoraLinear, is_conv1d
 
 InitLoraWeights = Union[bool, str]
@@ -103,6 +104,14 @@ class LoraConfig(TargetedConfig):
     def for_loading(self) -> "LoraConfig":
         # PiSSA/OLoRA would rewrite the base weights and run an SVD for values about to be replaced.
         return self.model_copy(update={"init_lora_weights": False}, deep=True)
+
+    def converted_from_mutated_init(
+        self, trained: dict, initial_config: PeftConfig, initial: dict, where: str
+    ) -> tuple["LoraConfig", dict]:
+        """A trained PiSSA/OLoRA adapter as a plain LoRA adapter (rank 2r) on the original base
+        weights; used by ``save_pretrained(path_initial_model_for_weight_conversion=...)``
+        (see :mod:`peftkit.methods.lora_conversion`)."""
+        return convert_mutated_init(self, trained, initial_config, initial, where)
 
 
 def _linear_factory(module: nn.Module, name: str, config: LoraConfig, key: str) -> LoraLayer:
