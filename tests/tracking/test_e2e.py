@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from event_files import shown_scalars, written_scalars
 from train.tiny_assets import write_config
 
 from peftkit.cli import main
@@ -74,26 +74,10 @@ def test_sweep_runs_are_one_group(sweep, capsys):
     assert (sweep / "cmp.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """Scalars of every TensorBoard event file under ``folder`` (TFRecord framing, read by hand)."""
-    from tensorboardX.proto import event_pb2
-
-    found: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(folder.rglob("events.out.tfevents.*")):
-        data, pos = path.read_bytes(), 0
-        while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos:pos + 8])
-            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-            pos += 12 + length + 4  # length, its crc, the record, its crc
-            for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    found.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return found
-
-
 def test_tensorboard_gets_the_same_metrics(sweep):
     run = runs_of(sweep)[2]
-    scalars = tensorboard_scalars(run / "tensorboard")
+    scalars = shown_scalars(run / "tensorboard")
+    assert written_scalars(run / "tensorboard") == scalars  # a run that was never resumed purges nothing
     logged = [r for r in metrics(run) if not r.get("final")]
     assert [s for s, _ in scalars["train/loss"]] == [1, 2]
     assert [v for _, v in scalars["train/loss"]] == pytest.approx([r["loss"] for r in logged if "loss" in r])

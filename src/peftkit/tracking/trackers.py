@@ -8,7 +8,8 @@ run in the wandb project ``tracking.project``. ``metrics.jsonl`` in the run fold
 Metric names are grouped the way TensorBoard and MLflow show them: ``train/loss``, ``train/lr``,
 ``train/tokens_per_s``, ``eval/loss``, ``eval/exact_match``; the resolved config goes in as
 hyperparameters (``adapter.r``, ``train.lr``, ...) with the config version and run id.
-A resumed run continues its MLflow run (its id is kept in run.json under ``trackers``).
+A resumed run continues its MLflow run (its id is kept in run.json under ``trackers``); what it
+logs again after its checkpoint replaces what the trackers got before (:mod:`.resumed`).
 """
 
 from __future__ import annotations
@@ -51,18 +52,23 @@ def hyperparameters(cfg: Any, run_dir: str, version: str) -> dict[str, Any]:
 
 
 def open_trackers(accelerator: Any, cfg: Any, run_dir: str, version: str,
-                  previous: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                  previous: Optional[dict[str, Any]] = None, first_step: Optional[int] = None) -> dict[str, Any]:
     """Start the configured trackers (main process only) and register them with ``accelerator``, so
-    that ``accelerator.log`` reaches them; returns what run.json records about them."""
+    that ``accelerator.log`` reaches them; returns what run.json records about them. A resumed run
+    passes run.json's ``previous`` tracker record and ``first_step``, the first step it logs again."""
     backends = [b for b in cfg.tracking.backends if b != "local"]
     if not backends or not accelerator.is_main_process:
         return {}
     from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
 
+    from .resumed import mlflow_run_to_continue, tensorboard_options
+
     run_id, made, record = os.path.basename(run_dir), [], {}
     if "tensorboard" in backends:
-        made.append(TensorBoardTracker(run_name="tensorboard", logging_dir=run_dir))  # -> <run>/tensorboard
-        record["tensorboard"] = {"dir": os.path.join(run_dir, "tensorboard")}
+        log_dir = os.path.join(run_dir, "tensorboard")  # accelerate: <logging_dir>/<run_name>
+        made.append(TensorBoardTracker(run_name="tensorboard", logging_dir=run_dir,
+                                       **tensorboard_options(log_dir, first_step)))
+        record["tensorboard"] = {"dir": log_dir}
     if "mlflow" in backends:
         uri = cfg.tracking.mlflow_uri or "file:" + os.path.abspath(os.path.join(cfg.output.dir, "mlruns"))
         if uri.startswith("file:"):  # MLflow 3 wants an explicit opt-in to its (local) file store
@@ -71,6 +77,10 @@ def open_trackers(accelerator: Any, cfg: Any, run_dir: str, version: str,
 
         mlflow.set_tracking_uri(uri)
         earlier = (previous or {}).get("mlflow", {}).get("run_id")
+        if earlier:
+            from mlflow.tracking import MlflowClient
+
+            earlier = mlflow_run_to_continue(MlflowClient(uri), earlier, first_step)
         made.append(MLflowTracker(experiment_name=cfg.tracking.project, run_id=earlier, run_name=run_id,
                                   tags={"peftkit.config_version": version, "peftkit.run_dir": run_dir}))
         record["mlflow"] = {"uri": uri, "experiment": cfg.tracking.project}

@@ -81,18 +81,19 @@ def train_from_config(config_path: Optional[str], overrides: Iterable[str] = (),
     accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, mixed_precision=cfg.train.mixed_precision)
     prepared_data = prepare_data(cfg)  # bad data fails here: no model loaded, no run folder made
     main = accelerator.is_main_process
+    first_step = None  # a resumed run logs again from this step on (without a checkpoint: from 0)
     if run_dir is None:
         run_dir = start_run(cfg, parent, accelerator.num_processes, extra) if main else None
         run_dir = _share(accelerator, run_dir)
     elif main:
-        step = int(os.path.basename(checkpoint).split("-")[1]) if checkpoint else 0
-        runs.truncate_metrics(run_dir, step)
+        first_step = int(os.path.basename(checkpoint).split("-")[1]) + 1 if checkpoint else 0
+        runs.truncate_metrics(run_dir, first_step - 1)
         runs.update_run_json(run_dir, status="running", resumed_from=checkpoint, resumed=runs.now())
     began = time.time()
     try:
         if main:
             previous = runs.read_run_json(run_dir).get("trackers") if resume else None
-            opened = trackers.open_trackers(accelerator, cfg, run_dir, config_hash(cfg), previous)
+            opened = trackers.open_trackers(accelerator, cfg, run_dir, config_hash(cfg), previous, first_step)
             if opened:
                 runs.update_run_json(run_dir, trackers=opened)
             index_run(run_dir)
