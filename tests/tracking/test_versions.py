@@ -1,19 +1,24 @@
 """Config versions: what the hash ignores (key order, number spelling, spelled-out defaults, where
-outputs and metrics go, how adapter.from is spelled), what changes it, and result agreement."""
+outputs and metrics go, how adapter.from is spelled and where its adapter lies), what changes it,
+and result agreement."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import save_file
 from fake_runs import BASE, make_run
 
 from peftkit.errors import ConfigError
 from peftkit.tracking.records import read_run
 from peftkit.tracking.versions import AGREE_RTOL, compare_results, version_groups
 from peftkit.train.config import load_run_config
-from peftkit.train.runner import resolve_parent
+from peftkit.train.runner import resolve_parent, start_run
 
 
 def version(tmp_path, text_or_dict, overrides=(), name="run.yaml"):
@@ -69,6 +74,46 @@ def test_adapter_from_spelled_any_way_is_one_version(tmp_path, monkeypatch):
                  "./runs/20261122-100000-lora-aaaaaa/", "20261122-1000"]  # the last: a run id prefix in output.dir
     versions = {version(tmp_path, BASE, [f"adapter.from={s}", "output.dir=runs"]) for s in spellings}
     assert len(versions) == 1 and versions != {version(tmp_path, BASE)}
+
+
+def write_adapter(folder: Path, value: float = 0.5, r: int = 8) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": r}))
+    save_file({"base_model.model.q.lora_A.weight": torch.full((r, 4), value)}, folder / "adapter_model.safetensors")
+    return folder
+
+
+def started_run(folder: Path, overrides: list[str]) -> dict:
+    """What `peftkit train` records for ``folder/run.yaml`` (BASE) started in ``folder``."""
+    (folder / "run.yaml").write_text(yaml.safe_dump(BASE))
+    cfg = load_run_config(folder / "run.yaml", [*overrides, "output.dir=runs"])
+    run = Path(start_run(cfg, resolve_parent(cfg)))
+    return {**json.loads((run / "run.json").read_text()), "config": yaml.safe_load((run / "config.yaml").read_text())}
+
+
+def test_copies_of_one_adapter_in_other_folders_are_one_version(tmp_path, monkeypatch):
+    original = write_adapter(tmp_path / "a" / "start")
+    shutil.copytree(original, tmp_path / "b" / "start")  # another checkout, another machine
+    write_adapter(tmp_path / "c" / "start", value=0.25)  # another adapter: one weight differs
+    write_adapter(tmp_path / "d" / "start", r=4)  # another adapter config
+    recorded = {}
+    for where in "abcd":
+        monkeypatch.chdir(tmp_path / where)  # relative paths are read from the current directory
+        recorded[where] = started_run(tmp_path / where, ["adapter.from=start"])
+    assert recorded["a"]["config_hash"] == recorded["b"]["config_hash"]
+    assert len({recorded[w]["config_hash"] for w in "acd"}) == 3
+    for where in "ab":  # the path it came from is still what run.json and config.yaml show
+        assert recorded[where]["parent_adapter"] == str(tmp_path / where / "start")
+        assert recorded[where]["config"]["adapter"]["from"] == str(tmp_path / where / "start")
+        assert recorded[where]["parent"] is None  # a stand-alone adapter folder: no parent run
+
+
+def test_relative_adapter_from_is_read_from_the_current_directory(tmp_path, monkeypatch):
+    write_adapter(tmp_path / "config-folder" / "start")
+    write_adapter(tmp_path / "cwd" / "start", value=0.25)
+    monkeypatch.chdir(tmp_path / "cwd")
+    recorded = started_run(tmp_path / "config-folder", ["adapter.from=start"])
+    assert recorded["parent_adapter"] == str(tmp_path / "cwd" / "start")  # like data paths, not the config's folder
 
 
 @pytest.mark.parametrize("source, words", [

@@ -4,8 +4,10 @@
 from: a run folder (its final ``adapter/``), a run id or unique prefix in ``output.dir``, or any
 adapter folder (``adapter_config.json`` + weights; a checkpoint's ``checkpoints/step-N/adapter``
 belongs to its run). Before the run folder is made, :func:`resolve_parent` turns it into the
-absolute adapter folder (so the config version does not depend on how the path was spelled) and
-the parent run. The loop then copies those weights into the new adapter (:func:`load_initial_weights`);
+absolute adapter folder and the parent run; relative paths are read from the current directory,
+like data paths. The config version counts the adapter by what it is, not where it lies
+(:func:`adapter_fingerprint`: the sha256 of its config and weights files), so the same config run
+from another checkout or machine, on a copy of the same adapter, is the same version. The loop then copies those weights into the new adapter (:func:`load_initial_weights`);
 the adapter section must describe the same adapter (method, rank, targets), or loading fails naming
 the module whose shape differs.
 
@@ -15,14 +17,19 @@ the module whose shape differs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from ..errors import ConfigError
+from .env import file_digest
 from .records import Run, is_run_dir, read_run
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peftkit.checkpoint.WEIGHTS_NAME, without importing torch
+# (path, size, mtime_ns) -> sha256: a run hashes its config more than once, the weights need reading once
+_digests: dict[tuple[str, int, int], Optional[str]] = {}
 
 
 @dataclass
@@ -76,6 +83,35 @@ def resolve_parent(source: str, runs_dir: str, method: Optional[str] = None) -> 
     if method is not None:
         _check_method(adapter_dir, method, source)
     return Parent(adapter_dir, run_dir)
+
+
+def adapter_fingerprint(adapter_dir: str) -> str:
+    """``sha256:<hex>`` over the adapter's ``adapter_config.json`` and ``adapter_model.safetensors``
+    (each streamed, and remembered while its size and modification time stay the same): equal for
+    byte-identical copies wherever they lie, different when either file differs.
+
+    >>> adapter_fingerprint("runs/20261122-211659-demo-7bd1af/adapter")   # doctest: +SKIP
+    'sha256:9c1e...'
+    """
+    combined = hashlib.sha256()
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        path = os.path.abspath(os.path.join(adapter_dir, name))
+        if not os.path.isfile(path):
+            continue
+        stat = os.stat(path)
+        key = (path, stat.st_size, stat.st_mtime_ns)
+        if key not in _digests:
+            _digests[key] = file_digest(path)
+        combined.update(f"{name} {_digests[key]}\n".encode())
+    return "sha256:" + combined.hexdigest()
+
+
+def versioned_source(source: str) -> str:
+    """What ``adapter.from`` adds to the config version: the :func:`adapter_fingerprint` of the
+    adapter folder it names, else (a config whose ``adapter.from`` is not resolved yet) its text."""
+    if os.path.isfile(os.path.join(os.path.expanduser(source), ADAPTER_CONFIG)):
+        return adapter_fingerprint(os.path.expanduser(source))
+    return source
 
 
 def _check_method(adapter_dir: str, method: str, source: str) -> None:

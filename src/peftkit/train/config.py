@@ -159,12 +159,25 @@ class RunConfig(BaseModel):
     # pydantic's own model_validate skips __init__, and with it every check beyond the types.
     model_validate = classmethod(lambda cls, obj, **kwargs: obj if isinstance(obj, cls) else cls(**obj))
 
-    def adapter_config(self) -> PeftConfig:
+    def adapter_config(self, total_steps: Optional[int] = None) -> PeftConfig:
         """The adapter's config object, with task_type, base_model_name_or_path and revision taken
-        from the model section: ``cfg.adapter_config().task_type`` -> ``TaskType.CAUSAL_LM``."""
+        from the model section, and the settings the method derives from the run's ``total_steps``
+        (``train.max_steps`` if not given) filled where the section leaves them unset (see
+        ``MethodSpec.run_defaults``): ``cfg.adapter_config().task_type`` -> ``TaskType.CAUSAL_LM``."""
         fields = {k: v for k, v in self.adapter.items() if k not in ADAPTER_RUN_KEYS}
-        model = {"task_type": self.model.task_type, "base_model_name_or_path": self.model.name}
-        return _find_method(self.adapter["method"]).config_cls(**fields, **model, revision=self.model.revision)
+        return _find_method(self.adapter["method"]).config_cls(
+            **{**fields, **self.derived_settings(total_steps)}, task_type=self.model.task_type,
+            base_model_name_or_path=self.model.name, revision=self.model.revision)
+
+    def derived_settings(self, total_steps: Optional[int] = None) -> dict[str, Any]:
+        """The adapter fields the run fills from its ``total_steps`` (``train.max_steps`` if not
+        given) because the section leaves them unset: ``{"total_step": 100}`` for AdaLoRA, ``{}``
+        for most methods."""
+        spec = _find_method(self.adapter["method"])
+        if spec.run_defaults is None:
+            return {}
+        fields = {k: v for k, v in self.adapter.items() if k not in ADAPTER_RUN_KEYS}
+        return spec.run_defaults(fields, total_steps if total_steps is not None else self.train.max_steps)
 
 
 # PyYAML follows YAML 1.1, which reads 2e-4 as a string; these read and write it as a float (YAML 1.2).
@@ -180,6 +193,13 @@ def _did_you_mean(key: str, choices: list[str]) -> str:
     lower = {c.lower(): c for c in choices}  # case-insensitive: "Train" -> "train", "causal_lm"
     close = difflib.get_close_matches(str(key).lower(), list(lower), n=1, cutoff=0.6)
     return f"; did you mean '{lower[close[0]]}'?" if close else ""
+
+
+def _planned_steps(raw: dict[str, Any]) -> Optional[int]:
+    """``train.max_steps`` of a raw config when it is valid: the run's step count, known before its data."""
+    train = raw.get("train")
+    steps = train.get("max_steps") if isinstance(train, dict) else None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
 
 
 def _find_method(name: str) -> MethodSpec:
@@ -204,7 +224,8 @@ class _Validation:
                 self.parts[name] = None
                 self.problems.append((name, f"missing required section, e.g. {name}: {REQUIRED[name]}"))
             else:
-                self.parts[name] = self.adapter(raw[name]) if name == "adapter" else self.section(name, raw.get(name))
+                self.parts[name] = (self.adapter(raw[name], _planned_steps(raw)) if name == "adapter"
+                                    else self.section(name, raw.get(name)))
         self.cross_checks()
         if check_files:
             self.file_checks()
@@ -255,8 +276,10 @@ class _Validation:
         except ValidationError:
             return None
 
-    def adapter(self, raw: Any) -> Optional[dict[str, Any]]:
-        """The method's own config class validates the rest of the section, at paths adapter.<field>."""
+    def adapter(self, raw: Any, steps: Optional[int] = None) -> Optional[dict[str, Any]]:
+        """The method's own config class validates the rest of the section, at paths adapter.<field>;
+        settings the run fills (``MethodSpec.run_defaults``, from ``steps``) are checked filled, and
+        kept as the user wrote them."""
         if not isinstance(raw, dict) or not isinstance(raw.get("method"), str):
             known = ", ".join(sorted(k.lower() for k in registered_methods()))
             where = "adapter.method" if isinstance(raw, dict) else "adapter"
@@ -281,12 +304,14 @@ class _Validation:
                 self.problems.append((f"adapter.{key}", self.unknown_key(str(key), "adapter", known)))
             elif key not in ADAPTER_RUN_KEYS:
                 fields[key] = value
+        filled = spec.run_defaults(dict(fields), steps) if spec.run_defaults else {}
         try:
-            config = cls(**fields)
+            config = cls(**{**fields, **filled})
         except ConfigError as e:
             self.problems += [(f"adapter.{p}" if p else "adapter", msg) for p, msg in e.problems]
             return None
         data = {k: v for k, v in config.model_dump(mode="json").items() if k not in RUN_OWNED}
+        data.update({k: fields.get(k, cls.model_fields[k].get_default(call_default_factory=True)) for k in filled})
         head = {"method": spec.peft_type.lower(), **({"from": source} if source is not None else {})}
         return {**head, **data} if len(self.problems) == count else None
 
@@ -414,10 +439,15 @@ UNVERSIONED = ("output", "tracking")
 def config_hash(cfg: Union[RunConfig, dict[str, Any]]) -> str:
     """The config *version*: 12 hex digits of the sha256 of the resolved config's canonical JSON
     without ``output`` (where the run is written, and its name) and ``tracking`` (where metrics are
-    sent): key order, number spelling and spelled-out defaults do not change it.
+    sent): key order, number spelling and spelled-out defaults do not change it. ``adapter.from``
+    counts as its adapter's content fingerprint, not its path (see peftkit.tracking.lineage).
     ``config_hash(cfg)`` -> ``'3f2a9c0d1b7e'``."""
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig(**cfg)
     data = {k: v for k, v in resolved_dict(cfg).items() if k not in UNVERSIONED}
+    if data["adapter"].get("from"):
+        from ..tracking.lineage import versioned_source
+
+        data["adapter"]["from"] = versioned_source(data["adapter"]["from"])
     # 32 and 32.0 are the same alpha: integral floats are written as ints (bools stay bools).
     data = json.loads(json.dumps(data), parse_float=lambda t: int(float(t)) if float(t).is_integer() else float(t))
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
