@@ -74,6 +74,19 @@ class MethodSpec:
     # arguments of ``generate()`` itself, once (for inputs that generate hands to an encoder directly).
     prepare_inputs: Optional[Callable[..., dict]] = None
     prepare_generate: Optional[Callable[..., dict]] = None
+    # Settings a training run derives from its own plan when the adapter section leaves them unset
+    # (AdaLoRA's ``total_step``). ``run_defaults(fields, total_steps) -> {field: value}`` gets the
+    # config fields as the user wrote them and the run's optimizer steps, or None while a run config
+    # is validated before its data is read (return stand-ins that let the other fields be checked).
+    # The run's config, and its hash, keep what the user wrote; the adapter config it trains and
+    # saves holds the filled values. ``get_peft_model`` never calls it.
+    run_defaults: Optional[Callable[[dict, Optional[int]], dict]] = None
+    # State beyond the adapter's tensors that a resumed run needs to continue exactly (AdaLoRA's
+    # importance averages and rank mask). ``run_state(peft_model, adapter_name) -> {key: tensor}``
+    # is written with every training checkpoint (safetensors) and given back, on resume, to
+    # ``load_run_state(peft_model, adapter_name, tensors)``.
+    run_state: Optional[Callable[..., dict]] = None
+    load_run_state: Optional[Callable[..., None]] = None
     # At most this many adapters of the method may be active at once (None: no limit).
     max_active_adapters: Optional[int] = None
     # Why adapters of this method can never be merged into the base weights (None: see layer_cls).

@@ -17,8 +17,9 @@ from tiny_assets import assert_loads_in_peftkit_and_peft, the_run, tiny_model_di
 from tiny_models import example_inputs, make_model, model_outputs, randomize_lora_weights
 
 import peftkit as pk
+from peftkit.cli import main
 from peftkit.methods.adalora import apply_rank_pattern, orthogonal_regularization, update_and_allocate
-from peftkit.train.config import load_run_config
+from peftkit.train.config import config_hash, load_run_config
 
 pytestmark = [pytest.mark.usefixtures("torch_single_thread"),
               pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning"),
@@ -187,13 +188,76 @@ def test_train_from_yaml_shrinks_the_rank_budget(tmp_path):
                                      {"input_ids": tokens})
 
 
-def test_yaml_without_total_step_says_so(tmp_path):
-    config = write_config(tmp_path)
+def adalora_run(tmp_path, adapter: dict, **train):
+    config = write_config(tmp_path, train={"save_steps": 3, "eval_steps": 100, **train}, eval={"metrics": ["loss"]})
     raw = yaml.safe_load(config.read_text())
-    raw["adapter"] = {"method": "adalora", "init_r": 8, "target_r": 4}
+    raw["adapter"] = {"method": "adalora", "init_r": 4, "target_r": 2, "target_modules": ["q_proj", "v_proj"], **adapter}
     config.write_text(yaml.safe_dump(raw))
-    with pytest.raises(pk.ConfigError, match=r"adapter\.total_step.*number of training steps.*train\.max_steps"):
-        load_run_config(config)
+    return config
+
+
+@pytest.mark.parametrize("train, steps", [({"max_steps": 6}, 6),
+                                          ({"max_steps": None, "epochs": 2, "grad_accum": 2}, 4)])  # 2 x ceil(3 / 2)
+def test_a_run_fills_total_step_from_its_steps(tmp_path, train, steps):
+    """Left out of the adapter section, total_step is the run's optimizer steps (train.max_steps, or
+    epochs x batches / grad_accum) in every adapter_config.json the run writes, so peft loads them;
+    the run's config.yaml and its hash keep what the user wrote."""
+    config = adalora_run(tmp_path, {"tinit": 1}, **train)
+    cfg = load_run_config(config)
+    assert cfg.adapter["total_step"] is None
+    assert main(["train", str(config)]) == 0
+    run = the_run(tmp_path)
+    assert yaml.safe_load((run / "config.yaml").read_text())["adapter"]["total_step"] is None
+    assert json.loads((run / "run.json").read_text())["config_hash"] == config_hash(cfg)
+    for folder in (run / "adapter", run / "checkpoints" / "step-00003" / "adapter"):
+        assert json.loads((folder / "adapter_config.json").read_text())["total_step"] == steps
+    assert peft.PeftConfig.from_pretrained(run / "adapter").total_step == steps
+    from transformers import AutoModelForCausalLM
+
+    assert_loads_in_peftkit_and_peft(run / "adapter", lambda: AutoModelForCausalLM.from_pretrained(tiny_model_dir(tmp_path)),
+                                     {"input_ids": torch.tensor([[5, 6, 7, 8, 9]])})
+
+
+def test_a_written_total_step_is_kept_with_a_warning(tmp_path):
+    config = adalora_run(tmp_path, {"total_step": 20}, max_steps=6)
+    with pytest.warns(UserWarning, match=r"adapter\.total_step is 20 but the run takes 6 optimizer steps"):
+        assert main(["train", str(config)]) == 0
+    saved = json.loads((the_run(tmp_path) / "adapter" / "adapter_config.json").read_text())
+    assert saved["total_step"] == 20
+
+
+def test_a_schedule_too_long_for_the_run_is_an_error_naming_the_field(tmp_path, capsys):
+    config = adalora_run(tmp_path, {"tinit": 5, "tfinal": 2}, max_steps=6)
+    with pytest.raises(pk.ConfigError, match=r"adapter\.tinit.*need tinit \(5\) < total_step - tfinal \(6 - 2\)"):
+        load_run_config(config)  # max_steps is known before the data: checked with the config
+    # counted in epochs, the steps are known once the data is read: checked before the first step
+    config = adalora_run(tmp_path, {"tinit": 5, "tfinal": 2}, max_steps=None, epochs=2)
+    assert main(["train", str(config)]) == 2
+    assert "does not fit the run's 6 optimizer steps" in capsys.readouterr().err
+    assert json.loads((the_run(tmp_path) / "run.json").read_text())["status"] == "failed"
+
+
+def test_the_python_api_still_needs_total_step():
+    with pytest.raises(pk.ConfigError, match=r"total_step.*number of training steps.*peftkit train fills it"):
+        pk.get_peft_model(make_model("llama"), pk.AdaLoraConfig(target_modules=["q_proj"]))
+
+
+def test_allocator_state_round_trips_and_a_wrong_one_is_refused():
+    model = adapted("llama", **SCHEDULE)
+    for step in (1, 2, 3):
+        model(**example_inputs("llama")).loss.backward()
+        update_and_allocate(model, step)
+        model.zero_grad()
+    allocator = model.base_model.rank_allocators["default"]
+    saved = allocator.state_tensors()
+    assert saved and any(k.startswith("rank_pattern.") and v.dtype == torch.bool for k, v in saved.items())
+    fresh = adapted("llama", **SCHEDULE).base_model.rank_allocators["default"]
+    fresh.load_state_tensors(saved)
+    assert fresh.rank_pattern == allocator.rank_pattern
+    assert all(torch.equal(fresh.state_tensors()[k], v) for k, v in saved.items())
+    bad = {k: v[:1] if k.startswith("exp_avg_ipt.") else v for k, v in saved.items()}
+    with pytest.raises(pk.AdapterError, match=r"exp_avg_ipt\..*does not fit adapter 'default'"):
+        fresh.load_state_tensors(bad)
 
 
 # ------------------------------------------------------------------------------ bad input

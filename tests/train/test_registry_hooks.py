@@ -4,7 +4,7 @@ training loop through the method registry, with no method-specific code in the l
 from __future__ import annotations
 
 import json
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import pytest
 import torch
@@ -14,6 +14,7 @@ import peftkit as pk
 from peftkit.cli import main
 from peftkit.methods.lora import LORA
 from peftkit.registry import MethodSpec, register_method
+from peftkit.train.config import config_hash, load_run_config
 
 CALLS: list[tuple[int, int]] = []
 
@@ -51,3 +52,34 @@ def test_hooks_run_every_optimizer_step(tmp_path):
     assert all(loss > 100 for loss in losses)  # the extra loss term is part of what is optimised and logged
     saved = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert saved["peft_type"] == "TEST_HOOKED_LORA"
+
+
+class PlannedLoraConfig(pk.LoraConfig):
+    peft_type: ClassVar[str] = "TEST_PLANNED_LORA"
+    planned_steps: Optional[int] = None
+
+
+def fill_planned_steps(fields: dict, total_steps: Optional[int]) -> dict:
+    PLANS.append(total_steps)
+    return {} if fields.get("planned_steps") is not None else {"planned_steps": total_steps or 1}
+
+
+PLANS: list[Optional[int]] = []
+
+
+def test_settings_derived_from_the_run_reach_the_saved_adapter_but_not_the_config_version(tmp_path):
+    """``MethodSpec.run_defaults`` (AdaLoRA's total_step uses it) for any method: called with no step
+    count while the config is validated (train.max_steps unset), then with the run's real count."""
+    register_method(MethodSpec("TEST_PLANNED_LORA", PlannedLoraConfig, LORA.layer_cls, LORA.layer_factories,
+                               run_defaults=fill_planned_steps), replace=True)
+    PLANS.clear()
+    config = write_config(tmp_path, adapter={"method": "test_planned_lora"},
+                          train={"max_steps": None, "epochs": 2, "save_steps": 100, "eval_steps": 100})
+    cfg = load_run_config(config)
+    assert cfg.adapter["planned_steps"] is None and set(PLANS) == {None}
+    assert main(["train", str(config)]) == 0
+    assert PLANS[-1] == 6  # 2 epochs x 3 batches of 4 rows
+    run = next((tmp_path / "runs").iterdir())
+    assert json.loads((run / "adapter" / "adapter_config.json").read_text())["planned_steps"] == 6
+    assert "planned_steps: null" in (run / "config.yaml").read_text()
+    assert json.loads((run / "run.json").read_text())["config_hash"] == config_hash(cfg)

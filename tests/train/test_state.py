@@ -7,7 +7,9 @@ import os
 import random
 
 import numpy as np
+import pytest
 import torch
+from safetensors.torch import load_file
 from toy_models import TOYS
 from transformers import get_scheduler
 
@@ -53,12 +55,44 @@ def test_resume_from_checkpoint_is_bit_identical(tmp_path):
     assert sched2.get_last_lr() == sched.get_last_lr()
 
 
+def test_resume_restores_the_trained_parameters_not_the_adapter_file(tmp_path):
+    """run_state.safetensors holds every trainable parameter by name; a checkpoint without it (written
+    by an older peftkit) resumes from its adapter as before."""
+    toy, model, opt, sched = setup()
+    step(toy, model, opt, sched, 0)
+    folder = state.save_checkpoint(str(tmp_path / "step-00001"), model, opt, sched, state.Progress(1, 0, 1))
+    saved = load_file(os.path.join(folder, state.RUN_STATE_NAME))
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert saved.keys() == {f"param.{n}" for n in trainable}
+    assert all(torch.equal(saved[f"param.{n}"], p) for n, p in trainable.items())
+    expected = pk.get_peft_model_state_dict(model)
+    for older in (False, True):
+        if older:
+            os.remove(os.path.join(folder, state.RUN_STATE_NAME))
+        _, model2, opt2, sched2 = setup(seed=123)
+        state.load_checkpoint(folder, model2, opt2, sched2)
+        got = pk.get_peft_model_state_dict(model2)
+        assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_a_checkpoint_of_another_adapter_is_refused_naming_the_parameter(tmp_path):
+    toy, model, opt, sched = setup()
+    folder = state.save_checkpoint(str(tmp_path / "step-00001"), model, opt, sched, state.Progress(1, 0, 1))
+    torch.manual_seed(0)
+    other = pk.get_peft_model(toy.model(), pk.LoraConfig(r=2, target_modules=toy.targets))
+    before = {k: v.clone() for k, v in pk.get_peft_model_state_dict(other).items()}
+    opt2 = torch.optim.AdamW([p for p in other.parameters() if p.requires_grad], lr=1e-2)
+    with pytest.raises(pk.CheckpointError, match=r"lora_A\.default\.weight' has shape \(4, .*adapter section"):
+        state.load_checkpoint(folder, other, opt2, get_scheduler("constant", opt2))
+    assert all(torch.equal(v, before[k]) for k, v in pk.get_peft_model_state_dict(other).items())
+
+
 def test_checkpoint_holds_no_pickles(tmp_path):
     toy, model, opt, sched = setup()
     step(toy, model, opt, sched, 0)
     folder = state.save_checkpoint(str(tmp_path / "step-00001"), model, opt, sched, state.Progress(1, 0, 1))
     names = sorted(os.listdir(folder))
-    assert names == ["COMPLETE", "adapter", "optimizer.safetensors", "state.json"]
+    assert names == ["COMPLETE", "adapter", "optimizer.safetensors", "run_state.safetensors", "state.json"]
     assert sorted(os.listdir(os.path.join(folder, "adapter"))) == ["adapter_config.json", "adapter_model.safetensors"]
 
 

@@ -8,7 +8,9 @@ registry: the orthogonal regulariser is added to the loss (:func:`orthogonal_reg
 updates the importance scores and masks. When training ends, :func:`apply_rank_pattern` drops the
 masked triplets and records ``rank_pattern`` in the config, so the saved adapter holds the pruned
 ranks and reloads with them, in peftkit and in ``peft``. Checkpoints saved before that hold the
-full ``init_r`` tensors with the dropped singular values at zero (the same outputs).
+full ``init_r`` tensors with the dropped singular values at zero (the same outputs), and the
+allocator's state (importance averages, latest mask), so a resumed run allocates as an unbroken
+one. A run fills ``total_step`` from its own step count when the adapter section leaves it out.
 """
 
 from __future__ import annotations
@@ -109,11 +111,11 @@ class AdaLoraConfig(LoraConfig):
         problems = super().check()
         if self.total_step is None or self.total_step <= 0:
             problems.append(("total_step", "AdaLoRA needs the number of training steps for its rank schedule: set "
-                                           "total_step > 0 (in a peftkit run, usually the same as train.max_steps)"))
+                                           "total_step > 0 (peftkit train fills it from the run's steps when unset)"))
         elif self.tinit >= self.total_step - self.tfinal:
             problems.append(("tinit", f"the schedule leaves no steps to reallocate ranks: need tinit ({self.tinit}) < "
                                       f"total_step - tfinal ({self.total_step} - {self.tfinal}); lower tinit/tfinal "
-                                      "or raise total_step"))
+                                      "or raise total_step (in peftkit train: the run's steps, unless set)"))
         if self.target_r > self.init_r:
             problems.append(("target_r", f"is larger than init_r ({self.target_r} > {self.init_r}); AdaLoRA only "
                                          "removes ranks, so set target_r <= init_r"))
@@ -218,6 +220,32 @@ def _on_step_end(peft_model: "PeftModel", step: int, total: int) -> None:
         apply_rank_pattern(peft_model)
 
 
+def _run_defaults(fields: dict[str, Any], total_steps: Optional[int]) -> dict[str, Any]:
+    """``total_step`` from the run when the adapter section leaves it unset; a value the user wrote
+    stays (with a warning if it is not the run's step count: the schedule then ends early or late)."""
+    written = fields.get("total_step")
+    if written is not None:
+        if total_steps is not None and written != total_steps:
+            warnings.warn(f"adapter.total_step is {written} but the run takes {total_steps} optimizer steps; AdaLoRA's rank "
+                          "schedule follows total_step (leave it out to use the run's steps)", stacklevel=2)
+        return {}
+    if total_steps is None:  # validating before the data is read: the shortest schedule the other fields allow
+        steps = [fields.get(k) for k in ("tinit", "tfinal")]
+        return {"total_step": sum(s for s in steps if isinstance(s, int) and s > 0) + 1}
+    return {"total_step": total_steps}
+
+
+def _run_state(peft_model: "PeftModel", adapter_name: str) -> dict[str, torch.Tensor]:
+    allocator = _allocators(peft_model).get(adapter_name)
+    return allocator.state_tensors() if allocator else {}
+
+
+def _load_run_state(peft_model: "PeftModel", adapter_name: str, tensors: dict[str, torch.Tensor]) -> None:
+    allocator = _allocators(peft_model).get(adapter_name)
+    if allocator is not None and tensors:
+        allocator.load_state_tensors(tensors)
+
+
 def _linear_factory(module: nn.Module, name: str, config: AdaLoraConfig, key: str) -> AdaLoraLinear:
     fan_in_fan_out = is_conv1d(module)  # as for LoRA: the layer decides, the model's config records it
     if config.fan_in_fan_out != fan_in_fan_out:
@@ -238,5 +266,8 @@ ADALORA = register_method(
         extra_loss=orthogonal_regularization,
         on_add=_on_add,
         on_delete=_on_delete,
+        run_defaults=_run_defaults,
+        run_state=_run_state,
+        load_run_state=_load_run_state,
     )
 )

@@ -128,6 +128,47 @@ class RankAllocator:
             if kept is not None and len(kept) == e.shape[0]:
                 e.masked_fill_(~torch.tensor(kept, device=e.device).view(-1, 1), 0.0)
 
+    # ------------------------------------------------------------------ resuming a training run
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything the schedule carries from one step to the next, as named tensors (a training
+        checkpoint stores them with safetensors): ``ipt`` / ``exp_avg_ipt`` / ``exp_avg_unc``
+        ``.<module key>.<tensor>`` and the latest mask as ``rank_pattern.<module key>.lora_E``
+        (bools). The budget and schedule follow from the config and the layers.
+
+        Example:
+            >>> restored = RankAllocator(model, "default", config)  # doctest: +SKIP
+            >>> restored.load_state_tensors(allocator.state_tensors())  # doctest: +SKIP
+        """
+        found = {f"{kind}.{key}.{attr}": t.detach().clone()
+                 for kind, table in self._tables().items() for (key, attr), t in table.items()}
+        for key, kept in (self.rank_pattern or {}).items():
+            found[f"rank_pattern.{key}"] = torch.tensor(kept, dtype=torch.bool)
+        return found
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` returned; every tensor must name a layer of this
+        adapter with the shape it has now, else :class:`AdapterError` and nothing changes."""
+        shapes = {(key, attr): getattr(layer, attr)[self.adapter_name] for key, layer in self.layers() for attr in TENSORS}
+        tables: dict[str, dict] = {kind: {} for kind in self._tables()}
+        pattern: dict[str, list[bool]] = {}
+        for name, tensor in tensors.items():
+            kind, _, rest = name.partition(".")
+            key, _, attr = rest.rpartition(".")
+            live = shapes.get((key, attr))
+            if kind == "rank_pattern" and live is not None and attr == "lora_E" and tensor.numel() == live.shape[0]:
+                pattern[rest] = tensor.bool().tolist()
+            elif kind in tables and live is not None and tensor.shape == live.shape:
+                tables[kind][(key, attr)] = tensor.to(device=live.device, dtype=live.dtype)
+            else:
+                raise AdapterError(
+                    f"AdaLoRA state {name!r} (shape {tuple(tensor.shape)}) does not fit adapter {self.adapter_name!r} "
+                    "of this model; was the checkpoint written with another adapter config?")
+        self.ipt, self.exp_avg_ipt, self.exp_avg_unc = tables["ipt"], tables["exp_avg_ipt"], tables["exp_avg_unc"]
+        self.rank_pattern = pattern or None
+
+    def _tables(self) -> dict[str, dict[tuple[str, str], torch.Tensor]]:
+        return {"ipt": self.ipt, "exp_avg_ipt": self.exp_avg_ipt, "exp_avg_unc": self.exp_avg_unc}
+
     def update_and_allocate(self, global_step: int) -> Optional[dict[str, list[bool]]]:
         """One step of the schedule (``peft``'s ``update_and_allocate``): update the scores and
         re-mask while the budget shrinks; choose the final mask at ``total_step - tfinal``; keep

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from ..errors import PeftkitError
+from ..errors import ConfigError, PeftkitError
 from ..registry import method_for_config
 from ..tracking.lineage import load_initial_weights
 from ..tracking.trackers import log_metrics
@@ -99,6 +99,21 @@ def _total_steps(cfg: Any, batches_per_epoch: int) -> int:
     return cfg.train.epochs * max(1, math.ceil(batches_per_epoch / cfg.train.grad_accum))
 
 
+def _fill_derived_settings(cfg: Any, peft_model: Any, total: int) -> None:
+    """Give the adapter the settings it derives from the run's step count (AdaLoRA's total_step,
+    when the adapter section leaves it out). The model was built with train.max_steps, or a
+    stand-in for runs counted in epochs; only now, with the data loader sharded, is the count known.
+    The saved adapter configs carry the value; the run's config and hash keep what the user wrote."""
+    live = peft_model.peft_config["default"]
+    try:
+        for key, value in cfg.derived_settings(total).items():
+            if getattr(live, key) != value:
+                setattr(live, key, value)  # validated: a value that does not fit raises and changes nothing
+    except ConfigError as e:
+        raise ConfigError(f"The adapter does not fit the run's {total} optimizer steps:",
+                          [(f"adapter.{path}", message) for path, message in e.problems]) from None
+
+
 def evaluate(prep: Prepared, model: Any, cfg: Any, accelerator: Any) -> dict[str, float]:
     """Every metric in ``eval.metrics`` on the evaluation split (empty dict if there is none)."""
     if not prep.eval_examples:
@@ -150,6 +165,7 @@ def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator
     # prepare). The scheduler is not given to accelerate, which would step it once per process
     # per update (its schedule then ends half-way with two processes); the loop steps it itself.
     total = _total_steps(cfg, len(loader))
+    _fill_derived_settings(cfg, accelerator.unwrap_model(model), total)
     from transformers import get_scheduler
 
     scheduler = get_scheduler(cfg.train.scheduler, raw_optimizer, num_warmup_steps=cfg.train.warmup_steps,

@@ -1,10 +1,18 @@
 """Training checkpoints without pickles: optimizer, scheduler, RNG and data position.
 
 A checkpoint folder holds the adapter (``adapter/``, the peft format), ``optimizer.safetensors``
-(every optimizer state tensor, keyed ``<param index>.<name>``), and ``state.json`` (optimizer
-param groups and scalar state, scheduler counters, RNG states, step and data position). It is
-written to a temporary folder and renamed into place, so a run killed mid-save never leaves a
+(every optimizer state tensor, keyed ``<param index>.<name>``), ``run_state.safetensors`` (the
+model's trainable parameters, ``param.<name>``, and state a method keeps between steps,
+``method.<adapter>.<key>``: see ``MethodSpec.run_state``) and ``state.json`` (optimizer param
+groups and scalar state, scheduler counters, RNG states, step and data position). It is written
+to a temporary folder and renamed into place, so a run killed mid-save never leaves a
 half-written checkpoint: the newest complete one is always whole.
+
+A resume restores the trainable parameters from ``run_state.safetensors`` rather than from the
+adapter: the adapter holds what inference needs, which is not always what trains (a P-tuning
+adapter saves the prompt its encoder computes, not the encoder). Everything else in the model is
+rebuilt from the run's config and seed exactly as at the start of the run. Checkpoints written
+before this file existed resume from their adapter, as they always did.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 STATE_NAME = "state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
+RUN_STATE_NAME = "run_state.safetensors"
 COMPLETE_MARK = "COMPLETE"
 
 
@@ -81,6 +90,47 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> No
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
+def _cpu(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous().clone()
+
+
+def _model_state(peft_model: Any) -> dict[str, torch.Tensor]:
+    """The trainable parameters under their names, and every method's own run state."""
+    from ..registry import method_for_config
+
+    tensors = {f"param.{name}": _cpu(p) for name, p in peft_model.named_parameters() if p.requires_grad}
+    for adapter, config in peft_model.peft_config.items():
+        spec = method_for_config(config)
+        if spec.run_state is not None:
+            tensors.update({f"method.{adapter}.{key}": _cpu(t) for key, t in spec.run_state(peft_model, adapter).items()})
+    return tensors
+
+
+def _load_model_state(peft_model: Any, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Put back what :func:`_model_state` saved; the parameters must match by name and shape (else
+    :class:`CheckpointError`, the model unchanged)."""
+    from ..errors import CheckpointError
+    from ..registry import method_for_config
+
+    saved = {k.removeprefix("param."): t for k, t in tensors.items() if k.startswith("param.")}
+    live = {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
+    problem = next((f"{name!r} is missing" for name in live if name not in saved), None)
+    problem = problem or next((f"{name!r} is not trainable in this model" for name in saved if name not in live), None)
+    problem = problem or next((f"{name!r} has shape {tuple(saved[name].shape)} but {tuple(p.shape)} in the model"
+                               for name, p in live.items() if saved[name].shape != p.shape), None)
+    if problem:
+        raise CheckpointError(f"{source}: the checkpoint does not fit this run's model: {problem}. Was the adapter "
+                              "section of the run's config.yaml changed since the checkpoint was written?")
+    with torch.no_grad():
+        for name, p in live.items():
+            p.copy_(saved[name].to(device=p.device, dtype=p.dtype))
+    for adapter, config in peft_model.peft_config.items():
+        spec = method_for_config(config)
+        if spec.load_run_state is not None:
+            prefix = f"method.{adapter}."
+            spec.load_run_state(peft_model, adapter, {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)})
+
+
 def _scheduler_state(scheduler: Any) -> dict[str, Any]:
     # only the counters: the lr lambdas are rebuilt from the config on resume
     sd = scheduler.state_dict()
@@ -102,6 +152,7 @@ def save_checkpoint(
     opt_tensors, opt_meta = _optimizer_state(optimizer)
     rng_tensors, rng_meta = _rng_state()
     save_file({**opt_tensors, **rng_tensors}, os.path.join(tmp, OPTIMIZER_NAME))
+    save_file(_model_state(peft_model), os.path.join(tmp, RUN_STATE_NAME))
     state = {
         "progress": asdict(progress),
         "optimizer": opt_meta,
@@ -118,12 +169,16 @@ def save_checkpoint(
 
 
 def load_checkpoint(folder: str, peft_model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[Progress, dict]:
-    """Restore adapter weights, optimizer, scheduler and RNG from ``folder``; returns the progress
-    and the ``extra`` dict saved with it."""
-    from ..checkpoint import load_adapter_weights, set_peft_model_state_dict
+    """Restore the trainable parameters (and methods' run state), optimizer, scheduler and RNG from
+    ``folder``; returns the progress and the ``extra`` dict saved with it."""
+    model_state = os.path.join(folder, RUN_STATE_NAME)
+    if os.path.exists(model_state):
+        _load_model_state(peft_model, load_file(model_state), model_state)
+    else:  # written before run_state.safetensors existed
+        from ..checkpoint import load_adapter_weights, set_peft_model_state_dict
 
-    weights, path = load_adapter_weights(os.path.join(folder, "adapter"))
-    set_peft_model_state_dict(peft_model, weights, adapter_name="default", source=path)
+        weights, path = load_adapter_weights(os.path.join(folder, "adapter"))
+        set_peft_model_state_dict(peft_model, weights, adapter_name="default", source=path)
     with open(os.path.join(folder, STATE_NAME), encoding="utf-8") as f:
         state = json.load(f)
     tensors = load_file(os.path.join(folder, OPTIMIZER_NAME))
