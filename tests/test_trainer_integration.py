@@ -7,6 +7,7 @@ adapter in peft's format, resumes from such checkpoints and reloads the best one
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import peft
@@ -19,6 +20,9 @@ from tiny_models import example_inputs, model_outputs, tiny_bert_classifier, tin
 import peftkit as pk
 from peftkit.checkpoint import WEIGHTS_NAME
 from peftkit.hf_trainer import AdapterTrainer, AdapterTrainerMixin, check_trainer_hooks
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "train"))  # the tiny tokenizer
+from tiny_assets import tiny_tokenizer  # noqa: E402
 
 pytestmark = [
     pytest.mark.usefixtures("torch_single_thread"),
@@ -102,6 +106,13 @@ def test_save_model_and_checkpoints_hold_the_adapter_only(tmp_path):
     for lib in (pk, peft):
         loaded = lib.PeftModel.from_pretrained(tiny_llama(), tmp_path / "final")
         torch.testing.assert_close(model_outputs(loaded, inputs)["logits"], want, atol=1e-5, rtol=1e-5)
+
+
+def test_save_model_writes_the_tokenizer_beside_the_adapter(tmp_path):
+    trainer = AdapterTrainer(model=lora_model(), args=training_args(tmp_path / "run"), processing_class=tiny_tokenizer())
+    trainer.save_model(tmp_path / "final")
+    files = set(os.listdir(tmp_path / "final"))
+    assert ADAPTER_FILES <= files and "tokenizer.json" in files and "model.safetensors" not in files
 
 
 def test_resume_from_an_adapter_checkpoint_continues_exactly(tmp_path):

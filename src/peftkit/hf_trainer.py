@@ -82,7 +82,9 @@ class AdapterTrainerMixin:
         model.save_pretrained(output_dir, state_dict=state_dict, is_main_process=self.args.should_save)
         if not self.args.should_save:
             return
-        tokenizer = self.processing_class or getattr(self.data_collator, "tokenizer", None)
+        tokenizer = self.processing_class
+        if tokenizer is None:
+            tokenizer = getattr(self.data_collator, "tokenizer", None)
         if tokenizer is not None:  # as Trainer does for any model
             tokenizer.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
