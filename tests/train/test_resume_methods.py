@@ -6,6 +6,7 @@ the same run stopped after step 4 (or 7) and resumed end with identical adapters
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -75,7 +76,14 @@ def test_stopped_after_step_4_and_resumed_equals_one_go(tmp_path, monkeypatch, m
 
 def test_adalora_resumed_after_its_final_mask_keeps_it(tmp_path, monkeypatch):
     """tfinal=2: the mask is chosen at step 6 and re-applied at steps 7 and 8; a run resumed from
-    step 7 must still know it (it is not in the adapter until training ends)."""
+    step 7 must still know it (it is not in the adapter until training ends). The checkpoint of
+    step 8 holds the pruned layers: a run stopped after it (Ctrl-C in the last step) resumes too."""
     (expected, expected_config), (got, got_config) = one_go_and_resumed(tmp_path, monkeypatch, ADALORA, 8)
     assert got_config["rank_pattern"] == expected_config["rank_pattern"]
     assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+    whole = the_run(tmp_path, "whole")
+    shutil.rmtree(whole / "adapter")  # as if stopped once the last checkpoint was written
+    assert main(["train", "--resume", str(whole)]) == 0
+    again, again_config = adapter_of(whole)
+    assert again_config == expected_config and all(torch.equal(again[k], expected[k]) for k in expected)

@@ -166,16 +166,20 @@ def apply_rank_pattern(peft_model: "PeftModel", adapter_name: Optional[str] = No
     for name in names:
         allocator = _allocators(peft_model).get(name)
         pattern = allocator.rank_pattern if allocator else None
-        if pattern is None:
-            continue
-        for key, layer in allocator.layers():
-            kept = pattern.get(f"{key}.lora_E")
-            if kept is not None and len(kept) == layer.r[name]:
-                layer.keep_ranks(name, kept)
-        peft_model.peft_config[name].rank_pattern = {k: list(v) for k, v in pattern.items()}
-        # the allocator goes on from the pruned layers (e.g. if training continues)
-        _allocators(peft_model)[name] = RankAllocator(allocator.model, name, peft_model.peft_config[name])
+        if pattern is not None:
+            _keep_ranks(peft_model, name, pattern)
     return pattern
+
+
+def _keep_ranks(peft_model: "PeftModel", name: str, pattern: dict[str, list[bool]]) -> None:
+    allocator = _allocators(peft_model)[name]
+    for key, layer in allocator.layers():
+        kept = pattern.get(f"{key}.lora_E")
+        if kept is not None and len(kept) == layer.r[name]:
+            layer.keep_ranks(name, kept)
+    peft_model.peft_config[name].rank_pattern = {k: list(v) for k, v in pattern.items()}
+    # the allocator goes on from the pruned layers (e.g. if training continues)
+    _allocators(peft_model)[name] = RankAllocator(allocator.model, name, peft_model.peft_config[name])
 
 
 def orthogonal_regularization(peft_model: "PeftModel") -> torch.Tensor:
@@ -235,15 +239,27 @@ def _run_defaults(fields: dict[str, Any], total_steps: Optional[int]) -> dict[st
     return {"total_step": total_steps}
 
 
+PRUNED = "pruned."  # run-state keys of the final rank_pattern, once the layers were pruned to it
+
+
 def _run_state(peft_model: "PeftModel", adapter_name: str) -> dict[str, torch.Tensor]:
+    """The allocator's state, and the config's rank_pattern: a checkpoint written after the last
+    step holds layers already pruned to it, which a resume must prune alike before loading them."""
     allocator = _allocators(peft_model).get(adapter_name)
-    return allocator.state_tensors() if allocator else {}
+    pattern = peft_model.peft_config[adapter_name].rank_pattern or {}
+    return {**(allocator.state_tensors() if allocator else {}),
+            **{PRUNED + key: torch.tensor(kept, dtype=torch.bool) for key, kept in pattern.items()}}
 
 
 def _load_run_state(peft_model: "PeftModel", adapter_name: str, tensors: dict[str, torch.Tensor]) -> None:
-    allocator = _allocators(peft_model).get(adapter_name)
-    if allocator is not None and tensors:
-        allocator.load_state_tensors(tensors)
+    if _allocators(peft_model).get(adapter_name) is None:
+        return
+    pruned = {k.removeprefix(PRUNED): v.tolist() for k, v in tensors.items() if k.startswith(PRUNED)}
+    if pruned and pruned != peft_model.peft_config[adapter_name].rank_pattern:  # pruned after the run's config was built
+        _keep_ranks(peft_model, adapter_name, pruned)
+    allocator_state = {k: v for k, v in tensors.items() if not k.startswith(PRUNED)}
+    if allocator_state:
+        _allocators(peft_model)[adapter_name].load_state_tensors(allocator_state)
 
 
 def _linear_factory(module: nn.Module, name: str, config: AdaLoraConfig, key: str) -> AdaLoraLinear:

@@ -108,10 +108,16 @@ def _model_state(peft_model: Any) -> dict[str, torch.Tensor]:
 
 def _load_model_state(peft_model: Any, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Put back what :func:`_model_state` saved; the parameters must match by name and shape (else
-    :class:`CheckpointError`, the model unchanged)."""
+    :class:`CheckpointError`). Methods' state goes first: it may reshape their layers (AdaLoRA's
+    checkpoint after the final pruning)."""
     from ..errors import CheckpointError
     from ..registry import method_for_config
 
+    for adapter, config in peft_model.peft_config.items():
+        spec = method_for_config(config)
+        if spec.load_run_state is not None:
+            prefix = f"method.{adapter}."
+            spec.load_run_state(peft_model, adapter, {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)})
     saved = {k.removeprefix("param."): t for k, t in tensors.items() if k.startswith("param.")}
     live = {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
     problem = next((f"{name!r} is missing" for name in live if name not in saved), None)
@@ -124,11 +130,6 @@ def _load_model_state(peft_model: Any, tensors: dict[str, torch.Tensor], source:
     with torch.no_grad():
         for name, p in live.items():
             p.copy_(saved[name].to(device=p.device, dtype=p.dtype))
-    for adapter, config in peft_model.peft_config.items():
-        spec = method_for_config(config)
-        if spec.load_run_state is not None:
-            prefix = f"method.{adapter}."
-            spec.load_run_state(peft_model, adapter, {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)})
 
 
 def _scheduler_state(scheduler: Any) -> dict[str, Any]:
