@@ -1,5 +1,5 @@
-"""Fast paths for adapter layers (pure torch autograd functions; Triton kernels on GPU later)."""
+"""Fast paths for adapter layers: pure torch autograd functions, one per file.
 
-from .lora_linear import fast_path_applies, lora_linear
-
-__all__ = ["fast_path_applies", "lora_linear"]
+Import the functions from their modules (``from peftkit.kernels.lora_linear import lora_linear``):
+the package re-exports nothing, so ``peftkit.kernels.lora_linear`` always names the module.
+"""

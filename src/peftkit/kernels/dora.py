@@ -12,7 +12,7 @@ What it saves over composing the formula from torch ops (``peft``'s way):
   (most LLM projections): then nothing extra is kept where the next op saves its input anyway
   (the MLP's gate/up, attention's values). ``peft`` keeps two output-sized tensors and forms the
   full ``W + s B A`` every step;
-- dropout as in :mod:`peftkit.kernels.lora_linear` (a one-byte keep-mask on CPU, a seed on GPU),
+- dropout as in :mod:`peftkit.kernels.lora_linear` (a seed, the mask drawn again in backward),
   on the low-rank input only (see :mod:`peftkit.methods.dora`).
 
 A magnitude that is exactly 0 zeroes its unit's output, and here its gradient too (the plain path
@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from .dropout import draw_mask, mask_from_seed
+from .lora_linear import dropout_inputs, saved_mask
 
 
 def _fold_into_weight(tokens: int, weight: torch.Tensor) -> bool:
@@ -43,7 +43,7 @@ def _row_scaled(t: torch.Tensor, g: torch.Tensor, dtype: torch.dtype) -> torch.T
 
 def _forward_y0(x2, weight, a, lora_b, g, scaling: float, keep, p: float):
     """``(y0, h)``: the scaled output without bias and the rank-r activations ``d(x) A^T``."""
-    h = x2 @ a.t() if keep is None else (x2 * keep.reshape(x2.shape)) @ a.t() * (1.0 / (1.0 - p))
+    h = x2 @ a.t() if keep is None else ((x2 * keep.reshape(x2.shape)) @ a.t()).mul_(1.0 / (1.0 - p))
     if _fold_into_weight(x2.shape[0], weight):
         y0 = x2 @ _row_scaled(weight, g, x2.dtype).t()
         return y0.addmm_(h, _row_scaled(lora_b, g, x2.dtype).t(), alpha=scaling), h
@@ -56,13 +56,13 @@ class DoraLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, magnitude, norm, scaling: float,
-                keep: Optional[torch.Tensor], p: float, seed: Optional[int] = None):
+                keep: Optional[torch.Tensor], p: float, seed: Optional[int]):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         g = magnitude.detach().float().reshape(-1) / norm
         y0, h = _forward_y0(x2, weight, lora_a.to(x.dtype), lora_b, g, scaling, keep, p)
         out = y0 if bias is None else y0 + bias.to(y0.dtype)
-        ctx.save_for_backward(x, weight, lora_a, lora_b, magnitude, h, None if seed is not None else keep, y0, g)
+        ctx.save_for_backward(x, weight, lora_a, lora_b, magnitude, h, keep if seed is None else None, y0, g)
         ctx.scaling, ctx.p, ctx.has_bias, ctx.seed = scaling, p, bias is not None, seed
         return out.reshape(*shape[:-1], out.shape[-1])
 
@@ -70,8 +70,7 @@ class DoraLinearFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, lora_a, lora_b, magnitude, h, keep, y0, g = ctx.saved_tensors
         s, p = ctx.scaling, ctx.p
-        if ctx.seed is not None:
-            keep = mask_from_seed(x.shape, p, x.device, ctx.seed)
+        keep = saved_mask(ctx, x, keep)
         grad = grad_out.reshape(-1, grad_out.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
         a = lora_a.to(x.dtype)
@@ -103,28 +102,23 @@ class DoraLinearFunction(torch.autograd.Function):
 
 
 def dora_linear(x, weight, bias, lora_a, lora_b, magnitude, norm, scaling: float, p: float = 0.0,
-                training: bool = False, keep: Optional[torch.Tensor] = None, redraw: Optional[bool] = None) -> torch.Tensor:
+                training: bool = False, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``g * (F.linear(x, weight) + scaling * lora_b(lora_a(dropout(x)))) + bias`` with
     ``g = magnitude / norm``, as one autograd node (``weight`` is ``(out, in)``, possibly a view).
 
     Example:
         >>> y = dora_linear(x, lin.weight, lin.bias, A.weight, B.weight, m, norm, 2.0)  # doctest: +SKIP
     """
-    seed = None
-    if not training:
-        keep, p = None, 0.0
-    if not torch.is_grad_enabled() or not any(
-            t is not None and t.requires_grad for t in (x, weight, bias, lora_a, lora_b, magnitude)):
-        if keep is None and p > 0:
-            keep = draw_mask(x, p, redraw=False)[0]
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, weight, bias, lora_a, lora_b, magnitude))
+    keep, seed = dropout_inputs(x, p, training, keep, grad)
+    if not grad:
         with torch.no_grad():  # the forward alone: nothing is kept
             x2 = x.reshape(-1, x.shape[-1])
             g = magnitude.float().reshape(-1) / norm
             y0, _ = _forward_y0(x2, weight, lora_a.to(x.dtype), lora_b, g, scaling, keep, p)
             out = y0 if bias is None else y0.add_(bias.to(y0.dtype))
             return out.reshape(*x.shape[:-1], out.shape[-1])
-    if keep is None:
-        keep, seed = draw_mask(x, p, redraw)
     return DoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, magnitude, norm, scaling, keep, p, seed)
 
 

@@ -2,9 +2,8 @@
 
 What it saves over the composed modules (``peft``'s and peftkit's plain path):
 
-- no dropout copy of the input: the mask is kept as one byte per element on CPU, as a seed to
-  draw it again on GPU (:mod:`peftkit.kernels.dropout`), and the dropped input is rebuilt in
-  backward when it is needed;
+- no dropout copy of the input and no mask: the layer keeps the seed of its dropout mask and
+  draws it again in backward (:mod:`peftkit.kernels.dropout`), where the dropped input is rebuilt;
 - the input is saved once however many layers read it (q/k/v and gate/up share theirs), because
   the function saves the tensor it was given rather than a fresh dropout output;
 - the scale is folded into in-place ``addmm`` calls, so neither pass materialises ``B A x`` or a
@@ -20,37 +19,46 @@ from typing import Optional
 
 import torch
 
-from .dropout import draw_mask, mask_from_seed
+from .dropout import keep_mask, new_seed
 
 
 def _forward(x, weight, bias, lora_a, lora_b, scaling: float, keep: Optional[torch.Tensor], p: float):
-    """The output and the rank-``r`` activations ``h`` (kept for backward)."""
+    """The output and the rank-``r`` activations ``h`` (kept for backward); ``keep`` is the dropout
+    mask (1s and 0s in ``x``'s dtype) or None."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     out = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
     # the dropout scale 1/(1-p) is applied to the small (tokens, r) product, not to x
-    h = x2 @ lora_a.t() if keep is None else (x2 * keep.reshape(x2.shape)) @ lora_a.t() * (1.0 / (1.0 - p))
+    h = x2 @ lora_a.t() if keep is None else ((x2 * keep.reshape(x2.shape)) @ lora_a.t()).mul_(1.0 / (1.0 - p))
     out.addmm_(h, lora_b.t(), alpha=scaling)
     return out.reshape(*shape[:-1], out.shape[-1]), h
+
+
+def saved_mask(ctx, x: torch.Tensor, keep: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Backward's dropout mask: the one forward used, drawn again from its seed or as saved."""
+    if ctx.seed is None:
+        return keep
+    return keep_mask(x.shape, ctx.p, ctx.seed, x.dtype, x.device)
 
 
 class LoraLinearFunction(torch.autograd.Function):
     """Forward and backward of base linear + LoRA in one node of the autograd graph."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, keep: Optional[torch.Tensor], p: float,
-                seed: Optional[int] = None):
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, keep: Optional[torch.Tensor],
+                p: float, seed: Optional[int]):
         out, h = _forward(x, weight, bias, lora_a, lora_b, scaling, keep, p)
-        ctx.save_for_backward(x, weight, lora_a, lora_b, h, None if seed is not None else keep)
+        # a mask drawn from a seed is drawn again in backward rather than kept
+        ctx.save_for_backward(x, weight, lora_a, lora_b, h, keep if seed is None else None)
         ctx.scaling, ctx.p, ctx.has_bias, ctx.seed = scaling, p, bias is not None, seed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, lora_a, lora_b, h, keep = ctx.saved_tensors
-        s, p = ctx.scaling, ctx.p
-        if ctx.seed is not None:
-            keep = mask_from_seed(x.shape, p, x.device, ctx.seed)
+        s = ctx.scaling
+        keep = saved_mask(ctx, x, keep)
+        sd = s if keep is None else s / (1.0 - ctx.p)  # the dropout scale rides on the scalars
         g = grad_out.reshape(-1, grad_out.shape[-1])
         x2 = x.reshape(-1, x.shape[-1])
         gb = g @ lora_b  # (tokens, r)
@@ -60,11 +68,10 @@ class LoraLinearFunction(torch.autograd.Function):
             if keep is None:
                 grad_x.addmm_(gb, lora_a, alpha=s)
             else:
-                grad_x.addcmul_(gb @ lora_a, keep.reshape(x2.shape), value=s / (1.0 - p))
+                grad_x.addcmul_(gb @ lora_a, keep.reshape(x2.shape), value=sd)
             grad_x = grad_x.reshape(x.shape)
         if ctx.needs_input_grad[3]:
-            xd = x2 if keep is None else x2 * keep.reshape(x2.shape)
-            grad_a = (gb.t() @ xd).mul_(s if keep is None else s / (1.0 - p))
+            grad_a = (gb.t() @ (x2 if keep is None else x2 * keep.reshape(x2.shape))).mul_(sd)
         if ctx.needs_input_grad[4]:
             grad_b = (g.t() @ h).mul_(s)
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -73,27 +80,34 @@ class LoraLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_bias, grad_a, grad_b, None, None, None, None
 
 
+def dropout_inputs(x: torch.Tensor, p: float, training: bool, keep: Optional[torch.Tensor],
+                   grad: bool) -> tuple[Optional[torch.Tensor], Optional[int]]:
+    """``(keep, seed)`` for a fused layer's call: nothing out of training or at ``p == 0``; a given
+    boolean mask in ``x``'s dtype (then kept for backward); else a fresh draw whose seed lets
+    backward draw it again."""
+    if not training or p == 0.0:
+        return None, None
+    if keep is not None:
+        return keep.to(x.dtype), None
+    seed = new_seed()
+    return keep_mask(x.shape, p, seed, x.dtype, x.device), (seed if grad else None)
+
+
 def lora_linear(x, weight, bias, lora_a, lora_b, scaling: float, p: float = 0.0, training: bool = False,
-                keep: Optional[torch.Tensor] = None, redraw: Optional[bool] = None) -> torch.Tensor:
+                keep: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias) + scaling * lora_b(lora_a(dropout(x)))`` as one autograd node.
 
-    ``keep`` fixes the dropout mask (tests compare paths with it); otherwise one is drawn, kept for
-    backward on CPU and redrawn from a seed on GPU (``redraw`` overrides that choice, see
-    :func:`peftkit.kernels.dropout.draw_mask`).
+    ``keep`` fixes the dropout mask (tests compare paths with it, and it is then kept for
+    backward); otherwise the mask is drawn from a fresh seed and drawn again in backward.
 
     Example:
         >>> y = lora_linear(x, layer.weight, layer.bias, A.weight, B.weight, 2.0, p=0.05, training=True)  # doctest: +SKIP
     """
-    seed = None
-    if not training:
-        keep, p = None, 0.0
-    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (x, weight, bias, lora_a, lora_b)):
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, lora_a, lora_b))
+    keep, seed = dropout_inputs(x, p, training, keep, grad)
+    if not grad:
         # inference: the same maths without an autograd node (its fixed cost shows in decoding)
-        if keep is None and p > 0:
-            keep = draw_mask(x, p, redraw=False)[0]
         return _forward(x, weight, bias, lora_a, lora_b, scaling, keep, p)[0]
-    if keep is None:
-        keep, seed = draw_mask(x, p, redraw)
     return LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, keep, p, seed)
 
 

@@ -18,7 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import TargetError
-from ..kernels import fast_path_applies, lora_linear, multi_lora
+from ..kernels import multi_lora
+from ..kernels.lora_linear import fast_path_applies, lora_linear
 from ..kernels.dora import dora_fast_path_applies, dora_linear
 from ..layers import AdapterLayer
 from ..targets import pattern_value
