@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..train.config import UNVERSIONED
+from .lineage import versioned_source
 from .records import Run
 from .versions import relative_difference
 
@@ -26,11 +27,21 @@ def flat_config(run: Run) -> dict[str, Any]:
 class KeyDiff:
     key: str
     values: list[Any]  # one per run; MISSING where a run lacks the key
+    same_version: bool = False  # the values differ as written but count the same in the config version
 
     @property
     def versioned(self) -> bool:
-        """False for keys that are not part of the config version (where outputs and metrics go)."""
-        return self.key.split(".", 1)[0] not in UNVERSIONED
+        """False for keys that are not part of the config version (where outputs and metrics go), and
+        for values that the version counts as equal (copies of one adapter in ``adapter.from``)."""
+        return not self.same_version and self.key.split(".", 1)[0] not in UNVERSIONED
+
+
+def version_value(key: str, value: Any) -> Any:
+    """A value as the config version counts it: ``adapter.from`` as its adapter's content
+    fingerprint where the adapter can be read (see peftkit.tracking.lineage), else as written."""
+    if key == "adapter.from" and isinstance(value, str):
+        return versioned_source(value)
+    return value
 
 
 def varying_keys(runs: list[Run], include_unversioned: bool = False) -> list[KeyDiff]:
@@ -41,7 +52,8 @@ def varying_keys(runs: list[Run], include_unversioned: bool = False) -> list[Key
     for key in keys:
         values = [flat.get(key, MISSING) for flat in flats]
         if any(v != values[0] for v in values[1:]):
-            diff = KeyDiff(key, values)
+            counted = [version_value(key, v) for v in values]
+            diff = KeyDiff(key, values, same_version=all(c == counted[0] for c in counted[1:]))
             if include_unversioned or diff.versioned:
                 found.append(diff)
     return found

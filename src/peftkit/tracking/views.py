@@ -141,7 +141,8 @@ def diff_text(a: Run, b: Run) -> str:
     lines.append(f"config version: {a.version} (the same)" if same else f"config versions: {a.version} vs {b.version}")
     keys = config_diff(a, b)
     if keys:
-        rows = [[d.key, _cell(d.values[0]), _cell(d.values[1]), "" if d.versioned else "(not part of the version)"]
+        rows = [[d.key, _cell(d.values[0]), _cell(d.values[1]),
+                 "" if d.versioned else "(same adapter content)" if d.same_version else "(not part of the version)"]
                 for d in keys]
         lines += [f"\nconfig: {len(keys)} key(s) differ", _indent(format_table(["key", "A", "B", ""], rows))]
     else:
