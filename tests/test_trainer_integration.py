@@ -184,3 +184,22 @@ def test_mixin_order_and_trainer_hooks_are_checked():
 
     with pytest.raises(TypeError, match="AdapterTrainerMixin before the Trainer"):
         check_trainer_hooks(Backwards)
+
+
+def test_label_smoothing_shifts_labels_for_a_causal_lm_as_for_peft(tmp_path):
+    # Trainer shifts labels by the model's class name; peftkit's must get the causal LM's treatment
+    batch = transformers.default_data_collator(dataset(4))
+    args = training_args(tmp_path, label_smoothing_factor=0.1)
+    ours = lora_model(init_lora_weights=False)
+    theirs = peft.get_peft_model(tiny_llama(), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                              task_type="CAUSAL_LM"))
+    peft.set_peft_model_state_dict(theirs, pk.get_peft_model_state_dict(ours))
+    torch.manual_seed(0)
+    our_loss = AdapterTrainer(model=ours, args=args).compute_loss(ours, dict(batch))
+    their_loss = transformers.Trainer(model=theirs, args=args).compute_loss(theirs, dict(batch))
+    torch.testing.assert_close(our_loss, their_loss, atol=1e-5, rtol=1e-5)
+    smoother = transformers.trainer_pt_utils.LabelSmoother(epsilon=0.1)
+    with torch.no_grad():
+        logits = ours(input_ids=batch["input_ids"])
+    unshifted = smoother(logits, batch["labels"], shift_labels=False)
+    assert (our_loss - unshifted).abs() > 1e-3  # the plain Trainer's result for a peftkit model

@@ -10,6 +10,11 @@ cannot be resumed from or reloaded as the best model. No public hook changes eit
 hands everything else to Trainer unchanged. They are private names: the mixin checks at
 construction that Trainer still has them with the arguments it expects, and fails loudly if not.
 
+With ``label_smoothing_factor``, Trainer shifts the labels only for models whose class name (or
+that of ``peft``'s base model) is a causal LM's; a peftkit model is named ``PeftModel``, so a
+causal LM's smoothed loss would score every token against the wrong label. The mixin tells the
+label smoother to shift for a peftkit model over a causal LM.
+
 Without the mixin, a plain ``Trainer`` still trains a peftkit model; call
 ``model.save_pretrained(dir)`` yourself for the adapter (its checkpoints then hold the full model,
 which Trainer resumes from as usual).
@@ -28,6 +33,7 @@ from typing import Any, Optional
 
 import torch
 import transformers
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from . import checkpoint
 from .errors import CheckpointError
@@ -66,6 +72,9 @@ class AdapterTrainerMixin:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         check_trainer_hooks(type(self))
         super().__init__(*args, **kwargs)
+        model = self._peftkit_model()
+        if getattr(self, "label_smoother", None) is not None and model is not None and is_causal_lm(model):
+            self.label_smoother = ShiftedLabelSmoother(self.label_smoother)
 
     def _peftkit_model(self, model: Optional[torch.nn.Module] = None) -> Optional[PeftModel]:
         """The peftkit model inside ``model`` (default: the trainer's), unwrapped from DDP or
@@ -104,6 +113,21 @@ class AdapterTrainerMixin:
     def _sharded(self) -> bool:
         # DeepSpeed and FSDP keep their own sharded model files in checkpoints: Trainer loads those
         return bool(self.is_deepspeed_enabled or self.is_fsdp_enabled)
+
+
+def is_causal_lm(model: PeftModel) -> bool:
+    """Whether the base model is one Trainer treats as a causal LM (by class name, as Trainer does)."""
+    return model.get_base_model()._get_name() in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+
+
+class ShiftedLabelSmoother:
+    """Trainer's label smoother, always shifting labels by one (next-token prediction)."""
+
+    def __init__(self, smoother: Any) -> None:
+        self.smoother = smoother
+
+    def __call__(self, outputs: Any, labels: torch.Tensor, shift_labels: bool = False, **kwargs: Any) -> torch.Tensor:
+        return self.smoother(outputs, labels, shift_labels=True, **kwargs)
 
 
 class AdapterTrainer(AdapterTrainerMixin, transformers.Trainer):
