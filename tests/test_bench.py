@@ -1,0 +1,53 @@
+"""The side-by-side benchmarks (bench/) still run: each one's correctness check against `peft` and
+its table, on a two-layer model, so a change in peftkit or peft that breaks them shows here rather
+than on the next (rare) benchmark session. Timings are printed, never asserted."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+common = importlib.import_module("common")
+run_script = importlib.import_module("run")
+
+pytestmark = [
+    pytest.mark.usefixtures("torch_single_thread"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
+
+# the row labels each benchmark prints, so a table that loses a row fails
+EXPECTED_ROWS = {
+    "b1": ["peft dropout=0.0", "peftkit dropout=0.0", "peft dropout=0.05", "peftkit dropout=0.05"],
+    "b3": ["one", "mixed 4", "mixed 32"],
+    "b4": ["prefill", "decode"],
+    "b5": ["load adapter", "set_adapter x2", "merge+unmerge"],
+    "b6": ["peftkit dropout=0.05, peft's dropout"],
+}
+
+
+def tiny_setup() -> "common.Setup":
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=128, max_position_embeddings=128)
+    ids = torch.randint(0, cfg.vocab_size, (2, 16))
+    return common.Setup(LlamaForCausalLM(cfg), ids, torch.device("cpu"), torch.float32)
+
+
+def test_every_benchmark_is_listed():
+    assert set(run_script.BENCHMARKS) == set(EXPECTED_ROWS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ROWS))
+def test_benchmark_checks_and_prints_its_table(name, capsys):
+    importlib.import_module(run_script.BENCHMARKS[name]).run(tiny_setup(), 0, 1)
+    out = capsys.readouterr().out
+    for row in EXPECTED_ROWS[name]:
+        assert any(line.strip().startswith(row) for line in out.splitlines()), (row, out)
+    assert "nan" not in out.lower()
