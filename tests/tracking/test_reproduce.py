@@ -1,16 +1,20 @@
-"""`runs reproduce` before it trains: changed data files are named, and a config whose relative
-paths do not resolve from here points at the directory the original run started in."""
+"""`runs reproduce` before it trains: changed data files and a changed starting adapter are named,
+and a config whose relative paths do not resolve from here points at the directory the original run
+started in."""
 
 from __future__ import annotations
 
 import hashlib
 
 import pytest
+import torch
 from fake_runs import make_run
+from safetensors.torch import save_file
 
 from peftkit.errors import ConfigError
+from peftkit.tracking.lineage import adapter_fingerprint
 from peftkit.tracking.records import read_run
-from peftkit.tracking.reproduce import changed_data, reproduce
+from peftkit.tracking.reproduce import changed_inputs, reproduce
 
 
 def test_changed_and_missing_data_files_are_named(tmp_path):
@@ -21,12 +25,27 @@ def test_changed_and_missing_data_files_are_named(tmp_path):
     data = {"train": {"path": str(train), "sha256": digest[train]}, "eval": {"path": str(evaluation), "sha256": digest[evaluation]},
             "hub": {"path": "user/dataset", "sha256": None}}
     run = read_run(make_run(tmp_path / "runs", "r", info={"data": data}))
-    assert changed_data(run) == []
+    assert changed_inputs(run) == []
     train.write_text("a changed row\n")
     evaluation.unlink()
-    changes = changed_data(run)
+    changes = changed_inputs(run)
     assert changes[0].startswith(f"data.train {train} has changed (sha256 {digest[train][:12]} then, ")
     assert changes[1] == f"data.eval {evaluation} is missing"
+
+
+def test_a_changed_or_missing_starting_adapter_is_named(tmp_path):
+    parent = tmp_path / "parent" / "adapter"
+    parent.mkdir(parents=True)
+    (parent / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 4}')
+    save_file({"w": torch.ones(2, 2)}, str(parent / "adapter_model.safetensors"))
+    info = {"parent_adapter": str(parent), "parent_fingerprint": adapter_fingerprint(str(parent))}
+    run = read_run(make_run(tmp_path / "runs", "r", info=info))
+    assert changed_inputs(run) == []
+    save_file({"w": torch.zeros(2, 2)}, str(parent / "adapter_model.safetensors"))
+    [change] = changed_inputs(run)
+    assert change.startswith(f"adapter.from {parent} has changed ({info['parent_fingerprint'][7:19]} then, ")
+    (parent / "adapter_config.json").unlink()
+    assert changed_inputs(run) == [f"adapter.from {parent} is missing"]
 
 
 def test_reproduce_passes_the_config_and_records_what_it_reproduces(tmp_path):

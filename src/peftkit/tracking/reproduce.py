@@ -3,7 +3,8 @@ into a new run of the same runs folder. The new run.json records ``reproduces: R
 RUN's parent (a reproduction starts from the same adapter the original started from, if any). Both
 runs then share a config version, and ``runs list`` says whether their results agree (see
 :mod:`peftkit.tracking.versions`). Before training, the data files are checked against the sha256
-recorded by the original run, so a changed file is named instead of showing up as a changed result.
+recorded by the original run (and the adapter it started from against its fingerprint), so a changed
+file is named instead of showing up as a changed result.
 
 >>> reproduce(catalog.resolve("20261122-1924"), "runs")   # doctest: +SKIP
 'runs/20261122-201510-quickstart-12785c'
@@ -18,14 +19,23 @@ from typing import Callable, Optional
 from ..errors import ConfigError
 from .diff import environment_diff
 from .env import file_digest
+from .lineage import ADAPTER_CONFIG, adapter_fingerprint
 from .records import CONFIG_FILE, Run, read_run
 from .table import fmt_value
 from .versions import AGREE_RTOL, compare_results
 
 
-def changed_data(run: Run) -> list[str]:
-    """The data files whose content differs from what ``run`` trained on, as sentences."""
+def changed_inputs(run: Run) -> list[str]:
+    """The data files, and the adapter it started from, whose content differs from what ``run``
+    trained on, as sentences."""
     changes = []
+    parent, old = run.info.get("parent_adapter"), run.info.get("parent_fingerprint")
+    if parent and old:
+        exists = os.path.isfile(os.path.join(parent, ADAPTER_CONFIG))
+        new = adapter_fingerprint(parent) if exists else None
+        if new != old:
+            now = "is missing" if new is None else f"has changed ({old[7:19]} then, {new[7:19]} now)"
+            changes.append(f"adapter.from {parent} {now}")
     for role, recorded in (run.info.get("data") or {}).items():
         path, old = recorded.get("path"), recorded.get("sha256")
         if not path or not old:
@@ -46,7 +56,7 @@ def reproduce(original: Run, runs_dir: str, echo: Callable[[str], None] = print,
     config = os.path.join(original.path, CONFIG_FILE)
     if not os.path.isfile(config):
         raise ConfigError(f"Cannot reproduce {original.id}:", [("", f"{config} is missing")])
-    for change in changed_data(original):
+    for change in changed_inputs(original):
         echo(f"warning: {change}; the results may differ for that reason")
     echo(f"reproducing {original.id} (config version {original.version})")
     try:

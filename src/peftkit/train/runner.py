@@ -26,6 +26,7 @@ def start_run(cfg: RunConfig, parent: Any = None, processes: int = 1, extra: Opt
     is the :class:`~peftkit.tracking.lineage.Parent` the adapter starts from (lineage); ``extra``
     adds fields to run.json (``sweep``, ``reproduces``)."""
     from ..tracking import env
+    from ..tracking.lineage import adapter_fingerprint
 
     version = config_hash(cfg)
     run_id = runs.new_run_id(cfg.output.name, cfg.adapter["method"], version)
@@ -35,7 +36,7 @@ def start_run(cfg: RunConfig, parent: Any = None, processes: int = 1, extra: Opt
         run_dir, run_id=os.path.basename(run_dir), name=cfg.output.name, config_hash=version, status="running",
         started=runs.now(), ended=None, seed=cfg.train.seed, parent=parent.run_id if parent else None,
         parent_path=parent.run_dir if parent else None, parent_adapter=parent.adapter_dir if parent else None,
-        processes=processes, environment=env.capture(),
+        parent_fingerprint=adapter_fingerprint(parent.adapter_dir) if parent else None, processes=processes, environment=env.capture(),
         data=env.data_fingerprints({"train": cfg.data.train, "eval": cfg.data.eval}), **(extra or {}),
     )
     return run_dir
