@@ -8,9 +8,8 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 
-import torch
-from common import TARGETS, Setup, peak_memory, timed_round_robin
-from training import check_same_numbers, frozen_step, lora_step
+from common import TARGETS, Setup
+from training import paired_models, print_ratios, step_ratios
 
 from peftkit.methods.lora_layers import LoraLayer
 
@@ -40,38 +39,8 @@ def peft_dropout(on: bool):
         LoraLayer.dora_base_sees_dropout = before
 
 
-def step(model, ids, exact_dropout: bool) -> None:
-    with peft_dropout(exact_dropout):
-        lora_step(model, ids)
-
-
-def bench_dora(setup: Setup, warmup: int, reps: int) -> list[tuple[str, float, float]]:
-    ids = setup.input_ids
-    frozen = copy.deepcopy(setup.base).requires_grad_(False)
-    models = {}
-    for dropout in (0.0, 0.05):
-        theirs, ours = dora_models(setup, dropout)
-        if dropout == 0.0:
-            check_same_numbers(theirs, ours, ids, 1e-4 if setup.dtype == torch.float32 else 2e-2)
-        models[f"peft dropout={dropout}"], models[f"peftkit dropout={dropout}"] = theirs.train(), ours.train()
-    models[PEFT_DROPOUT] = models["peftkit dropout=0.05"]
-    fns = {"frozen": lambda: frozen_step(frozen, ids)}
-    fns.update({name: (lambda m=m, e=name == PEFT_DROPOUT: step(m, ids, e)) for name, m in models.items()})
-    times = timed_round_robin(fns, setup.device, warmup, reps)
-    mem_frozen = peak_memory(lambda: frozen_step(frozen, ids), setup)
-    print(f"frozen step: {times['frozen'] * 1e3:.0f} ms, memory {mem_frozen / 2**20:.0f} MiB")
-    rows = []
-    for name, model in models.items():
-        with peft_dropout(name == PEFT_DROPOUT):
-            mem = peak_memory(lambda m=model: m(input_ids=ids, labels=ids).loss.backward(), setup)
-        model.zero_grad(set_to_none=True)
-        rows.append((name, times[name] / times["frozen"], mem / mem_frozen))
-    return rows
-
-
 def run(setup: Setup, warmup: int, reps: int) -> None:
-    rows = bench_dora(setup, warmup, reps)
-    print("\nB6  DoRA r=16 on all 7 projections, ratios to the frozen-base step")
-    print(f"{'':38s} {'step time':>10s} {'memory':>8s}")
-    for name, t, m in rows:
-        print(f"{name:38s} {t:10.3f} {m:8.3f}")
+    models = paired_models(setup, dora_models)
+    models[PEFT_DROPOUT] = models["peftkit dropout=0.05"]  # the same model, run with peft's semantics
+    rows = step_ratios(setup, models, warmup, reps, context=lambda name: peft_dropout(name == PEFT_DROPOUT))
+    print_ratios("B6  DoRA r=16 on all 7 projections, ratios to the frozen-base step", rows)

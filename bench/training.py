@@ -4,6 +4,8 @@ allocated; CPU bytes saved for backward), peftkit beside peft."""
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
+from typing import Callable, ContextManager
 
 import torch
 from common import Setup, lora_models, peak_memory, timed_round_robin
@@ -34,31 +36,51 @@ def check_same_numbers(theirs, ours, ids: torch.Tensor, tol: float) -> None:
     print(f"check: same loss ({a.item():.6f}) and gradients (worst relative difference {worst:.1e})")
 
 
-def bench_training(setup: Setup, warmup: int, reps: int) -> list[tuple[str, float, float]]:
-    ids = setup.input_ids
-    frozen = copy.deepcopy(setup.base).requires_grad_(False)
+def paired_models(setup: Setup, make_pair: Callable) -> dict[str, torch.nn.Module]:
+    """``make_pair(setup, dropout)`` -> (peft model, peftkit model) at dropout 0 and 0.05, in train
+    mode, named "peft dropout=0.0" etc.; the dropout-0 pair is first checked to compute the same."""
     models = {}
     for dropout in (0.0, 0.05):
-        theirs, ours = lora_models(setup, dropout)
+        theirs, ours = make_pair(setup, dropout)
         if dropout == 0.0:
-            check_same_numbers(theirs, ours, ids, 1e-4 if setup.dtype == torch.float32 else 2e-2)
+            check_same_numbers(theirs, ours, setup.input_ids, 1e-4 if setup.dtype == torch.float32 else 2e-2)
         models[f"peft dropout={dropout}"], models[f"peftkit dropout={dropout}"] = theirs.train(), ours.train()
+    return models
+
+
+def step_ratios(setup: Setup, models: dict[str, torch.nn.Module], warmup: int, reps: int,
+                context: Callable[[str], ContextManager] = lambda name: nullcontext()) -> list[tuple[str, float, float]]:
+    """``(name, step time / frozen step, memory / frozen step)`` per model; ``context(name)`` is
+    entered around each of that model's steps (a setting that differs between rows)."""
+    ids = setup.input_ids
+    frozen = copy.deepcopy(setup.base).requires_grad_(False)
+
+    def step(name: str, model: torch.nn.Module) -> None:
+        with context(name):
+            lora_step(model, ids)
+
     fns = {"frozen": lambda: frozen_step(frozen, ids)}
-    fns.update({name: (lambda m=m: lora_step(m, ids)) for name, m in models.items()})
+    fns.update({name: (lambda name=name, m=m: step(name, m)) for name, m in models.items()})
     times = timed_round_robin(fns, setup.device, warmup, reps)
     mem_frozen = peak_memory(lambda: frozen_step(frozen, ids), setup)
     print(f"frozen step: {times['frozen'] * 1e3:.0f} ms, memory {mem_frozen / 2**20:.0f} MiB")
     rows = []
     for name, model in models.items():
-        mem = peak_memory(lambda m=model: m(input_ids=ids, labels=ids).loss.backward(), setup)
+        with context(name):
+            mem = peak_memory(lambda m=model: m(input_ids=ids, labels=ids).loss.backward(), setup)
         model.zero_grad(set_to_none=True)
         rows.append((name, times[name] / times["frozen"], mem / mem_frozen))
     return rows
 
 
-def run(setup: Setup, warmup: int, reps: int) -> None:
-    rows = bench_training(setup, warmup, reps)
-    print("\nB1/B2  LoRA r=16 on all 7 projections, ratios to the frozen-base step")
-    print(f"{'':24s} {'step time':>10s} {'memory':>8s}")
+def print_ratios(title: str, rows: list[tuple[str, float, float]]) -> None:
+    width = max(len(name) for name, _, _ in rows) + 2
+    print(f"\n{title}")
+    print(f"{'':{width}s} {'step time':>10s} {'memory':>8s}")
     for name, t, m in rows:
-        print(f"{name:24s} {t:10.3f} {m:8.3f}")
+        print(f"{name:{width}s} {t:10.3f} {m:8.3f}")
+
+
+def run(setup: Setup, warmup: int, reps: int) -> None:
+    rows = step_ratios(setup, paired_models(setup, lora_models), warmup, reps)
+    print_ratios("B1/B2  LoRA r=16 on all 7 projections, ratios to the frozen-base step", rows)
