@@ -13,6 +13,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 from upstream_bugs import PEFT_PREFIX_TUNING_CLASSIFIERS
 
 import peftkit as pk
+from peftkit.compat import enable_activation_checkpointing
 
 pytestmark = [
     pytest.mark.usefixtures("torch_single_thread"),
@@ -91,11 +92,11 @@ def test_zero_init_starts_as_an_all_zero_prefix():
 
 def test_gradient_checkpointing_is_refused():
     base = make_model("llama")
-    base.activation_checkpointing_enable()
+    enable_activation_checkpointing(base)
     with pytest.raises(pk.AdapterError, match="gradient checkpointing"):
         pk.get_peft_model(base, pk.PrefixTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM"))
     model = pk.get_peft_model(make_model("llama"), pk.PrefixTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM"))
-    model.get_base_model().activation_checkpointing_enable()
+    enable_activation_checkpointing(model.get_base_model())
     with pytest.raises(pk.AdapterError, match="activation_checkpointing_disable"):
         model(**example_inputs("llama"))
 
