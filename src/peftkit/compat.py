@@ -1,6 +1,6 @@
 """The few places where the supported ``transformers`` releases differ in an API peftkit calls.
 
-pyproject.toml admits transformers 5.15 up to the newest tested release, and two renames fall in
+pyproject.toml admits transformers 5.20 up to the newest tested release, and two renames fall in
 that range: 5.23 renamed ``gradient_checkpointing_enable`` to ``activation_checkpointing_enable``,
 and 5.24 renamed the attention cache argument of model ``forward`` from ``past_key_values`` to
 ``cache``. The old names still work there but warn, and a forward given both silently uses
