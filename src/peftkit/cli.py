@@ -272,7 +272,21 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except PeftkitError as e:  # commands that do not turn their own errors into error lines
+        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:  # the file system said no (full disk, no permission, a file in the way)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
+    return 2
+
+
+def os_error_text(error: OSError) -> str:
+    """An OS error as one line naming the file(s) it concerns, e.g. ``runs/x/state.json: No space left
+    on device``."""
+    why = error.strerror or str(error) or type(error).__name__
+    files = [str(f) for f in (error.filename, error.filename2) if f is not None]
+    return f"{' -> '.join(files)}: {why}" if files else why
 
 
 if __name__ == "__main__":
