@@ -10,6 +10,7 @@ peftkit never unpickles anything.
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import torch
@@ -305,13 +306,28 @@ def _check_storable(
         )
 
 
+def write_tensors(tensors: dict[str, torch.Tensor], path: str, metadata: Optional[dict[str, str]] = None) -> None:
+    """``safetensors.torch.save_file``, with its I/O failures (a full disk, no permission) raised as
+    the ``OSError`` they are (errno and file name set), so callers and the CLI handle them as such."""
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except OSError:
+        raise
+    except Exception as e:
+        found = re.search(r"os error (\d+)", str(e))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), path) from None
+
+
 def save_adapter_weights(tensors: dict[str, torch.Tensor], directory: str) -> str:
     """Write ``adapter_model.safetensors`` atomically (a temporary file, then a rename)."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, WEIGHTS_NAME)
     tmp = path + ".tmp"
     # clone: safetensors refuses tensors that share storage, and the file must own its data
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
+    write_tensors({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; adapters are meant to be shared

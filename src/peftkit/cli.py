@@ -91,9 +91,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _print_summary(run_dir: str, examples: int = 3) -> None:
     """Eval metrics before (step 0, if measured) and after training, and a few generated answers."""
-    import json
-
     from .train import runs
+    from .untrusted import read_json
 
     evals = [r for r in runs.read_metrics(run_dir) if any(k.startswith("eval_") for k in r)]
     print(f"\nrun finished: {run_dir}\nadapter: {os.path.join(run_dir, 'adapter')}")
@@ -105,8 +104,7 @@ def _print_summary(run_dir: str, examples: int = 3) -> None:
             print(f"{label:>11}: {scores}")
     path = os.path.join(run_dir, "eval_predictions.json")
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
+        rows = read_json(path)  # written just now by this run
         for row in rows[:examples]:
             mark = "ok " if row["prediction"].strip() == row["reference"].strip() else "bad"
             print(f"  [{mark}] {row['prediction'].strip()}")

@@ -197,7 +197,13 @@ class PeftConfig(BaseModel):
                 f"Invalid {source}:",
                 [("peft_type", f"is {peft_type!r} but {cls.__name__} reads {cls.peft_type!r} configs")],
             )
-        return target(**target._drop_peft_only_keys(data, source))
+        kept = target._drop_peft_only_keys(data, source)
+        if source == "config":
+            return target(**kept)
+        try:
+            return target(**kept)
+        except ConfigError as e:  # say which file the bad values came from
+            raise ConfigError(f"Invalid {source} ({target.__name__}):", e.problems) from None
 
     @classmethod
     def _drop_peft_only_keys(cls, data: dict[str, Any], source: str) -> dict[str, Any]:

@@ -97,8 +97,9 @@ def read_safetensors_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
             raise CorruptFileError(str(path), f"the header claims {length:,d} bytes but the file has {size - 8:,d} "
                                               "after the length field: truncated or not a safetensors file")
         raw = f.read(length)
+    text = decode_utf8(raw, path)
     try:
-        header = json.loads(decode_utf8(raw, path))
+        header = json.loads(text)
     except (ValueError, RecursionError):
         raise CorruptFileError(str(path), "the safetensors header is not valid JSON") from None
     if not isinstance(header, dict):

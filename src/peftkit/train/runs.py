@@ -8,6 +8,7 @@ comparing and reporting on many runs is :mod:`peftkit.tracking`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -54,10 +55,17 @@ def output_dir_problem(path: str) -> Optional[str]:
 
 
 def write_json_atomic(path: str, data: Any) -> None:
+    """Write ``path`` through a temporary file and a rename: the old file or the new one, never half
+    of either (the temporary file is removed if writing fails, e.g. on a full disk)."""
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def read_run_json(run_dir: str) -> dict[str, Any]:

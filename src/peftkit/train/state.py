@@ -32,7 +32,9 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from ..checkpoint import write_tensors
 
 STATE_NAME = "state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -155,11 +157,23 @@ def save_checkpoint(
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    try:
+        _write_checkpoint(tmp, peft_model, optimizer, scheduler, progress, extra)
+    except BaseException:  # a full disk, a crash in a method's state: no half-written folder stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def _write_checkpoint(tmp: str, peft_model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, progress: Progress,
+                      extra: Optional[dict]) -> None:
     peft_model.save_pretrained(os.path.join(tmp, "adapter"))
     opt_tensors, opt_meta = _optimizer_state(optimizer)
     rng_tensors, rng_meta = _rng_state()
-    save_file({**opt_tensors, **rng_tensors}, os.path.join(tmp, OPTIMIZER_NAME))
-    save_file(_model_state(peft_model), os.path.join(tmp, RUN_STATE_NAME))
+    write_tensors({**opt_tensors, **rng_tensors}, os.path.join(tmp, OPTIMIZER_NAME))
+    write_tensors(_model_state(peft_model), os.path.join(tmp, RUN_STATE_NAME))
     state = {
         "progress": asdict(progress),
         "optimizer": opt_meta,
@@ -169,11 +183,9 @@ def save_checkpoint(
     }
     with open(os.path.join(tmp, STATE_NAME), "w", encoding="utf-8") as f:
         json.dump(state, f)
+    manifest = {"files": _manifest(tmp)}  # before the mark exists: it lists every other file
     with open(os.path.join(tmp, COMPLETE_MARK), "w", encoding="utf-8") as f:
-        json.dump({"files": _manifest(tmp)}, f, indent=1, sort_keys=True)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder
+        json.dump(manifest, f, indent=1, sort_keys=True)
 
 
 def load_checkpoint(folder: str, peft_model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[Progress, dict]:
