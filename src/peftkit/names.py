@@ -41,17 +41,19 @@ _RULE = ("an adapter name becomes a folder name and a module key: use letters, d
 _HOLDERS = (nn.ModuleDict(), nn.ParameterDict())
 
 _short = reprlib.Repr()
-_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlevel = 80, 80, 6, 6, 3
+_short.maxstring, _short.maxother, _short.maxlist, _short.maxdict, _short.maxlevel = 80, 80, 6, 6, 2
+SHORT_REPR_LIMIT = 200
 
 
 def short_repr(value: Any) -> str:
-    """``repr`` cut to a few dozen characters and three levels: error messages quote user values
+    """``repr`` cut to at most 200 characters and two levels: error messages quote user values
     with it, so a huge or self-similar value (a YAML alias bomb) never makes a huge message.
 
     >>> short_repr("x" * 1000)[:12], len(short_repr(list(range(10**6)))) < 60
     ("'xxxxxxxxxxx", True)
     """
-    return _short.repr(value)
+    text = _short.repr(value)
+    return text if len(text) <= SHORT_REPR_LIMIT else text[: SHORT_REPR_LIMIT - 3] + "..."
 
 
 def _problems(name: str) -> list[str]:

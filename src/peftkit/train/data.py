@@ -94,7 +94,9 @@ def _load_file(path: str, source: str, suffix: str, split: str, cache_dir):
     with open(path, "rb") as f:  # stops at the first non-blank chunk: big files stay cheap
         if not any(chunk.strip() for chunk in iter(lambda: f.read(1 << 16), b"")):
             raise DataError(f"{source}: the file is empty (no rows to train on)", file=source)
-    if suffix != ".parquet":
+    if suffix == ".parquet":
+        _check_parquet(path, source)
+    else:
         _check_utf8(path, source)
     kwargs = {}
     if suffix == ".csv":  # pandas would guess column types and read "NA" or "None" as missing
@@ -113,6 +115,17 @@ def _load_file(path: str, source: str, suffix: str, split: str, cache_dir):
             if _json_records(source) else ""  # this raises at a line that is not JSON
         raise DataError(f"{source}: datasets could not read the file: {err}{why}",
                         file=source) from err
+
+
+def _check_parquet(path: str, source) -> None:
+    """A parquet file starts and ends with the bytes PAR1; anything else is not one (arrow would
+    log a traceback before failing)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(max(0, os.path.getsize(path) - 4))
+        tail = f.read(4)
+    if head != b"PAR1" or tail != b"PAR1" or os.path.getsize(path) < 12:
+        raise DataError(f"{source}: not a parquet file (it lacks the PAR1 markers at its start and end)", file=source)
 
 
 def _check_utf8(path: str, source) -> None:

@@ -28,15 +28,17 @@ def new_run_id(name: Optional[str], method: str, config_hash: str) -> str:
 
 def create_run_dir(output_dir: str, run_id: str) -> str:
     """Make the run folder; a clash (two runs in the same second) gets a numeric suffix."""
+    from ..names import child_path
+
     os.makedirs(output_dir, exist_ok=True)
-    path, n = os.path.join(output_dir, run_id), 1
+    path, n = child_path(output_dir, run_id, what="run folder"), 1
     while True:
         try:
             os.makedirs(path)
             return path
         except FileExistsError:
             n += 1
-            path = os.path.join(output_dir, f"{run_id}-{n}")
+            path = child_path(output_dir, f"{run_id}-{n}", what="run folder")
 
 
 def output_dir_problem(path: str) -> Optional[str]:
