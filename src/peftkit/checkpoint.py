@@ -314,11 +314,20 @@ def write_tensors(tensors: dict[str, torch.Tensor], path: str, metadata: Optiona
     except OSError:
         raise
     except Exception as e:
-        found = re.search(r"os error (\d+)", str(e))
-        if found is None:
+        error = os_error_in(e, path)
+        if error is None:
             raise
-        code = int(found.group(1))
-        raise OSError(code, os.strerror(code), path) from None
+        raise error from None
+
+
+def os_error_in(error: BaseException, path: Optional[str] = None) -> Optional[OSError]:
+    """The ``OSError`` that a library error reports in its text (safetensors' Rust code says
+    ``... (os error 28)``), or None if it reports none."""
+    found = re.search(r"os error (\d+)", str(error))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), path)
 
 
 def save_adapter_weights(tensors: dict[str, torch.Tensor], directory: str) -> str:

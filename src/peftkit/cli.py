@@ -9,9 +9,10 @@ Example:
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 from . import __version__
 from .errors import PeftkitError
@@ -155,8 +156,14 @@ def _talk(args: argparse.Namespace) -> int:
             c.generate(model, tok, args.prompt, raw=args.raw, **options)
         else:
             tty = sys.stdin.isatty()
-            c.chat(model, tok, c.typed_lines() if tty else sys.stdin, interactive=tty, **options)
+            c.chat(model, tok, c.typed_lines() if tty else _text_lines(sys.stdin), interactive=tty, **options)
     return _guarded(work)
+
+
+def _text_lines(stream) -> Iterator[str]:
+    """Lines of piped input as UTF-8, bytes that are not UTF-8 shown as U+FFFD (never a crash)."""
+    buffer = getattr(stream, "buffer", None)
+    return io.TextIOWrapper(buffer, encoding="utf-8", errors="replace") if buffer is not None else stream
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -276,6 +283,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
     except OSError as e:  # the file system said no (full disk, no permission, a file in the way)
         print(f"error: {os_error_text(e)}", file=sys.stderr)
+    except Exception as e:  # a library's own error type for an OS failure (safetensors: "os error 28")
+        from .checkpoint import os_error_in
+
+        if os_error_in(e) is None:
+            raise
+        print(f"error: {os_error_text(os_error_in(e))} ({type(e).__name__}: {e})", file=sys.stderr)
     return 2
 
 

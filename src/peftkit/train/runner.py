@@ -73,6 +73,7 @@ def train_from_config(config_path: Optional[str], overrides: Iterable[str] = (),
 
     if resume:
         cfg = load_run_config(os.path.join(resume, "config.yaml"), overrides)
+        runs.read_run_json(resume)  # a damaged record fails now, before the data or the model are loaded
         run_dir, checkpoint = resume, state.intact_checkpoint(os.path.join(resume, "checkpoints"), warn=_say)
         parent = None
     else:
