@@ -114,10 +114,14 @@ class PeftConfig(BaseModel):
         title = f"Invalid {type(self).__name__}:"
         try:
             super().__init__(**data)
+            problems = self.check()
         except ValidationError as e:
             problems = _problems(type(self).__name__, e, list(type(self).model_fields))
             raise ConfigError(title, problems + self._cross_field_problems(data, problems)) from None
-        problems = self.check()
+        except (TypeError, AttributeError, KeyError, IndexError, OverflowError) as e:
+            # a validator (a plugin's, say) that met a value of a shape it did not expect: still a
+            # config problem, reported as one (the values may come from a file someone else wrote)
+            raise ConfigError(title, [("", f"values of an unexpected shape ({type(e).__name__}: {e})")]) from None
         if problems:
             raise ConfigError(title, problems)
 
@@ -359,6 +363,16 @@ def regex_problems(config: PeftConfig) -> list[tuple[str, str]]:
                                         "escape special characters, or give a list of module names"))
                 break
     return problems
+
+
+def mapping_values(value: Any) -> list[Any]:
+    """Validator helper: the values of a ``{module name or regex: value}`` mapping (``rank_pattern``,
+    ``alpha_pattern``); None counts as empty; anything else is an error naming the expected shape."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of module name (or regex) to a value, e.g. {'q_proj': 16}")
+    return list(value.values())
 
 
 def finite_number(value: Any, field: str) -> Any:
