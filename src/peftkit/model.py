@@ -338,12 +338,12 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         (``labels`` is named so that ``transformers.Trainer`` finds the label column; it is passed on when given.)"""
         if labels is not None:
             kwargs["labels"] = labels
-        with self._rows(adapter_names, batch_rows(args, kwargs)), self._inputs_prepared():
+        with self._rows(adapter_names, _batch_rows(args, kwargs)), self._inputs_prepared():
             return self.get_base_model()(*args, **kwargs)
 
     def generate(self, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any) -> Any:
         """``model.generate`` with the adapters applied; ``adapter_names`` as in :meth:`forward`."""
-        with self._rows(adapter_names, batch_rows(args, kwargs), expandable=True), self._inputs_prepared() as method:
+        with self._rows(adapter_names, _batch_rows(args, kwargs), expandable=True), self._inputs_prepared() as method:
             model = self.get_base_model()
             if method is not None and method.prepare_generate is not None:
                 kwargs = method.prepare_generate(self, self._active[0], _by_name(model.generate, args, kwargs))
@@ -371,10 +371,11 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
             handle.remove()
 
 
-def batch_rows(args: tuple, kwargs: dict) -> Optional[int]:
+def _batch_rows(args: tuple, kwargs: dict) -> Optional[int]:
     """The batch size of a call's inputs (``input_ids``, ``inputs_embeds``, or the first positional
     tensor), or None when they do not tell it; the layers then check each input they see."""
-    first = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+    candidates = (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), args[0] if args else None)
+    first = next((c for c in candidates if c is not None), None)
     shape = getattr(first, "shape", None)
     return int(shape[0]) if shape is not None and len(shape) > 0 else None
 

@@ -140,6 +140,9 @@ _FACTORIES = {"empty", "zeros", "ones", "full", "rand", "randn", "randint", "emp
 def _requested_elements(name: str, args: tuple, kwargs: dict) -> int:
     if name.endswith("_like"):
         return args[0].numel() if args and torch.is_tensor(args[0]) else 0
+    if name == "eye":  # eye(n) is n x n; eye(n, m) is n x m
+        sizes = [a for a in args[:2] if isinstance(a, int) and not isinstance(a, bool)]
+        return sizes[0] * (sizes[1] if len(sizes) > 1 else sizes[0]) if sizes else 0
     dims = args[1:] if name.startswith("new_") else args
     size = kwargs.get("size")
     if size is None:

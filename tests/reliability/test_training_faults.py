@@ -67,10 +67,14 @@ DAMAGE = {
     "state.json replaced": lambda c: (c / "state.json").write_text('{"progress": {"step": 999}}'),
     "a file removed": lambda c: (c / "run_state.safetensors").unlink(),
     "mark damaged": lambda c: (c / "COMPLETE").write_bytes(b"\xff\x00garbage"),
+    "mark of the wrong shape": lambda c: (c / "COMPLETE").write_text('{"files": {"state.json": 5}}'),
+    "mark names a file outside": lambda c: (c / "COMPLETE").write_text(
+        '{"files": {"../../../../../../dev/zero": {"bytes": 0, "sha256": ""}}}'),
 }
 BAD_FILE = {"optimizer cut short": "optimizer.safetensors", "run state bit flip": "run_state.safetensors",
             "adapter bit flip": "adapter_model.safetensors", "state.json replaced": "state.json",
-            "a file removed": "run_state.safetensors", "mark damaged": "COMPLETE"}
+            "a file removed": "run_state.safetensors", "mark damaged": "COMPLETE",
+            "mark of the wrong shape": "COMPLETE", "mark names a file outside": "outside the checkpoint"}
 
 
 @pytest.mark.parametrize("label", list(DAMAGE))

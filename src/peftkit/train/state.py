@@ -267,8 +267,12 @@ def checkpoint_problem(folder: str) -> Optional[str]:
         return f"{COMPLETE_MARK}: {getattr(e, 'reason', None) or e}"
     if recorded is None:
         return _full_read_problem(folder)
+    if not isinstance(recorded, dict) or not all(isinstance(v, dict) for v in recorded.values()):
+        return f"{COMPLETE_MARK}: not a list of files with their sizes and checksums"
     for rel, expected in sorted(recorded.items()):
         path = os.path.join(folder, rel)
+        if os.path.commonpath([os.path.realpath(folder), os.path.realpath(path)]) != os.path.realpath(folder):
+            return f"{COMPLETE_MARK}: names a file outside the checkpoint ({rel[:100]!r})"
         if not os.path.isfile(path):
             return f"{rel}: missing"
         if os.path.getsize(path) != expected.get("bytes") or _sha256(path) != expected.get("sha256"):
