@@ -9,8 +9,11 @@ from .checkpoint import get_peft_model_state_dict, set_peft_model_state_dict
 from .config import PeftConfig, PeftType, TaskType
 from .errors import (
     AdapterError,
+    AdapterNotFoundError,
     CheckpointError,
     ConfigError,
+    CorruptFileError,
+    PathError,
     PeftkitError,
     TargetError,
 )
@@ -50,12 +53,14 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaLoraConfig",
     "AdapterError",
+    "AdapterNotFoundError",
     "AdapterLayer",
     "BASE_ADAPTER",
     "BitFitConfig",
     "BottleneckConfig",
     "CheckpointError",
     "ConfigError",
+    "CorruptFileError",
     "IA3Config",
     "LNTuningConfig",
     "LayerFactory",
@@ -73,6 +78,7 @@ __all__ = [
     "PeftModelForSequenceClassification",
     "PeftModelForTokenClassification",
     "PeftType",
+    "PathError",
     "PeftkitError",
     "PrefixTuningConfig",
     "PromptEncoderConfig",

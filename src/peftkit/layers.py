@@ -17,25 +17,39 @@ import torch
 import torch.nn as nn
 
 from .errors import AdapterError
+from .names import BASE_ADAPTER  # noqa: F401  (rows named this use the base model alone)
 
 if TYPE_CHECKING:
     from .config import PeftConfig
 
-# In a mixed batch, rows named this use the base model alone.
-BASE_ADAPTER = "__base__"
+
+
+class RowAdapters(list):
+    """``adapter_names`` as the layers see them: one name per batch row. ``expandable`` is set
+    inside ``generate``, which repeats every prompt's row in place (beams, several samples per
+    prompt): only there may a batch hold an exact multiple of the names' rows."""
+
+    def __init__(self, names: Iterable[str] = (), expandable: bool = False):
+        super().__init__(names)
+        self.expandable = expandable
+
+
+def rows_for_batch(row_adapters: list[str], batch_size: int) -> list[str]:
+    """One adapter name per row of a batch of ``batch_size`` rows: the names themselves, or, in
+    generation (:class:`RowAdapters` ``expandable``), each name repeated for its prompt's copies.
+    A count that fits neither is an :class:`AdapterError`: names are never reused across rows."""
+    n = len(row_adapters)
+    if batch_size == n:
+        return list(row_adapters)
+    if getattr(row_adapters, "expandable", False) and n and batch_size % n == 0:
+        return [name for name in row_adapters for _ in range(batch_size // n)]
+    raise AdapterError(f"adapter_names has {n} entries but the batch has {batch_size} rows; give one name per row")
 
 
 def group_rows(row_adapters: list[str], batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Row indices per adapter name. A batch that generation expanded (beams, several samples
-    per prompt) repeats each prompt's rows in place, so each name is repeated to match."""
-    n = len(row_adapters)
-    if batch_size != n:
-        if n == 0 or batch_size % n:
-            raise AdapterError(f"adapter_names has {n} entries but the batch has {batch_size} rows; give one name per row")
-        reps = batch_size // n
-        row_adapters = [name for name in row_adapters for _ in range(reps)]
+    """Row indices per adapter name (see :func:`rows_for_batch` for batches generation expanded)."""
     groups: dict[str, list[int]] = {}
-    for i, name in enumerate(row_adapters):
+    for i, name in enumerate(rows_for_batch(row_adapters, batch_size)):
         groups.setdefault(name, []).append(i)
     return {name: torch.tensor(rows, device=device) for name, rows in groups.items()}
 

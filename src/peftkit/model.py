@@ -19,9 +19,10 @@ import torch.nn as nn
 from . import checkpoint
 from .config import PeftConfig, TargetedConfig
 from .errors import AdapterError, TargetError
-from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper, _ForwardsToBase
+from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper, RowAdapters, _ForwardsToBase
 from .merge import MergeMixin
 from .model_io import SaveLoadMixin
+from .names import adapter_name_list, check_adapter_name, short_repr
 from .registry import MethodSpec, method_for_config
 from .targets import (
     TASK_HEADS,
@@ -135,11 +136,14 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
     def _adapter_layers(self) -> Iterator[AdapterLayer]:
         return (m for _, m in self._adapter_modules() if isinstance(m, AdapterLayer))
 
-    def _check_names(self, names: list[str], allow_base: bool = False) -> None:
+    def _check_names(self, names: Any, allow_base: bool = False, field: str = "adapter_name", allow_list: bool = True) -> list[str]:
+        """``names`` (a name or a list of names) as a list, each an adapter of this model."""
+        names = adapter_name_list(names, field, allow_list)
         known = set(self.peft_config) | ({BASE_ADAPTER} if allow_base else set())
-        unknown = [n for n in names if n not in known]
+        unknown = [short_repr(n) for n in dict.fromkeys(names) if n not in known]
         if unknown:
-            raise AdapterError(f"unknown adapter(s) {unknown}; this model has {sorted(self.peft_config)}")
+            raise AdapterError(f"unknown adapter(s) [{', '.join(unknown)}]; this model has {sorted(self.peft_config)}")
+        return names
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """``(trainable, total)`` parameter counts, adapters included in the total."""
@@ -158,8 +162,7 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         self._inject(adapter_name, peft_config, peft_config)
 
     def _inject(self, adapter_name: str, config: PeftConfig, init_config: PeftConfig) -> None:
-        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name or adapter_name == BASE_ADAPTER:
-            raise AdapterError(f"adapter name {adapter_name!r} is invalid: use a non-empty name without dots, not {BASE_ADAPTER!r}")
+        check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise AdapterError(f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first")
         if not isinstance(config, PeftConfig):
@@ -241,7 +244,7 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter; layers left without adapters get their original module back."""
-        self._check_names([adapter_name])
+        self._check_names(adapter_name, allow_list=False)
         model = self.get_base_model()
         spec = method_for_config(self.peft_config[adapter_name])
         if spec.on_delete:
@@ -259,8 +262,7 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
     # ------------------------------------------------------------------ selecting adapters
     def set_adapter(self, adapter_name: Union[str, list[str]]) -> None:
         """Make one adapter (or several, summed) active; only active adapters train."""
-        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
-        self._check_names(names)
+        names = self._check_names(adapter_name)
         limit = self._method().max_active_adapters
         if limit is not None and len(names) > limit:
             raise AdapterError(f"{self._method().peft_type} allows {limit} active adapter(s) at a time, got {names}")
@@ -301,23 +303,30 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
 
     # ------------------------------------------------------------------ running
     @contextlib.contextmanager
-    def _rows(self, adapter_names: Optional[list[str]]) -> Iterator[None]:
+    def _rows(self, adapter_names: Optional[list[str]], rows: Optional[int], expandable: bool = False) -> Iterator[None]:
+        """Route each batch row through its adapter. ``rows``: the batch size, when the inputs tell
+        it; ``expandable``: generation may repeat every row (beams, several samples per prompt)."""
         if adapter_names is None:
             yield
             return
-        if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
-            raise AdapterError("adapter_names must be a list with one adapter name (or '__base__') per batch row")
+        if isinstance(adapter_names, str) or not isinstance(adapter_names, (list, tuple)) or not all(
+                isinstance(n, str) for n in adapter_names):
+            raise AdapterError("adapter_names must be a list with one adapter name (or '__base__') per batch row, "
+                               f"got {short_repr(adapter_names)}")
+        if rows is not None and len(adapter_names) != rows:
+            raise AdapterError(f"adapter_names has {len(adapter_names)} entries but the batch has {rows} rows; "
+                               "give one name per row")
         if self.peft_config and self._method().prepare_inputs is not None:
             raise AdapterError(
                 f"{self._method().peft_type} adapters change the model's inputs, so one batch cannot mix them "
                 "(adapter_names=...); run one batch per adapter with set_adapter()"
             )
-        self._check_names(list(dict.fromkeys(adapter_names)), allow_base=True)
+        self._check_names(list(adapter_names), allow_base=True, field="adapter_names")
         if any(layer.merged_adapters for layer in self._adapter_layers()):
             raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
         modules = [m for _, m in self._adapter_modules()]
         for m in modules:
-            m.row_adapters = list(adapter_names)
+            m.row_adapters = RowAdapters(adapter_names, expandable=expandable)
         try:
             yield
         finally:
@@ -329,12 +338,12 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         (``labels`` is named so that ``transformers.Trainer`` finds the label column; it is passed on when given.)"""
         if labels is not None:
             kwargs["labels"] = labels
-        with self._rows(adapter_names), self._inputs_prepared():
+        with self._rows(adapter_names, _batch_rows(args, kwargs)), self._inputs_prepared():
             return self.get_base_model()(*args, **kwargs)
 
     def generate(self, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any) -> Any:
         """``model.generate`` with the adapters applied; ``adapter_names`` as in :meth:`forward`."""
-        with self._rows(adapter_names), self._inputs_prepared() as method:
+        with self._rows(adapter_names, _batch_rows(args, kwargs), expandable=True), self._inputs_prepared() as method:
             model = self.get_base_model()
             if method is not None and method.prepare_generate is not None:
                 kwargs = method.prepare_generate(self, self._active[0], _by_name(model.generate, args, kwargs))
@@ -360,6 +369,15 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
             yield method
         finally:
             handle.remove()
+
+
+def _batch_rows(args: tuple, kwargs: dict) -> Optional[int]:
+    """The batch size of a call's inputs (``input_ids``, ``inputs_embeds``, or the first positional
+    tensor), or None when they do not tell it; the layers then check each input they see."""
+    candidates = (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), args[0] if args else None)
+    first = next((c for c in candidates if c is not None), None)
+    shape = getattr(first, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) > 0 else None
 
 
 def _by_name(function: Any, args: tuple, kwargs: dict) -> dict:

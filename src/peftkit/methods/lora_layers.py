@@ -21,7 +21,7 @@ from ..errors import TargetError
 from ..kernels import multi_lora
 from ..kernels.lora_linear import fast_path_applies, lora_linear
 from ..kernels.dora import dora_fast_path_applies, dora_linear
-from ..layers import AdapterLayer
+from ..layers import AdapterLayer, rows_for_batch
 from ..targets import pattern_value
 from .dora import MAGNITUDE, DoraMixin, dora_delta, init_magnitude, weight_norm
 
@@ -173,11 +173,9 @@ class LoraLinear(LoraLayer):
     def _forward_mixed(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Mixed batches in two batched matmuls (see peftkit.kernels.multi_lora); the generic
         per-adapter loop where that does not apply (dropout while training, DoRA, heavy padding)."""
-        names = self.row_adapters
-        if x.shape[0] != len(names) and names and x.shape[0] % len(names) == 0:  # beams / samples
-            names = [n for n in names for _ in range(x.shape[0] // len(names))]
+        names = rows_for_batch(self.row_adapters, x.shape[0])  # generate's beams / samples repeat rows
         plan = None
-        if len(names) == x.shape[0] and not args and not kwargs and not self.merged_adapters:
+        if not args and not kwargs and not self.merged_adapters:
             plan = multi_lora.row_plan(tuple(names), frozenset(self.adapter_names), x.device)
         special = getattr(self, "lora_magnitude_vector", {})  # DoRA adapters take the generic path
         if (plan is None or plan.padding > multi_lora.MAX_PADDING or any(n in special for n in plan.names)
