@@ -5,7 +5,6 @@ Example:
     >>> model = pk.get_peft_model(base, pk.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))  # doctest: +SKIP
 """
 
-from .checkpoint import get_peft_model_state_dict, set_peft_model_state_dict
 from .config import PeftConfig, PeftType, TaskType
 from .errors import (
     AdapterError,
@@ -27,7 +26,17 @@ from .methods.prefix_tuning import PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig, PromptTuningInit
 from .methods.vera import VeraConfig
 from .methods.adalora import AdaLoraConfig
+from .auto import (
+    AutoPeftModel,
+    AutoPeftModelForCausalLM,
+    AutoPeftModelForFeatureExtraction,
+    AutoPeftModelForQuestionAnswering,
+    AutoPeftModelForSeq2SeqLM,
+    AutoPeftModelForSequenceClassification,
+    AutoPeftModelForTokenClassification,
+)
 from .model import (
+    MODEL_TYPE_TO_PEFT_MODEL_MAPPING,
     PeftModel,
     PeftModelForCausalLM,
     PeftModelForFeatureExtraction,
@@ -37,6 +46,7 @@ from .model import (
     PeftModelForTokenClassification,
     get_peft_model,
 )
+from .peft_api import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from .registry import (
     LayerFactory,
     MethodSpec,
@@ -51,6 +61,13 @@ __all__ = [
     "AdaLoraConfig",
     "AdapterError",
     "AdapterLayer",
+    "AutoPeftModel",
+    "AutoPeftModelForCausalLM",
+    "AutoPeftModelForFeatureExtraction",
+    "AutoPeftModelForQuestionAnswering",
+    "AutoPeftModelForSeq2SeqLM",
+    "AutoPeftModelForSequenceClassification",
+    "AutoPeftModelForTokenClassification",
     "BASE_ADAPTER",
     "BitFitConfig",
     "BottleneckConfig",
@@ -62,6 +79,7 @@ __all__ = [
     "LoHaConfig",
     "LoKrConfig",
     "LoraConfig",
+    "MODEL_TYPE_TO_PEFT_MODEL_MAPPING",
     "MethodSpec",
     "ModulesToSaveWrapper",
     "PeftConfig",
@@ -85,6 +103,7 @@ __all__ = [
     "get_method",
     "get_peft_model",
     "get_peft_model_state_dict",
+    "inject_adapter_in_model",
     "register_method",
     "registered_methods",
     "set_peft_model_state_dict",
