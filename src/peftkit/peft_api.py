@@ -126,6 +126,16 @@ def set_peft_model_state_dict(
     return checkpoint.set_peft_model_state_dict(view, prefixed, adapter_name)
 
 
+def delete_injected_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Remove an adapter that :func:`inject_adapter_in_model` added (layers left without adapters get
+    their original module back; ``model.peft_config`` loses the entry).
+
+    Example:
+        >>> delete_injected_adapter(unet, "style")   # doctest: +SKIP
+    """
+    _view(model).delete_adapter(adapter_name)
+
+
 def _view(model: nn.Module) -> PeftModel:
     """A PeftModel around ``model`` that shares its ``peft_config`` dict (created empty if absent) and
     takes its active adapters from the layers, so PeftModel's methods work on the module in place."""
@@ -165,4 +175,4 @@ def _unwrapped(model: nn.Module, unwrap_compiled: bool) -> nn.Module:
     return getattr(model, "_orig_mod", model) if unwrap_compiled else model
 
 
-__all__ = ["get_peft_model_state_dict", "inject_adapter_in_model", "set_peft_model_state_dict"]
+__all__ = ["delete_injected_adapter", "get_peft_model_state_dict", "inject_adapter_in_model", "set_peft_model_state_dict"]
