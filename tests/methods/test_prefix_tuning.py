@@ -10,6 +10,7 @@ from contract_helpers import train_losses
 from prompt_checks import check_contract, check_peft_to_peftkit, check_peftkit_to_peft, perturb
 from tiny_models import example_inputs, make_model, model_outputs
 from transformers import DynamicCache, EncoderDecoderCache
+from upstream_bugs import PEFT_PREFIX_TUNING_CLASSIFIERS
 
 import peftkit as pk
 
@@ -28,15 +29,18 @@ CASES = {
     "t5": ("t5", {"num_virtual_tokens": 3}),
     "t5_projection": ("t5", {"num_virtual_tokens": 3, "prefix_projection": True}),
 }
+# peft cannot build or load a prefix-tuned classifier under some versions (upstream_bugs.py)
+INTEROP_CASES = [pytest.param(case, marks=PEFT_PREFIX_TUNING_CLASSIFIERS.xfail()) if CASES[case][0] == "bert" else case
+                 for case in CASES]
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", INTEROP_CASES)
 def test_peft_adapter_loads_in_peftkit(case, tmp_path):
     family, kwargs = CASES[case]
     check_peft_to_peftkit(family, "PrefixTuningConfig", kwargs, tmp_path)
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", INTEROP_CASES)
 def test_peftkit_adapter_loads_in_peft(case, tmp_path):
     family, kwargs = CASES[case]
     check_peftkit_to_peft(family, "PrefixTuningConfig", kwargs, tmp_path)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterator, Optional
 
+from ..compat import enable_activation_checkpointing
 from ..errors import ConfigError
 from ..model import PeftModel, get_peft_model
 from ..models import load_model, load_tokenizer
@@ -132,7 +133,7 @@ def prepare(cfg: Any, main_process: bool = True, prepared_data: Optional[Prepare
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = d.tokenizer.pad_token_id  # classifiers find the last real token through it
     if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model, use_reentrant=False)
         model.config.use_cache = False
     peft_model = get_peft_model(model, cfg.adapter_config())
     return Prepared(**vars(d), model=peft_model)
