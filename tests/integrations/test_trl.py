@@ -92,7 +92,7 @@ def test_a_wrapped_model_gets_a_frozen_copy_of_its_adapter_as_reference_as_with_
 
 def test_trl_s_own_trainer_recognises_a_peftkit_model(tmp_path):
     model = pk.get_peft_model(base_model(), pk.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[], use_cpu=True)
+    args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[], use_cpu=True, bf16=False)
     trainer = trl.SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(DATA["sft"]), processing_class=TOKENIZER)
     trainer.train()  # before peftkit.integrations.trl: 'CausalLMOutputWithPast' has no attribute 'last_hidden_state'
     assert trl.trainer.sft_trainer.is_peft_model(model)
@@ -107,7 +107,7 @@ def test_an_adapter_on_the_lm_head_is_refused_as_with_peft(tmp_path):
 
 def test_a_model_named_by_path_with_a_peftkit_config(tmp_path):
     base_model().save_pretrained(tmp_path / "base")
-    args = trl.SFTConfig(output_dir=str(tmp_path / "run"), max_steps=1, report_to=[], use_cpu=True)
+    args = trl.SFTConfig(output_dir=str(tmp_path / "run"), max_steps=1, report_to=[], use_cpu=True, bf16=False)
     trainer = pk_trl.SFTTrainer(model=str(tmp_path / "base"), args=args, train_dataset=datasets.Dataset.from_list(DATA["sft"]),
                                 processing_class=TOKENIZER, peft_config=pk.LoraConfig(r=2, target_modules=["q_proj"]))
     assert isinstance(trainer.model, pk.PeftModel)

@@ -53,7 +53,8 @@ def trainer_for(task: str, lib, out: Path, model=None, steps: int = 3, **config_
     cls = getattr(pk_trl if lib.__name__ == "peftkit" else trl, TRAINERS[task])
     args = CONFIGS[task](
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=4, learning_rate=5e-3, seed=0,
-        report_to=[], use_cpu=True, disable_tqdm=True, logging_steps=1, save_strategy="no", **{**EXTRA[task], **config_extra},
+        report_to=[], use_cpu=True, bf16=False, disable_tqdm=True, logging_steps=1, save_strategy="no",
+        **{**EXTRA[task], **config_extra},
     )
     kwargs = dict(args=args, train_dataset=datasets.Dataset.from_list(DATA[task]), processing_class=TOKENIZER)
     if task in ("grpo", "rloo"):
