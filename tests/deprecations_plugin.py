@@ -56,8 +56,11 @@ def peftkit_caller(frame: Optional[FrameType]) -> Optional[str]:
     issuer = _package_of(frame.f_code.co_filename)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if filename.startswith(PEFTKIT_SOURCE):
+        if filename.startswith(PEFTKIT_SOURCE) and frame.f_code.co_name != "__getattr__":
             return f"{filename}:{frame.f_lineno}"
+        if filename.startswith(PEFTKIT_SOURCE):  # a wrapper forwarding an attribute read: whoever read it called
+            frame = frame.f_back
+            continue
         if _package_of(filename) != issuer and not _is_transparent(filename):
             return None
         frame = frame.f_back

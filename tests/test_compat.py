@@ -67,3 +67,18 @@ def test_plugin_ignores_deprecations_peftkit_issues_and_other_callers():
     _run_as_if_in(f"{PEFTKIT_SOURCE}/fake_issuer.py", "result = peftkit_caller(sys._getframe(0))", namespace)
     assert namespace["result"] is None  # peftkit warning about its own API
     assert peftkit_caller(sys._getframe(0)) is None  # a test calling a library directly
+
+
+def test_plugin_looks_past_peftkit_s_attribute_forwarding():
+    """PeftModel and adapter layers forward unknown attributes to the wrapped model; a deprecated
+    attribute read through them is blamed on whoever read it (here a caller outside peftkit)."""
+
+    def deprecated_library_function():
+        return peftkit_caller(sys._getframe(0))
+
+    forwarding = "def __getattr__():\n    return deprecated_library_function()\n"
+    namespace = {"deprecated_library_function": deprecated_library_function}
+    _run_as_if_in(f"{PEFTKIT_SOURCE}/fake_wrapper.py", forwarding, namespace)
+    assert namespace["__getattr__"]() is None
+    _run_as_if_in(f"{PEFTKIT_SOURCE}/fake_caller.py", "result = __getattr__()", namespace)
+    assert namespace["result"] == f"{PEFTKIT_SOURCE}/fake_caller.py:1"  # peftkit code reading it is blamed

@@ -55,3 +55,14 @@ PEFT_PROMPT_LEARNING_GENERATE = UpstreamBug(
     ),
     present=PEFT <= Version("0.21.2") and TRANSFORMERS >= Version("5.24"),
 )
+
+# peft's PeftModelForSeq2SeqLM.forward hands `input_ids` to Whisper's decoder a second time:
+# "TypeError: WhisperDecoder.forward() got multiple values for keyword argument 'input_ids'", with
+# adapters saved by peft itself (seen with transformers 5.24). generate() and a task-less PeftModel work.
+PEFT_WHISPER_SEQ2SEQ_FORWARD = UpstreamBug(
+    reason=(
+        f"peft {PEFT}'s PeftModelForSeq2SeqLM.forward passes input_ids twice to Whisper's decoder under transformers "
+        f"{TRANSFORMERS} (TypeError: got multiple values for keyword argument 'input_ids')"
+    ),
+    present=PEFT <= Version("0.21.2") and TRANSFORMERS >= Version("5.0"),
+)

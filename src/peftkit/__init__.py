@@ -5,7 +5,6 @@ Example:
     >>> model = pk.get_peft_model(base, pk.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))  # doctest: +SKIP
 """
 
-from .checkpoint import get_peft_model_state_dict, set_peft_model_state_dict
 from .config import PeftConfig, PeftType, TaskType
 from .errors import (
     AdapterError,
@@ -30,7 +29,17 @@ from .methods.prefix_tuning import PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig, PromptTuningInit
 from .methods.vera import VeraConfig
 from .methods.adalora import AdaLoraConfig
+from .auto import (
+    AutoPeftModel,
+    AutoPeftModelForCausalLM,
+    AutoPeftModelForFeatureExtraction,
+    AutoPeftModelForQuestionAnswering,
+    AutoPeftModelForSeq2SeqLM,
+    AutoPeftModelForSequenceClassification,
+    AutoPeftModelForTokenClassification,
+)
 from .model import (
+    MODEL_TYPE_TO_PEFT_MODEL_MAPPING,
     PeftModel,
     PeftModelForCausalLM,
     PeftModelForFeatureExtraction,
@@ -40,6 +49,7 @@ from .model import (
     PeftModelForTokenClassification,
     get_peft_model,
 )
+from .peft_api import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from .registry import (
     LayerFactory,
     MethodSpec,
@@ -55,6 +65,13 @@ __all__ = [
     "AdapterError",
     "AdapterNotFoundError",
     "AdapterLayer",
+    "AutoPeftModel",
+    "AutoPeftModelForCausalLM",
+    "AutoPeftModelForFeatureExtraction",
+    "AutoPeftModelForQuestionAnswering",
+    "AutoPeftModelForSeq2SeqLM",
+    "AutoPeftModelForSequenceClassification",
+    "AutoPeftModelForTokenClassification",
     "BASE_ADAPTER",
     "BitFitConfig",
     "BottleneckConfig",
@@ -67,6 +84,7 @@ __all__ = [
     "LoHaConfig",
     "LoKrConfig",
     "LoraConfig",
+    "MODEL_TYPE_TO_PEFT_MODEL_MAPPING",
     "MethodSpec",
     "ModulesToSaveWrapper",
     "PeftConfig",
@@ -91,6 +109,7 @@ __all__ = [
     "get_method",
     "get_peft_model",
     "get_peft_model_state_dict",
+    "inject_adapter_in_model",
     "register_method",
     "registered_methods",
     "set_peft_model_state_dict",

@@ -165,8 +165,10 @@ class PeftConfig(BaseModel):
         data["peft_type"] = self.peft_type
         return data
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, auto_mapping_dict: Optional[dict] = None, **_: Any) -> None:
         """Write ``adapter_config.json`` into ``save_directory`` (created if needed).
+        ``auto_mapping_dict`` (base model class and library, for adapters without a task type) is
+        written as ``auto_mapping``, as peft does, so ``AutoPeftModel`` can rebuild the base model.
 
         Example:
             >>> LoraConfig(target_modules=["q"]).save_pretrained("out/adapter")  # doctest: +SKIP
@@ -175,9 +177,22 @@ class PeftConfig(BaseModel):
         path = os.path.join(save_directory, CONFIG_NAME)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            data = self.to_dict() if auto_mapping_dict is None else {**self.to_dict(), "auto_mapping": auto_mapping_dict}
+            json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
         os.replace(tmp, path)  # never leave a half-written config behind
+
+    def push_to_hub(self, repo_id: str, *, commit_message: Optional[str] = None, token: bool | str | None = None,
+                    private: Optional[bool] = None, revision: Optional[str] = None, create_pr: bool = False, **_: Any) -> str:
+        """Upload ``adapter_config.json`` to the Hub repository ``repo_id`` (created if needed).
+
+        Example:
+            >>> LoraConfig(r=8, target_modules=["q_proj"]).push_to_hub("me/lora-config")  # doctest: +SKIP
+        """
+        from .hub import push_folder
+
+        return push_folder(self.save_pretrained, repo_id, commit_message=commit_message or "Upload config",
+                           token=token, private=private, revision=revision, create_pr=create_pr)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PeftConfig":

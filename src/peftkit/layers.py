@@ -129,8 +129,9 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
                 for sub, p in entry.named_parameters():
                     yield f"{attr}.{sub}", p
 
-    def set_adapter(self, adapter_names: list[str], trainable: bool = True) -> None:
+    def set_adapter(self, adapter_names: str | list[str], trainable: bool = True) -> None:
         """Make ``adapter_names`` the active adapters; only they get gradients (if ``trainable``)."""
+        adapter_names = [adapter_names] if isinstance(adapter_names, str) else adapter_names
         self.active_adapters = [n for n in adapter_names if n in self.adapter_names]
         for name in self.adapter_names:
             for _, p in self.adapter_parameters(name):
@@ -209,6 +210,37 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
 
     def extra_repr(self) -> str:
         return f"adapters={self.adapter_names}, active={self.active_adapters}, merged={self.merged_adapters}"
+
+    # ------------------------------------------------------------------ peft's layer API (BaseTunerLayer)
+    # Names that code written against peft's layers reads or calls (diffusers' LoRA API, TRL, users).
+    @property
+    def merged(self) -> bool:
+        """Whether any adapter is merged into the base weights."""
+        return bool(self.merged_adapters)
+
+    @property
+    def disable_adapters(self) -> bool:
+        """Whether the layer runs as its base layer alone (see :meth:`enable_adapters`)."""
+        return self.disabled
+
+    @property
+    def active_adapter(self) -> str | list[str]:
+        """The active adapter's name, or the list of them when several are active."""
+        return self.active_adapters[0] if len(self.active_adapters) == 1 else list(self.active_adapters)
+
+    def get_base_layer(self) -> nn.Module:
+        """The wrapped module."""
+        return self.base_layer
+
+    def enable_adapters(self, enabled: bool) -> None:
+        """Turn the adapters of this layer on or off; off, they also stop training (as in peft)."""
+        if enabled:
+            self.set_adapter(self.active_adapters)
+        else:
+            for name in self.adapter_names:
+                for _, p in self.adapter_parameters(name):
+                    p.requires_grad_(False)
+        self.disabled = not enabled
 
 
 class ModulesToSaveWrapper(_ForwardsToBase):

@@ -14,6 +14,7 @@ import inspect
 import types
 from typing import Any, Iterator, Optional, Union
 
+import torch
 import torch.nn as nn
 
 from . import checkpoint
@@ -102,6 +103,22 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
             return
         forward.__doc__ = type(self).forward.__doc__
         self.__dict__["forward"] = types.MethodType(forward, self)
+
+    @classmethod
+    def _class_for_task(cls, task_type: Any) -> type["PeftModel"]:
+        """peft's rule for the class to build: the task type's class (``CAUSAL_LM`` ->
+        :class:`PeftModelForCausalLM`, ...), or ``cls`` for a config without a task type."""
+        key = getattr(task_type, "value", task_type)
+        return MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(key, cls) if key is not None else cls
+
+    def _cast_adapter_to_base_dtype(self, adapter_name: str) -> None:
+        """Give each of ``adapter_name``'s tensors the dtype of the weights of the layer it adapts."""
+        for _, module in self._adapter_modules():
+            base_weight = getattr(getattr(module, "base_layer", None), "weight", None)
+            if not isinstance(base_weight, torch.Tensor) or not base_weight.is_floating_point():
+                continue
+            for _, p in module.adapter_parameters(adapter_name):
+                p.data = p.data.to(base_weight.dtype)
 
     # ------------------------------------------------------------------ introspection
     def get_base_model(self) -> nn.Module:
@@ -391,36 +408,76 @@ def _by_name(function: Any, args: tuple, kwargs: dict) -> dict:
     return {**dict(zip(names, args)), **kwargs}
 
 
-def get_peft_model(model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default", **kwargs: Any) -> PeftModel:
-    """Add a new adapter to ``model`` and return the :class:`PeftModel` (``peft.get_peft_model``).
+def get_peft_model(
+    model: nn.Module,
+    peft_config: PeftConfig,
+    adapter_name: str = "default",
+    mixed: bool = False,
+    autocast_adapter_dtype: bool = True,
+    revision: Optional[str] = None,
+    low_cpu_mem_usage: bool = False,
+) -> PeftModel:
+    """Add a new adapter to ``model`` and return it wrapped (``peft.get_peft_model``): a
+    :class:`PeftModelForCausalLM` (and so on) when the config names a ``task_type``, else a
+    :class:`PeftModel`.
+
+    ``autocast_adapter_dtype=False`` keeps the adapter in the dtype of each adapted layer's weights
+    (by default adapters on float16/bfloat16 layers are float32, as in ``peft``); ``revision`` is
+    recorded in the config. ``mixed=True`` (peft's ``PeftMixedModel``: adapters of different methods
+    in one model) is not supported.
 
     Example:
         >>> import peftkit as pk
-        >>> model = pk.get_peft_model(base, pk.LoraConfig(r=16, target_modules="all-linear"))  # doctest: +SKIP
+        >>> model = pk.get_peft_model(base, pk.LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))  # doctest: +SKIP
+        >>> type(model).__name__  # doctest: +SKIP
+        'PeftModelForCausalLM'
     """
-    return PeftModel(model, peft_config, adapter_name=adapter_name)
+    if mixed:
+        raise AdapterError(
+            "get_peft_model(mixed=True) (peft's PeftMixedModel: adapters of different methods in one model) is not "
+            "supported by peftkit; use adapters of one method, or peft for this model"
+        )
+    if revision is not None and isinstance(peft_config, PeftConfig):
+        peft_config = peft_config.model_copy(update={"revision": revision})
+    peft_model = PeftModel._class_for_task(getattr(peft_config, "task_type", None))(model, peft_config, adapter_name)
+    if not autocast_adapter_dtype:
+        peft_model._cast_adapter_to_base_dtype(adapter_name)
+    return peft_model
 
 
-# peft exposes one class per task; in peftkit the task changes no logic, so these are names only.
+# peft has one class per task type; in peftkit the task changes no logic, so each is PeftModel under
+# the task's name: get_peft_model and from_pretrained return them, and isinstance checks against
+# either name hold, as in peft.
 class PeftModelForCausalLM(PeftModel):
-    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+    """A :class:`PeftModel` over a causal language model (``task_type="CAUSAL_LM"``)."""
 
 
 class PeftModelForSequenceClassification(PeftModel):
-    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+    """A :class:`PeftModel` over a sequence classifier (``task_type="SEQ_CLS"``)."""
 
 
 class PeftModelForSeq2SeqLM(PeftModel):
-    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+    """A :class:`PeftModel` over an encoder-decoder model (``task_type="SEQ_2_SEQ_LM"``)."""
 
 
 class PeftModelForTokenClassification(PeftModel):
-    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+    """A :class:`PeftModel` over a token classifier (``task_type="TOKEN_CLS"``)."""
 
 
 class PeftModelForQuestionAnswering(PeftModel):
-    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+    """A :class:`PeftModel` over an extractive question-answering model (``task_type="QUESTION_ANS"``)."""
 
 
 class PeftModelForFeatureExtraction(PeftModel):
-    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+    """A :class:`PeftModel` over an encoder used for embeddings (``task_type="FEATURE_EXTRACTION"``)."""
+
+
+# task_type -> class, as peft's MODEL_TYPE_TO_PEFT_MODEL_MAPPING
+MODEL_TYPE_TO_PEFT_MODEL_MAPPING: dict[str, type[PeftModel]] = {
+    "CAUSAL_LM": PeftModelForCausalLM,
+    "SEQ_CLS": PeftModelForSequenceClassification,
+    "SEQ_2_SEQ_LM": PeftModelForSeq2SeqLM,
+    "TOKEN_CLS": PeftModelForTokenClassification,
+    "QUESTION_ANS": PeftModelForQuestionAnswering,
+    "FEATURE_EXTRACTION": PeftModelForFeatureExtraction,
+}

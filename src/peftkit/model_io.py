@@ -79,7 +79,43 @@ class SaveLoadMixin:
         with staged_folder(save_directory) as stage:  # moved in only when every adapter is written
             for folder, config, tensors in outputs:
                 checkpoint.save_adapter_weights(tensors, os.path.join(stage, folder))
-                config.save_pretrained(os.path.join(stage, folder))
+                config.save_pretrained(os.path.join(stage, folder), auto_mapping_dict=self._auto_mapping(config))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: Optional[str] = None,
+        commit_description: Optional[str] = None,
+        private: Optional[bool] = None,
+        token: bool | str | None = None,
+        revision: Optional[str] = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: Optional[list[str]] = None,
+    ) -> str:
+        """Upload the adapter(s), as ``save_pretrained`` writes them, to the Hub repository ``repo_id``
+        (created if needed) in one commit; returns the commit URL. Same arguments as ``peft``'s
+        (transformers' ``PushToHubMixin.push_to_hub``); adapters are never sharded.
+
+        Example:
+            >>> model.push_to_hub("me/smollm2-contact-lora", private=True)   # doctest: +SKIP
+        """
+        from .hub import model_card, push_folder
+
+        first = next(iter(self.peft_config.values()))
+        card = model_card(first.base_model_name_or_path, [*(tags or []), first.peft_type.lower()])
+        return push_folder(
+            self.save_pretrained, repo_id, card=card, commit_message=commit_message or "Upload adapter",
+            commit_description=commit_description, private=private, token=token, revision=revision, create_pr=create_pr,
+        )
+
+    def _auto_mapping(self, config: PeftConfig) -> Optional[dict[str, str]]:
+        """What ``AutoPeftModel`` needs to rebuild the base model of an adapter without a task type."""
+        if config.task_type is not None:
+            return None
+        base = type(self.get_base_model())
+        return {"base_model_class": base.__name__, "parent_library": base.__module__}
 
     @classmethod
     def from_pretrained(
@@ -99,7 +135,7 @@ class SaveLoadMixin:
         config = config or PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
         config.inference_mode = not is_trainable
         path = checkpoint.adapter_weights_path(model_id, subfolder=subfolder, revision=revision)
-        peft_model = cls(model, None)
+        peft_model = cls._class_for_task(config.task_type)(model, None)  # PeftModelForCausalLM etc., as in peft
         saved_grad = [(p, p.requires_grad) for p in model.parameters()]
         try:
             peft_model._load(adapter_name, config, path)

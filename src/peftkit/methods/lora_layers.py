@@ -46,7 +46,7 @@ class LoraLayer(DoraMixin, AdapterLayer):
     """Shared LoRA bookkeeping: rank, alpha and scaling per adapter (DoRA from :class:`DoraMixin`)."""
 
     adapter_param_names = ("lora_A", "lora_B", MAGNITUDE)
-    adapter_setting_names = ("r", "lora_alpha", "scaling", "lora_dropout")
+    adapter_setting_names = ("r", "lora_alpha", "scaling", "use_rslora", "lora_dropout")
     # What holds one adapter's tensor: a module (nn.Linear, nn.Conv2d) or a bare nn.Parameter.
     tensor_holder: type[nn.Module] = nn.ModuleDict
 
@@ -60,6 +60,7 @@ class LoraLayer(DoraMixin, AdapterLayer):
         self.r: dict[str, int] = {}
         self.lora_alpha: dict[str, float] = {}
         self.scaling: dict[str, float] = {}
+        self.use_rslora: dict[str, bool] = {}
         self.add_adapter(adapter_name, config, key)
 
     def add_adapter(self, adapter_name: str, config: "LoraConfig", key: str) -> None:
@@ -68,7 +69,8 @@ class LoraLayer(DoraMixin, AdapterLayer):
         alpha = pattern_value(config.alpha_pattern, key, config.lora_alpha)
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = alpha
-        self.scaling[adapter_name] = alpha / (math.sqrt(r) if config.use_rslora else r)
+        self.use_rslora[adapter_name] = config.use_rslora
+        self.scaling[adapter_name] = self.configured_scaling(adapter_name)
         self.lora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         weight = self.base_layer.weight
         with torch.no_grad():
@@ -85,6 +87,27 @@ class LoraLayer(DoraMixin, AdapterLayer):
                     entry.to(device=weight.device, dtype=adapter_dtype(weight))
             if config.use_dora:  # the magnitude starts at the adapted weight's norm: outputs unchanged
                 init_magnitude(self, adapter_name, adapter_dtype(weight))
+
+    def configured_scaling(self, adapter_name: str) -> float:
+        """``lora_alpha / r`` (rsLoRA: ``/ sqrt(r)``): the scaling the adapter's config gives."""
+        r = self.r[adapter_name]
+        return self.lora_alpha[adapter_name] / (math.sqrt(r) if self.use_rslora[adapter_name] else r)
+
+    # peft's scale API, which diffusers uses for adapter weights and per-call LoRA scales
+    def set_scale(self, adapter: str, scale: float) -> None:
+        """Scaling of ``adapter`` := ``scale`` times its configured scaling."""
+        if adapter in self.scaling:
+            self.scaling[adapter] = scale * self.configured_scaling(adapter)
+
+    def scale_layer(self, scale: float) -> None:
+        """Multiply the scaling of every active adapter by ``scale``."""
+        for name in self.active_adapters:
+            self.scaling[name] *= scale
+
+    def unscale_layer(self, scale: float | None = None) -> None:
+        """Undo :meth:`scale_layer` (``scale=None``: back to the configured scaling)."""
+        for name in self.active_adapters:
+            self.scaling[name] = self.configured_scaling(name) if scale is None else self.scaling[name] / scale
 
     @abc.abstractmethod
     def create_tensors(self, adapter_name: str, r: int) -> None:
