@@ -90,30 +90,39 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(run_dir: str, examples: int = 3) -> None:
-    """Eval metrics before (step 0, if measured) and after training, and a few generated answers."""
+def _print_summary(run_dir: str, failures: int = 5) -> None:
+    """Eval scores before (step 0, if measured) and after training, with the counts they stand for
+    (``exact_match 0.95 (19/20)``), and the rows the adapter still gets wrong: expected and got."""
     from .train import runs
+    from .train.summary import failing_rows_text, scores_line
     from .untrusted import read_json
 
-    evals = [r for r in runs.read_metrics(run_dir) if any(k.startswith("eval_") for k in r)]
+    info = runs.read_run_json(run_dir)
+    evals = [r for r in runs.read_metrics(run_dir) if any(k.startswith("eval_") for k in r) and not r.get("final")]
     print(f"\nrun finished: {run_dir}\nadapter: {os.path.join(run_dir, 'adapter')}")
-    start = "start" if runs.read_run_json(run_dir).get("parent_adapter") else "base model"  # --from-run: the parent's
+    start = "start" if info.get("parent_adapter") else "base model"  # --from-run: the parent's
     for label, record in ((start, evals[0] if evals and evals[0]["step"] == 0 else None),
-                          ("fine-tuned", evals[-1] if evals else None)):
+                          (f"step {evals[-1]['step']}" if evals else "", evals[-1] if evals else None)):
         if record:
-            scores = ", ".join(f"{k[5:]}={v:.4g}" for k, v in record.items() if k.startswith("eval_"))
-            print(f"{label:>11}: {scores}")
+            scores = {k: v for k, v in record.items() if k.startswith("eval_")}
+            print(f"{label:>11}: {scores_line(scores, info.get('eval_size'))}")
     path = os.path.join(run_dir, "eval_predictions.json")
     if os.path.exists(path):
-        rows = read_json(path)  # written just now by this run
-        for row in rows[:examples]:
-            mark = "ok " if row["prediction"].strip() == row["reference"].strip() else "bad"
-            print(f"  [{mark}] {row['prediction'].strip()}")
+        text = failing_rows_text(read_json(path), failures)  # written just now by this run
+        if text:
+            print(f"{text}\n(every prediction: {path})")
 
 
 def _validate(args: argparse.Namespace) -> int:
-    """Check a run config without running it; every problem is listed (exit code 2 if any)."""
+    """Check a run config without running it; every problem is listed (exit code 2 if any).
+    ``--explain KEY`` prints what a key means instead (its type, default and allowed values)."""
     from .train.config import validate_file
+
+    if args.explain:
+        return _explain(args.explain)
+    if not args.config:
+        print("error: give a run config to check (peftkit validate run.yaml), or --explain KEY", file=sys.stderr)
+        return 2
 
     problems = validate_file(args.config, args.overrides)
     if not problems:
@@ -123,6 +132,28 @@ def _validate(args: argparse.Namespace) -> int:
     for path, msg in problems:
         print(f"  - {path}: {msg}" if path else f"  - {msg}", file=sys.stderr)
     return 2
+
+
+def _explain(keys: list[str]) -> int:
+    from .train.config_reference import explain
+
+    for key in keys:
+        print(explain(key))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    """``config schema``: the run config's JSON Schema (``--markdown``: the reference page);
+    ``config explain KEY``: one key."""
+    from .train.config_reference import json_schema_text, markdown
+
+    if args.action == "explain":
+        if not args.keys:
+            print("error: name a key, e.g. peftkit config explain train.lr (or a section: train)", file=sys.stderr)
+            return 2
+        return _explain(args.keys)
+    print(markdown() if args.markdown else json_schema_text(), end="")
+    return 0
 
 
 def _guarded(work):
@@ -150,13 +181,25 @@ def _talk(args: argparse.Namespace) -> int:
 
     def work():
         model, tok = c.load_path(args.path, args.model, args.dtype, args.device, causal_lm=True)
+        raw = getattr(args, "raw", False)
+        style = None if raw else c.prompt_style(args.path)  # the run's template, system prompt, format
         options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                       system=args.system, seed=args.seed)
+                       system="" if args.no_system else args.system, seed=args.seed, style=style)
         if args.command == "generate":
-            c.generate(model, tok, args.prompt, raw=args.raw, **options)
+            c.generate(model, tok, args.prompt, raw=raw, **options)
         else:
             tty = sys.stdin.isatty()
             c.chat(model, tok, c.typed_lines() if tty else _text_lines(sys.stdin), interactive=tty, **options)
+    return _guarded(work)
+
+
+def _classify(args: argparse.Namespace) -> int:
+    """``classify``: the label of each ``--text`` (or each line of stdin) from a classification run."""
+    from .train.classify import load_classifier, print_labels
+
+    def work():
+        model, tok, labels, max_len = load_classifier(args.path, args.model, args.device)
+        print_labels(model, tok, args.text or _text_lines(sys.stdin), labels, max_len)
     return _guarded(work)
 
 
@@ -187,7 +230,9 @@ def _sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"default {max_new_tokens}")
     p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily; > 0 samples")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling when --temperature > 0 (default 1.0)")
-    p.add_argument("--system", help="a system message before the conversation")
+    p.add_argument("--system", help="the system message before the conversation (default: the one the run's "
+                                    "training rows share, if any)")
+    p.add_argument("--no-system", action="store_true", help="no system message, not even the run's")
     p.add_argument("--seed", type=int, help="random seed for sampling")
 
 
@@ -208,7 +253,9 @@ def _add_adapter_commands(sub) -> None:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("generate", help="answer prompts with an adapter",
-                       description="Generate an answer to each --prompt (through the tokenizer's chat template).")
+                       description="Generate an answer to each --prompt, framed as the run's training rows were: "
+                                   "its chat template, its system prompt and its data format (see --system, "
+                                   "--no-system, --raw).")
     _adapter_args(p)
     p.add_argument("--prompt", action="append", required=True, help="a user message; repeat for several")
     p.add_argument("--raw", action="store_true", help="send the prompts as they are, without the chat template")
@@ -221,6 +268,13 @@ def _add_adapter_commands(sub) -> None:
     _adapter_args(p)
     _sampling_args(p, 256)
     p.set_defaults(func=_talk)
+
+    p = sub.add_parser("classify", help="label texts with a classification run's adapter",
+                       description="Print 'label  probability  text' for each --text, or for each line of stdin, "
+                                   "tokenized as the run was (its max_seq_len, its label names).")
+    _adapter_args(p, dtype=False)
+    p.add_argument("--text", action="append", help="a text to classify; repeat for several (default: read stdin)")
+    p.set_defaults(func=_classify)
 
     p = sub.add_parser("merge", help="fold an adapter into its base model: a plain transformers folder",
                        description="Load base + adapter, merge_and_unload(), and save a transformers model folder "
@@ -256,9 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("validate", help="check a run config and list every problem (exit code 2 if any)")
-    p.add_argument("config", help="run config (YAML)")
+    p.add_argument("config", nargs="?", help="run config (YAML)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, checked too")
+    p.add_argument("--explain", action="append", metavar="KEY", help="print what a run-config key (train.lr, "
+                   "adapter.r) or section (train) means: type, default, allowed values; repeatable")
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser("config", help="the run-config reference: JSON Schema for editors, or one key explained",
+                       description="peftkit config schema > run-config.schema.json  |  peftkit config schema "
+                                   "--markdown  |  peftkit config explain train.lr  (docs/run-config.md)")
+    p.add_argument("action", choices=("schema", "explain"))
+    p.add_argument("keys", nargs="*", metavar="KEY", help="for explain: dotted keys or section names")
+    p.add_argument("--markdown", action="store_true", help="for schema: the Markdown reference instead of JSON")
+    p.set_defaults(func=_config)
     _add_adapter_commands(sub)
     from .tracking.commands import add_parser as add_runs_parser
 

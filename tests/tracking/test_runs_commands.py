@@ -47,7 +47,7 @@ def test_list_is_an_aligned_table_with_versions_and_reruns(runs, capsys):
     code, out, _ = run_cli(capsys, "list", "--dir", str(runs))
     assert code == 0
     header, rule = out.splitlines()[:2]
-    assert header.split() == ["run", "name", "status", "version", "method", "r", "steps", "best", "eval", "duration",
+    assert header.split() == ["run", "name", "status", "version", "method", "r", "steps", "result", "duration",
                               "re-runs"]
     assert len(rule.split()) == 10  # one dash run per column
     assert [r[0] for r in table_rows(out)] == [A, B, C, RUNNING, FAILED, CHILD]

@@ -151,7 +151,10 @@ BAD = [
     ("peft-only adapter option", merged(MINIMAL, adapter={"use_qalora": True}), "adapter.use_qalora",
      "peftkit does not implement"),
     ("task_type inside the adapter", merged(MINIMAL, adapter={"task_type": "SEQ_CLS"}), "adapter.task_type",
-     "model section"),
+     "does not fit train.task 'sft'; the run sets the adapter's task_type from train.task (sft -> CAUSAL_LM, "
+     "classification -> SEQ_CLS, dpo -> CAUSAL_LM): remove adapter.task_type"),
+    ("base model inside the adapter", merged(MINIMAL, adapter={"base_model_name_or_path": "gpt2"}),
+     "adapter.base_model_name_or_path", "remove it and set model.name instead"),
     ("batch_size 0", merged(MINIMAL, train={"batch_size": 0}), "train.batch_size", "greater than 0, got 0"),
     ("negative lr", merged(MINIMAL, train={"lr": -1e-4}), "train.lr", "greater than 0"),
     ("epochs not an integer", merged(MINIMAL, train={"epochs": 1.5}), "train.epochs", "integer, got 1.5"),
@@ -169,7 +172,9 @@ BAD = [
      "did you mean 'CAUSAL_LM'?"),
     ("missing data file", merged(MINIMAL, data={"train": "data/nope.jsonl"}), "data.train", "'data/nope.jsonl'"),
     ("missing eval file", merged(MINIMAL, data={"eval": "./held_out"}), "data.eval", "file not found"),
-    ("missing format", merged(MINIMAL, data={"format": ...}), "data.format", "required; one of chat"),
+    ("missing format", merged(MINIMAL, data={"format": ...}), "data.format",
+     "required for train.task 'sft': how each row is laid out, one of chat (rows with messages); prompt_completion "
+     "(rows with prompt and completion); text (rows with text)"),
     ("eval_fraction of 1", merged(MINIMAL, data={"eval_fraction": 1.0}), "data.eval_fraction", "less than 1"),
     ("accuracy for sft", merged(MINIMAL, data={"eval": "eval.jsonl"}, eval={"metrics": ["accuracy"]}),
      "eval.metrics", "'accuracy' is only for train.task classification"),

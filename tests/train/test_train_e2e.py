@@ -38,6 +38,8 @@ def test_train_writes_a_complete_run_folder(tmp_path, capsys):
     assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
     assert all({"lr", "tokens_per_s"} <= set(r) for r in steps)
     assert any("eval_loss" in r and "eval_exact_match" in r for r in records)
+    # the last step is on eval_steps: measured once, not again as a separate final evaluation
+    assert [r["step"] for r in records if "eval_loss" in r and not r.get("final")] == [3, 6]
     assert sorted(os.listdir(run / "checkpoints")) == ["step-00002", "step-00004", "step-00006"]
     # the adapter is in peft's format: peft loads it onto the same base
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir(tmp_path))

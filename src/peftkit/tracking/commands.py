@@ -98,7 +98,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(views.compare_text(runs))
         if not args.no_plot:
             title = f"sweep {runs[0].info['sweep']['id']}" if args.sweep else None
-            out = plot_runs(runs, args.out, title=title or "")
+            out = plot_runs(runs, args.out or os.path.join(catalog.dir, "runs-compare.png"), title=title or "")
             print(f"\nplot: {out}" if out else "\n(no metrics logged yet: no plot)")
     return 0
 
@@ -108,7 +108,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     with Catalog(args.dir) as catalog:
         runs = catalog.resolve_all(args.runs)
-        out = plot_runs(runs, args.out)
+        # one run: into its folder, beside the loss.png training wrote; several: into the runs folder
+        default = os.path.join(runs[0].path, "plot.png") if len(runs) == 1 else os.path.join(catalog.dir, "runs-plot.png")
+        out = plot_runs(runs, args.out or default)
     if out is None:
         raise RunsError(f"nothing to plot: {', '.join(r.id for r in runs)} logged no metrics yet")
     print(out)
@@ -122,7 +124,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         runs = _select(catalog, args)
         if not runs:
             raise RunsError(f"no runs to report on in {args.dir}" + (" (with these filters)" if args.where else ""))
-        out = write_report(catalog, runs, args.out, title=args.title)
+        out = write_report(catalog, runs, args.out or os.path.join(catalog.dir, "runs-report.html"), title=args.title)
     print(f"{out}: {len(runs)} run(s)")
     return 0
 
@@ -190,10 +192,10 @@ def train_sweep(config: str, overrides: list[str], specs: list[str]) -> int:
     done = [p for p in points if p.run_dir]
     runs = {p.index: records.read_run(p.run_dir) for p in done}
     rows = [[str(p.index + 1), " ".join(p.overrides), runs[p.index].id if p.run_dir else "-",
-             runs[p.index].status if p.run_dir else "failed", views.best_cell(runs[p.index]) if p.run_dir else "-"]
+             runs[p.index].status if p.run_dir else "failed", views.result_cell(runs[p.index]) if p.run_dir else "-"]
             for p in points]
     print(f"\nsweep {sid}: {sum(r.status == 'completed' for r in runs.values())} of {len(points)} runs completed")
-    print(format_table(["#", "point", "run", "status", "best eval"], rows))
+    print(format_table(["#", "point", "run", "status", "result"], rows))
     if done:
         print(f"\ncompare:  peftkit runs compare --sweep {sid} --dir {os.path.dirname(done[0].run_dir)}")
     return 0 if all(r.status == "completed" for r in runs.values()) and len(runs) == len(points) else 1
@@ -232,8 +234,8 @@ def add_parser(sub: Any) -> None:
         p.add_argument("--sort", metavar="KEY", help="sort by KEY (a '-' prefix sorts descending), e.g. eval.loss")
         p.add_argument("--sweep", metavar="ID", help="only the runs of this sweep")
 
-    p = command("list", cmd_list, "a table of the runs: id, name, status, config version, method, r, steps, best "
-                                  "eval metric, duration, re-runs")
+    p = command("list", cmd_list, "a table of the runs: id, name, status, config version, method, r, steps, "
+                                  "result (the primary eval metric at the end), duration, re-runs")
     filters(p)
     p.add_argument("--json", action="store_true", help="print every run's fields as JSON")
     p = command("show", cmd_show, "one run in full: status, version, results, lineage, environment")
@@ -247,15 +249,16 @@ def add_parser(sub: Any) -> None:
     p = command("compare", cmd_compare, "runs side by side: one table and one plot")
     p.add_argument("runs", nargs="*", metavar="RUN")
     p.add_argument("--sweep", metavar="ID", help="compare the runs of this sweep")
-    p.add_argument("--out", default="runs-compare.png", metavar="FILE", help="the plot (default runs-compare.png)")
+    p.add_argument("--out", metavar="FILE", help="the plot (default: runs-compare.png in the runs folder)")
     p.add_argument("--no-plot", action="store_true", help="print the table only")
     p = command("plot", cmd_plot, "PNG curves of loss, learning rate and eval metrics")
     p.add_argument("runs", nargs="+", metavar="RUN")
-    p.add_argument("--out", default="runs-plot.png", metavar="FILE", help="the PNG file (default runs-plot.png)")
+    p.add_argument("--out", metavar="FILE", help="the PNG file (default: plot.png in the run's folder for one run, "
+                                                 "runs-plot.png in the runs folder for several)")
     p = command("report", cmd_report, "one static HTML page: runs table, config diffs, embedded plots")
     p.add_argument("runs", nargs="*", metavar="RUN", help="the runs to report on (default: all, or --where/--sweep)")
     filters(p)
-    p.add_argument("--out", default="runs-report.html", metavar="FILE", help="the HTML file (default runs-report.html)")
+    p.add_argument("--out", metavar="FILE", help="the HTML file (default: runs-report.html in the runs folder)")
     p.add_argument("--title", help="the page title")
     p = command("rm", cmd_rm, "remove run folders (asks first unless --yes)")
     p.add_argument("runs", nargs="+", metavar="RUN")

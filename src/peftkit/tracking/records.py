@@ -175,7 +175,7 @@ def read_config(path: str, problems: Optional[list[str]] = None) -> dict[str, An
 INFO_TYPES: dict[str, tuple[type, ...]] = {
     "status": (str,), "name": (str,), "config_hash": (str,), "parent": (str,), "parent_path": (str,),
     "parent_adapter": (str,), "reproduces": (str,), "started": (str,), "ended": (str,), "resumed": (str,),
-    "resumed_from": (str,), "error": (str,), "seed": (int,), "train_seconds": (int, float), "processes": (int,),
+    "resumed_from": (str,), "error": (str,), "seed": (int,), "train_seconds": (int, float), "processes": (int,), "eval_size": (int,),
     "sweep": (dict,), "environment": (dict,), "data": (dict,), "trackers": (dict,), "final_metrics": (dict,),
 }
 

@@ -32,6 +32,24 @@ def fmt_metric(value: Optional[float]) -> str:
     return "-" if value is None else format(value, ".4g")
 
 
+# Metrics that are a share of the evaluation examples: shown with the count they stand for.
+COUNTED_METRICS = ("exact_match", "accuracy")
+
+
+def fmt_score(metric: str, value: Optional[float], examples: Optional[int] = None) -> str:
+    """A metric for people: ``0.95 (19/20)`` for a share of ``examples`` (exact match, accuracy),
+    else ``fmt_metric``'s spelling.
+
+    >>> fmt_score("exact_match", 0.95, 20), fmt_score("loss", 0.1234567)
+    ('0.95 (19/20)', '0.1235')
+    """
+    text = fmt_metric(value)
+    name = metric.removeprefix("eval_").removeprefix("eval.")
+    if value is not None and examples and name in COUNTED_METRICS:
+        text += f" ({round(value * examples)}/{examples})"
+    return text
+
+
 def fmt_duration(seconds: Optional[float]) -> str:
     """``42s``, ``3m10s``, ``1h02m``; ``-`` when unknown."""
     if seconds is None:

@@ -11,31 +11,40 @@ from typing import Any, Optional
 
 from . import lineage
 from .diff import MISSING, config_diff, environment_diff, metric_diff, result_values, varying_keys
-from .records import Run
-from .table import fmt_change, fmt_duration, fmt_metric, fmt_value, format_table
+from .records import Run, lower_is_better
+from .table import fmt_change, fmt_duration, fmt_metric, fmt_score, fmt_value, format_table
 from .versions import AGREE_RTOL, VersionGroup
 
-RUN_COLUMNS = ["run", "name", "status", "version", "method", "r", "steps", "best eval", "duration", "re-runs"]
+RUN_COLUMNS = ["run", "name", "status", "version", "method", "r", "steps", "result", "duration", "re-runs"]
 NUMERIC_RUN_COLUMNS = (5, 6, 8)
 
 
 def primary_metric(run: Run) -> Optional[str]:
-    """The metric a run is judged by: the first of its ``eval.metrics`` that was measured."""
-    best = run.summary.get("best") or {}
-    wanted = (run.config.get("eval") or {}).get("metrics") or []
-    return next((m for m in wanted if m in best), next(iter(best), None))
+    """The metric a run is judged by: the first of its ``eval.metrics`` that measures the task
+    (exact match, accuracy, F1) rather than the loss, else the loss; only metrics it measured."""
+    measured = {**(run.summary.get("best") or {}), **(run.summary.get("final") or {})}
+    wanted = [m for m in (run.config.get("eval") or {}).get("metrics") or [] if m in measured]
+    wanted += [m for m in measured if m not in wanted]
+    return next((m for m in wanted if not lower_is_better(m)), next(iter(wanted), None))
 
 
-def best_cell(run: Run) -> str:
+def result_cell(run: Run) -> str:
+    """The run's primary metric at its end (the final evaluation, or the latest while it runs), with
+    the count it stands for: ``exact_match 0.95 (19/20)``."""
     metric = primary_metric(run)
-    return f"{metric} {fmt_metric(run.summary['best'][metric]['value'])}" if metric else "-"
+    if metric is None:
+        return "-"
+    value = (run.summary.get("final") or {}).get(metric)
+    if value is None:
+        value = run.summary["best"][metric]["value"]
+    return f"{metric} {fmt_score(metric, value, run.info.get('eval_size'))}"
 
 
 def run_row(run: Run, groups: dict[str, VersionGroup]) -> list[str]:
     adapter = run.config.get("adapter") or {}
     group = groups.get(run.version or "")
     return [run.id, run.info.get("name") or "-", run.status, run.version or "-", run.method or "-",
-            fmt_value(adapter["r"]) if "r" in adapter else "-", str(run.summary.get("steps", 0)), best_cell(run),
+            fmt_value(adapter["r"]) if "r" in adapter else "-", str(run.summary.get("steps", 0)), result_cell(run),
             fmt_duration(run.duration()), group.label() if group else ""]
 
 

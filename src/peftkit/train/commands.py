@@ -22,8 +22,10 @@ import torch
 
 from ..config import PeftConfig
 from ..errors import PeftkitError
+from ..progress import phase
 from ..untrusted import read_json
 from . import runs
+from .prompting import PromptStyle, read_style
 
 ADAPTER_CONFIG = "adapter_config.json"
 TASKS_OF = {"CAUSAL_LM": "sft", "SEQ_CLS": "classification"}  # adapter task_type -> run task
@@ -119,6 +121,16 @@ def run_model(target: Target) -> Optional[tuple[str, str]]:
         return None
 
 
+def run_setting(run_dir: Optional[str], section: str, key: str) -> Any:
+    """One value of a run's resolved ``config.yaml`` (None outside a run, or when it is unreadable:
+    reading it must not need the run's data files, which may have moved)."""
+    if not run_dir:
+        return None
+    from ..tracking.records import read_config
+
+    return (read_config(run_dir).get(section) or {}).get(key)
+
+
 def base_model_source(target: Target, model: Optional[str] = None,
                       run_model: Optional[tuple[str, str]] = None) -> tuple[str, str]:
     """``(name, where it came from)``: ``--model``, the run config's ``model.name`` (``run_model`` is
@@ -168,9 +180,17 @@ def load_adapter_model(target: Target, model: Optional[str] = None, run_model: O
     if target.task_type == "SEQ_CLS":
         labels = label_names(target)
         extra.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    seed = run_setting(target.run_dir, "train", "seed")
+    if target.task_type == "SEQ_CLS" and isinstance(seed, int):
+        # a new classifier head is drawn as the run drew it, so that the base model (adapter disabled)
+        # scores as it did at the run's step 0
+        from accelerate.utils import set_seed
+
+        set_seed(seed)
     try:
-        tokenizer = load_tokenizer(name, **({"revision": revision} if revision else {}))
-        base = load_model(name, task_type=target.task_type, dtype=dtype, **extra)
+        with phase(f"loading {name} with the adapter {target.adapter_dir}"):
+            tokenizer = load_tokenizer(name, **({"revision": revision} if revision else {}))
+            base = load_model(name, task_type=target.task_type, dtype=dtype, **extra)
     except (OSError, ImportError, ValueError) as e:  # FileNotFoundError, hub errors, missing package
         raise CommandError(f"base model {name!r} ({where}) cannot be loaded: {_first_line(e)}; "
                            "pass --model NAME_OR_PATH to use another") from None
@@ -193,26 +213,41 @@ def load_path(path: str, model: Optional[str] = None, dtype: str = "float32", de
     return load_adapter_model(target, model, run_model(target), dtype, device)
 
 
+def prompt_style(path: str, out: Optional[TextIO] = None) -> PromptStyle:
+    """How the adapter at ``path`` was prompted in training (:mod:`peftkit.train.prompting`); the
+    tokenizer's template and no system prompt for an adapter outside a run. A note on ``out``
+    (default stderr) says which system prompt is used and how to change it."""
+    target = locate(path)
+    style = read_style(target.adapter_dir, target.run_dir)
+    if style and style.system:
+        print(f"using the run's system prompt: {style.system[:100]!r}{'...' if len(style.system) > 100 else ''} "
+              "(--system TEXT replaces it, --no-system drops it)", file=out or sys.stderr, flush=True)
+    return style or PromptStyle()
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
 
 
 # ---------------------------------------------------------------------------------------- generation
-def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The conversation rendered with the tokenizer's chat template (ready for the assistant's turn);
-    without a template, ``User: ... / Assistant: ...`` lines."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def chat_prompt(tokenizer: Any, messages: list[dict[str, str]], chat_template: Optional[str] = None) -> str:
+    """The conversation rendered with ``chat_template`` (default: the tokenizer's), ready for the
+    assistant's turn; without any template, ``User: ... / Assistant: ...`` lines."""
+    template = chat_template or getattr(tokenizer, "chat_template", None)
+    if template:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, chat_template=template)
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n".join(lines + ["Assistant:"])
 
 
 @torch.no_grad()
 def complete(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, temperature: float = 0.0,
-             top_p: float = 1.0, batch_size: int = 8) -> list[str]:
-    """Completions of rendered prompts: greedy when ``temperature`` is 0, else sampled."""
-    templated = bool(getattr(tokenizer, "chat_template", None))  # rendered text spells out its special tokens
+             top_p: float = 1.0, batch_size: int = 8, templated: Optional[bool] = None) -> list[str]:
+    """Completions of rendered prompts: greedy when ``temperature`` is 0, else sampled. ``templated``
+    says the prompts spell out their special tokens (default: the tokenizer has a chat template)."""
+    if templated is None:
+        templated = bool(getattr(tokenizer, "chat_template", None))
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     stops = _stop_ids(model, tokenizer)
     answers, side = [], tokenizer.padding_side
@@ -237,14 +272,23 @@ def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
 
 def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0,
              top_p: float = 1.0, system: Optional[str] = None, raw: bool = False, out: Optional[TextIO] = None,
-             seed: Optional[int] = None) -> list[str]:
-    """Answer each prompt on its own (through the chat template unless ``raw``) and print them."""
-    out = out or sys.stdout
+             seed: Optional[int] = None, style: Optional[PromptStyle] = None) -> list[str]:
+    """Answer each prompt on its own and print them. Prompts are framed as in training (``style``:
+    the run's template, system prompt and format; see :mod:`peftkit.train.prompting`); ``system``
+    replaces the system prompt (``""`` drops it); ``raw`` sends the prompts as they are.
+
+    Example:
+        >>> run = "runs/20261122-192453-quickstart-12785c"
+        >>> model, tok = load_path(run)                                                   # doctest: +SKIP
+        >>> generate(model, tok, ["Ada Lovelace lives in London, ada@math.org."], style=prompt_style(run))  # doctest: +SKIP
+    """
+    out, style = out or sys.stdout, style or PromptStyle()
     if seed is not None:
         torch.manual_seed(seed)
-    head = [{"role": "system", "content": system}] if system else []
-    rendered = prompts if raw else [chat_prompt(tokenizer, head + [{"role": "user", "content": p}]) for p in prompts]
-    answers = complete(model, tokenizer, rendered, max_new_tokens, temperature, top_p)
+    raw = raw or not style.templated
+    rendered = prompts if raw else [chat_prompt(tokenizer, style.messages(p, system), style.chat_template) for p in prompts]
+    answers = complete(model, tokenizer, rendered, max_new_tokens, temperature, top_p,
+                       templated=not raw and bool(style.chat_template or getattr(tokenizer, "chat_template", None)))
     for prompt, answer in zip(prompts, answers):
         print(f">>> {prompt}\n{answer}\n", file=out, flush=True)
     return answers
@@ -252,13 +296,15 @@ def generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
 
 def chat(model: Any, tokenizer: Any, lines: Optional[Iterable[str]] = None, max_new_tokens: int = 256, temperature: float = 0.0,
          top_p: float = 1.0, system: Optional[str] = None, out: Optional[TextIO] = None, interactive: bool = False,
-         seed: Optional[int] = None) -> int:
+         seed: Optional[int] = None, style: Optional[PromptStyle] = None) -> int:
     """A conversation, one user message a line: ``/reset`` starts over, ``/exit`` (or end of input) stops.
-    Returns the number of answers given."""
+    Framed as in training (``style``; ``system`` replaces its system prompt, ``""`` drops it), as
+    :func:`generate`. Returns the number of answers given."""
     lines, out = sys.stdin if lines is None else lines, out or sys.stdout
     if seed is not None:
         torch.manual_seed(seed)
-    head = [{"role": "system", "content": system}] if system else []
+    style = style or PromptStyle()
+    head = style.head(system)
     history: list[dict[str, str]] = []
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if interactive:
@@ -288,8 +334,9 @@ def chat(model: Any, tokenizer: Any, lines: Optional[Iterable[str]] = None, max_
             print(f"(unknown command {text.split()[0]}; /reset or /exit)", file=out, flush=True)
             continue
         history.append({"role": "user", "content": text})
-        prompt = _fitting_prompt(tokenizer, head, history, limit, max_new_tokens, out)
-        answer = complete(model, tokenizer, [prompt], max_new_tokens, temperature, top_p)[0]
+        prompt = _fitting_prompt(tokenizer, head, history, limit, max_new_tokens, out, style.chat_template)
+        answer = complete(model, tokenizer, [prompt], max_new_tokens, temperature, top_p,
+                          templated=bool(style.chat_template or getattr(tokenizer, "chat_template", None)))[0]
         history.append({"role": "assistant", "content": answer})
         print(f"assistant> {answer}", file=out, flush=True)
         answered += 1
@@ -309,10 +356,11 @@ def typed_lines() -> Iterator[str]:
             return
 
 
-def _fitting_prompt(tokenizer: Any, head: list, history: list, limit: Optional[int], max_new_tokens: int, out: TextIO) -> str:
+def _fitting_prompt(tokenizer: Any, head: list, history: list, limit: Optional[int], max_new_tokens: int, out: TextIO,
+                    chat_template: Optional[str] = None) -> str:
     """Render the conversation; drop the oldest exchanges while it does not fit the model's context."""
     while True:
-        prompt = chat_prompt(tokenizer, head + history)
+        prompt = chat_prompt(tokenizer, head + history, chat_template)
         if not limit or len(history) <= 1 or len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + max_new_tokens <= limit:
             return prompt
         del history[:2]

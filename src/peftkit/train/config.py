@@ -66,7 +66,8 @@ class DataSection(_Section):
     """Where the examples are and how they are laid out."""
     train: Name
     eval: Optional[Name] = None
-    format: Literal["chat", "prompt_completion", "text", "classification", "preference"]
+    # left out: filled in from train.task where it reads one format (classification, dpo)
+    format: Optional[Literal["chat", "prompt_completion", "text", "classification", "preference"]] = None
     text_field: Name = "text"
     label_field: Name = "label"
     eval_fraction: Optional[Annotated[float, Field(ge=0, lt=1)]] = None
@@ -203,6 +204,30 @@ def _planned_steps(raw: dict[str, Any]) -> Optional[int]:
     return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
 
 
+FORMAT_FIELDS = {"chat": "rows with messages", "prompt_completion": "rows with prompt and completion",
+                 "text": "rows with text", "classification": "rows with text and label",
+                 "preference": "rows with prompt, chosen and rejected"}
+
+
+def _raw_task(raw: dict[str, Any]) -> Optional[str]:
+    """``train.task`` of a raw config when it is a known task (its default, sft, when left out)."""
+    train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
+    task = train.get("task", "sft")
+    return task if task in TASK_TYPES else None
+
+
+def _run_owned_message(key: str, value: Any, task: Optional[str]) -> str:
+    """Why an adapter key that the run fills is refused here, and what to write instead."""
+    if key == "task_type":
+        tasks = ", ".join(f"{t} -> {tt}" for t, tt in TASK_TYPES.items())
+        return (f"{short_repr(value)} does not fit train.task {task!r}; the run sets the adapter's task_type from "
+                f"train.task ({tasks}): remove adapter.task_type, or change train.task (model.task_type picks "
+                "another model class)")
+    where = {"base_model_name_or_path": "model.name", "revision": "model.revision"}.get(key)
+    return ("filled in by the run; remove it" + (f" and set {where} instead" if where else "")
+            + " (the saved adapter_config.json carries it)")
+
+
 def _find_method(name: str) -> MethodSpec:
     """A method by peft_type, case-insensitive, '-' for '_': "lora", "LORA", "prefix-tuning"."""
     methods = {key.upper(): spec for key, spec in registered_methods().items()}
@@ -225,8 +250,9 @@ class _Validation:
                 self.parts[name] = None
                 self.problems.append((name, f"missing required section, e.g. {name}: {REQUIRED[name]}"))
             else:
-                self.parts[name] = (self.adapter(raw[name], _planned_steps(raw)) if name == "adapter"
+                self.parts[name] = (self.adapter(raw[name], _planned_steps(raw), _raw_task(raw)) if name == "adapter"
                                     else self.section(name, raw.get(name)))
+        self.fill_format()
         self.cross_checks()
         if check_files:
             self.file_checks()
@@ -277,7 +303,21 @@ class _Validation:
         except ValidationError:
             return None
 
-    def adapter(self, raw: Any, steps: Optional[int] = None) -> Optional[dict[str, Any]]:
+    def fill_format(self) -> None:
+        """``data.format`` left out: the task's only format (classification, dpo), else a problem
+        that lists the formats the task reads and the fields of their rows."""
+        data, task = self.parts.get("data"), self.get("train.task")
+        if data is None or data.format is not None or "data.format" in self.bad or task is None:
+            return
+        formats = TASK_FORMATS[task]
+        if len(formats) == 1:
+            self.parts["data"] = data.model_copy(update={"format": formats[0]})
+            return
+        self.problems.append(("data.format", f"required for train.task {task!r}: how each row is laid out, one of "
+                                             + "; ".join(f"{f} ({FORMAT_FIELDS[f]})" for f in formats)
+                                             + " (docs/run-config.md)"))
+
+    def adapter(self, raw: Any, steps: Optional[int] = None, task: Optional[str] = None) -> Optional[dict[str, Any]]:
         """The method's own config class validates the rest of the section, at paths adapter.<field>;
         settings the run fills (``MethodSpec.run_defaults``, from ``steps``) are checked filled, and
         kept as the user wrote them."""
@@ -296,8 +336,10 @@ class _Validation:
         if source is not None and (not isinstance(source, str) or not source.strip()):
             self.problems.append(("adapter.from", f"must be a run folder, run id or adapter folder, got {source!r}"))
         for key, value in raw.items():
+            if key == "task_type" and task in TASK_TYPES and str(value).upper() == TASK_TYPES[task]:
+                continue  # what train.task sets anyway: a peft habit, harmless
             if key in RUN_OWNED:
-                self.problems.append((f"adapter.{key}", "filled in from the model section or by the trainer"))
+                self.problems.append((f"adapter.{key}", _run_owned_message(key, value, task)))
             elif key in cls.peft_only_keys:
                 self.problems.append((f"adapter.{key}", "a peft option that peftkit does not implement; remove it"))
             elif key not in cls.model_fields and key not in ADAPTER_RUN_KEYS:

@@ -21,6 +21,8 @@ from typing import Any, Iterable, Optional, TextIO
 
 from ..errors import ConfigError
 from . import data, runs
+from .summary import failing_rows_text
+from ..tracking.table import fmt_score, format_table
 from .commands import TASKS_OF, CommandError, Target, load_adapter_model, locate, run_config_path
 
 RESULTS_NAME = "eval_results.json"
@@ -72,7 +74,10 @@ def evaluate_adapter(path: str, config: Optional[str] = None, data_path: Optiona
     peft_model.eval()
     results = _results(target, cfg, source, len(rows), scores, base_scores, prep, predictions, base_predictions)
     runs.write_json_atomic(out_path, results)
-    _print_table(scores, base_scores, out)
+    _print_table(scores, base_scores, len(prep.eval_prompts) if predictions else len(rows), out)
+    wrong = failing_rows_text(results.get("predictions") or [])
+    if wrong:
+        print(wrong, file=out)
     print(f"wrote {out_path}", file=out, flush=True)
     return results
 
@@ -196,15 +201,13 @@ def _results(target, cfg, source, n, scores, base_scores, prep, predictions, bas
     return results
 
 
-def _print_table(scores: dict[str, float], base_scores: Optional[dict[str, float]], out: TextIO) -> None:
+def _print_table(scores: dict[str, float], base_scores: Optional[dict[str, float]], examples: int, out: TextIO) -> None:
+    """One line per metric, adapter then base; shares with their counts (``0.95 (19/20)``)."""
     names = list(scores) or list(base_scores or {})
     if not names:
         print("no metrics: the eval data gave no examples", file=out)
         return
-    header = f"{'metric':<14}{'adapter':>12}" + (f"{'base':>12}" if base_scores is not None else "")
-    print(header, file=out)
-    for name in names:
-        line = f"{name:<14}{scores.get(name, float('nan')):>12.4f}"
-        if base_scores is not None:
-            line += f"{base_scores.get(name, float('nan')):>12.4f}"
-        print(line, file=out)
+    cells = [[name, fmt_score(name, scores.get(name), examples)]
+             + ([fmt_score(name, base_scores.get(name), examples)] if base_scores is not None else []) for name in names]
+    headers = ["metric", "adapter"] + (["base"] if base_scores is not None else [])
+    print(format_table(headers, cells, right=tuple(range(1, len(headers)))), file=out)

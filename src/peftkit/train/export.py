@@ -21,6 +21,7 @@ from typing import Any, Optional, TextIO
 import torch
 
 from ..checkpoint import os_error_in
+from ..progress import phase
 from .commands import CommandError, load_adapter_model, locate, run_model
 
 PROBE = "The quick brown fox jumps over the lazy dog. 0123456789 {\"name\": \"Ada\"}"
@@ -39,8 +40,9 @@ def merge_adapter(path: str, out_dir: str, model: Optional[str] = None, dtype: s
     probe = tokenizer([PROBE], return_tensors="pt").to(peft_model.device)
     with torch.no_grad():
         expected = _logits(peft_model, probe)
-    merged = peft_model.merge_and_unload()
-    plain(merged)
+    with phase("merging the adapter into the base weights"):
+        merged = peft_model.merge_and_unload()
+        plain(merged)
     if dtype != "float32":
         from ..models import _torch_dtype
 
@@ -49,9 +51,10 @@ def merge_adapter(path: str, out_dir: str, model: Optional[str] = None, dtype: s
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(out_dir))}.merging-", dir=parent)
     try:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        diff = _reload_diff(tmp, target.task_type, probe, expected) if check else None
+        with phase(f"writing the merged model{' and checking it reloads to the same logits' if check else ''}"):
+            merged.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            diff = _reload_diff(tmp, target.task_type, probe, expected) if check else None
         tolerance = max(1e-3, 1e-4 * float(expected.abs().max()))
         if diff is not None and dtype == "float32" and diff > tolerance:
             raise CommandError(f"the merged model's logits differ from the adapter model's by {diff:.3g} "

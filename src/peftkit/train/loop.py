@@ -20,11 +20,13 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from ..errors import ConfigError, PeftkitError
+from ..progress import bar, bar_disabled, phase
 from ..registry import method_for_config
 from ..tracking.lineage import load_initial_weights
 from ..tracking.trackers import log_metrics
 from . import runs, state
 from .prepare import Prepared, PreparedData, prepare
+from .prompting import write_style
 from .tasks import TASKS, classification_scores, exact_match, generate_answers, mean_loss
 
 
@@ -114,8 +116,9 @@ def _fill_derived_settings(cfg: Any, peft_model: Any, total: int) -> None:
                           [(f"adapter.{path}", message) for path, message in e.problems]) from None
 
 
-def evaluate(prep: Prepared, model: Any, cfg: Any, accelerator: Any) -> dict[str, float]:
-    """Every metric in ``eval.metrics`` on the evaluation split (empty dict if there is none)."""
+def evaluate(prep: Prepared, model: Any, cfg: Any, accelerator: Any, what: str = "evaluation") -> dict[str, float]:
+    """Every metric in ``eval.metrics`` on the evaluation split (empty dict if there is none), with
+    a progress bar per pass named after ``what`` (on a terminal of the main process only)."""
     if not prep.eval_examples:
         return {}
     model.eval()
@@ -125,13 +128,15 @@ def evaluate(prep: Prepared, model: Any, cfg: Any, accelerator: Any) -> dict[str
     ]
     results: dict[str, float] = {}
     task = TASKS[cfg.train.task]
+    main = accelerator.is_main_process
     if "loss" in cfg.eval.metrics:
-        results["eval_loss"] = mean_loss(model, batches, task.loss, cfg.train.dpo_beta)
+        results["eval_loss"] = mean_loss(model, bar(batches, f"{what}: loss", enabled=main), task.loss, cfg.train.dpo_beta)
     if {"accuracy", "f1"} & set(cfg.eval.metrics):
-        scores = classification_scores(model, batches, len(prep.label_names))
+        scores = classification_scores(model, bar(batches, f"{what}: classify", enabled=main), len(prep.label_names))
         results.update({f"eval_{k}": v for k, v in scores.items() if k in cfg.eval.metrics})
     if "exact_match" in cfg.eval.metrics and prep.eval_prompts:
-        prep.predictions = generate_answers(model, prep.tokenizer, prep.eval_prompts, cfg.eval.max_new_tokens)
+        prep.predictions = generate_answers(model, prep.tokenizer, prep.eval_prompts, cfg.eval.max_new_tokens,
+                                            progress=f"{what}: generate" if main else None)
         results["eval_exact_match"] = exact_match(prep.predictions, prep.eval_references)
     model.train()
     return results
@@ -174,9 +179,11 @@ def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator
     if resume_from:
         loop.progress, _ = state.load_checkpoint(resume_from, accelerator.unwrap_model(model), optimizer, scheduler)
     if cfg.eval.at_start and loop.progress.step == 0 and prep.eval_examples:
-        record = {"step": 0, **evaluate(prep, model, cfg, accelerator)}  # the base model: adapters start as identity
+        with phase("scoring the base model (eval.at_start)", enabled=accelerator.is_main_process):
+            record = {"step": 0, **evaluate(prep, model, cfg, accelerator, "base model")}  # adapters start as identity
         if accelerator.is_main_process:
             log_metrics(accelerator, run_dir, record)
+    loop.last_log = time.time()  # tokens/s counts training time only, not the base model's scoring
     model.train()
     with _interrupt_flag() as interrupt:
         final = _run_epochs(cfg, run_dir, prep, model, optimizer, scheduler, loader, sampler, accelerator, spec, loop, total, interrupt)
@@ -187,6 +194,10 @@ def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator
             rows = [{"prompt": p, "prediction": a, "reference": r}
                     for p, a, r in zip(prep.eval_prompts, prep.predictions, prep.eval_references)]
             runs.write_json_atomic(os.path.join(run_dir, "eval_predictions.json"), rows)
+        if prep.eval_examples:  # what shares (exact match 0.95) are counted in: 19/20
+            runs.update_run_json(run_dir, eval_size=len(prep.eval_prompts) if prep.predictions else len(prep.eval_examples))
+        if prep.prompt_style and cfg.train.task != "classification":  # generate/chat prompt as training did
+            write_style(os.path.join(run_dir, "adapter"), prep.prompt_style)
         if prep.label_names:  # a classifier's label names travel with its adapter
             runs.write_json_atomic(os.path.join(run_dir, "adapter", "labels.json"), prep.label_names)
     return final
@@ -197,8 +208,9 @@ def _run_epochs(cfg, run_dir, prep, model, optimizer, scheduler, loader, sampler
 
     task = TASKS[cfg.train.task]
     main = accelerator.is_main_process
-    bar = tqdm(total=total, initial=loop.progress.step, disable=not main, desc="train", dynamic_ncols=True)
+    steps = tqdm(total=total, initial=loop.progress.step, disable=bar_disabled(main), desc="train", dynamic_ncols=True)
     p = loop.progress
+    first_step = p.step
     while p.step < total:
         sampler.use_epoch(p.epoch)
         batches = accelerator.skip_first_batches(loader, p.batch_in_epoch) if p.batch_in_epoch else loader
@@ -228,7 +240,7 @@ def _run_epochs(cfg, run_dir, prep, model, optimizer, scheduler, loader, sampler
             if not accelerator.sync_gradients:
                 continue
             p.step += 1
-            _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, bar)
+            _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, steps)
             if stop:  # Ctrl-C: every process stops after the same step, with a checkpoint of it
                 if p.step % cfg.train.save_steps:  # (unless _after_step just wrote one)
                     _save(run_dir, model, optimizer, scheduler, accelerator, p)
@@ -237,10 +249,25 @@ def _run_epochs(cfg, run_dir, prep, model, optimizer, scheduler, loader, sampler
                 break
         else:
             p.epoch, p.batch_in_epoch = p.epoch + 1, 0
-    bar.close()
+    steps.close()
+    return _measure_last_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, trained=p.step > first_step)
+
+
+def _measure_last_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, trained: bool) -> dict:
+    """Every run ends measured, whatever ``eval_steps`` and ``save_steps`` are: the last step is
+    evaluated (logged like any evaluation, so plots, ``runs list`` and ``compare`` show it) and
+    checkpointed. A resumed run that had nothing left to train is scored but logs and saves nothing
+    new (its record already ends at that step)."""
+    p = loop.progress
     if loop.last_eval and loop.last_eval[0] == p.step:  # the last step was just evaluated
         return loop.last_eval[1]
-    return evaluate(prep, model, cfg, accelerator)
+    with phase(f"final evaluation at step {p.step}", enabled=accelerator.is_main_process):
+        metrics = evaluate(prep, model, cfg, accelerator, "final evaluation")
+    if trained and metrics and accelerator.is_main_process:
+        log_metrics(accelerator, run_dir, {"step": p.step, "epoch": p.epoch, **metrics})
+    if trained and p.step % cfg.train.save_steps:
+        _save(run_dir, model, optimizer, scheduler, accelerator, p)
+    return metrics
 
 
 def _agree(accelerator, loss: torch.Tensor, tokens: int, stop: bool) -> tuple[float, int, bool, Optional[str]]:
@@ -260,7 +287,7 @@ def _agree(accelerator, loss: torch.Tensor, tokens: int, stop: bool) -> tuple[fl
     return sums[0] / accelerator.num_processes, int(sums[2]), sums[3] > 0, bad
 
 
-def _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, bar) -> None:
+def _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, loop, steps) -> None:
     p, main = loop.progress, accelerator.is_main_process
     now = time.time()
     record: dict[str, Any] = {}
@@ -269,15 +296,17 @@ def _after_step(cfg, run_dir, prep, model, optimizer, scheduler, accelerator, lo
         rate = loop.tokens_since_log / max(now - loop.last_log, 1e-9)
         record = {"step": p.step, "epoch": p.epoch, "loss": round(loss, 6), "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(rate, 1)}
         loop.tokens_since_log, loop.last_log = 0, now
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{rate:.0f}")
+        steps.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}", tok_s=f"{rate:.0f}")
+    paused_at = time.time()  # evaluation and checkpoints below are not training time
     if p.step % cfg.train.eval_steps == 0:
-        loop.last_eval = (p.step, evaluate(prep, model, cfg, accelerator))
+        loop.last_eval = (p.step, evaluate(prep, model, cfg, accelerator, f"evaluation at step {p.step}"))
         record = {"step": p.step, **record, **loop.last_eval[1]}
     if record and main:
         log_metrics(accelerator, run_dir, record)
-    bar.update(1)
+    steps.update(1)
     if p.step % cfg.train.save_steps == 0:
         _save(run_dir, model, optimizer, scheduler, accelerator, p)
+    loop.last_log += time.time() - paused_at  # so the next tokens/s leaves them out
 
 
 def _save(run_dir, model, optimizer, scheduler, accelerator, progress) -> None:

@@ -15,7 +15,9 @@ from ..compat import enable_activation_checkpointing
 from ..errors import ConfigError
 from ..model import PeftModel, get_peft_model
 from ..models import load_model, load_tokenizer
+from ..progress import phase, quiet_libraries
 from . import data
+from .prompting import PromptStyle, style_of
 
 
 @dataclass
@@ -27,6 +29,7 @@ class PreparedData:
     label_names: list[str] = field(default_factory=list)
     eval_prompts: list[str] = field(default_factory=list)
     eval_references: list[str] = field(default_factory=list)
+    prompt_style: Optional[PromptStyle] = None  # how the rows were prompted: generate/chat reuse it
 
 
 @dataclass
@@ -100,8 +103,9 @@ def _model_errors(cfg: Any, what: str) -> Iterator[None]:
 def prepare_data(cfg: Any) -> PreparedData:
     """Load, check and tokenize the data for ``cfg`` (no model is loaded); raises
     :class:`~peftkit.train.data.DataError` naming the file, row and field of a bad row."""
-    train_rows, eval_rows = load_splits(cfg)
-    with _model_errors(cfg, "tokenizer"):
+    with quiet_libraries():  # datasets' "Generating train split" bars
+        train_rows, eval_rows = load_splits(cfg)
+    with _model_errors(cfg, "tokenizer"), quiet_libraries():
         tokenizer = load_tokenizer(cfg.model.name, revision=cfg.model.revision)
     pad_id = data.ensure_pad_token(tokenizer)
     train_examples, label_names = tokenize(cfg, train_rows, tokenizer, cfg.data.train)
@@ -112,7 +116,7 @@ def prepare_data(cfg: Any) -> PreparedData:
     if eval_rows is not None and "exact_match" in cfg.eval.metrics:
         prompts, refs = generation_prompts(cfg, eval_rows, tokenizer)
     return PreparedData(tokenizer, train_examples, eval_examples, partial(data.collate, pad_token_id=pad_id),
-                        label_names, prompts, refs)
+                        label_names, prompts, refs, style_of(cfg.data.format, train_rows, tokenizer))
 
 
 def prepare(cfg: Any, main_process: bool = True, prepared_data: Optional[PreparedData] = None) -> Prepared:
@@ -127,7 +131,7 @@ def prepare(cfg: Any, main_process: bool = True, prepared_data: Optional[Prepare
     if cfg.train.task == "classification":
         extra = dict(num_labels=len(d.label_names), id2label=dict(enumerate(d.label_names)),
                      label2id={n: i for i, n in enumerate(d.label_names)})
-    with _model_errors(cfg, "model"):
+    with _model_errors(cfg, "model"), phase(f"loading model {cfg.model.name}", enabled=main_process):
         model = load_model(cfg.model.name, task_type=cfg.model.task_type, dtype=cfg.model.dtype,
                            revision=cfg.model.revision, **extra)
     if getattr(model.config, "pad_token_id", None) is None:

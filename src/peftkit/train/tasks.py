@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -94,13 +94,18 @@ def classification_scores(model: Any, batches: Iterable[dict[str, torch.Tensor]]
 
 
 @torch.no_grad()
-def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy completions of already-templated prompt strings (left padding for generation)."""
+def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8,
+                     progress: Optional[str] = None) -> list[str]:
+    """Greedy completions of already-templated prompt strings (left padding for generation); a
+    progress bar titled ``progress`` counts the prompts (none without it)."""
+    from ..progress import bar
+
     answers: list[str] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
+    starts = range(0, len(prompts), batch_size)
     try:
-        for i in range(0, len(prompts), batch_size):
+        for i in bar(starts, progress or "", enabled=progress is not None):
             enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
             enc = {k: v.to(_unwrap(model).device) for k, v in enc.items()}
             out = _unwrap(model).generate(
