@@ -30,12 +30,12 @@ def trained(tmp_path_factory):
         clock["offset"] += 1000.0
         return real_evaluate(*args, **kwargs)
 
-    out = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         patch.setattr(train_loop, "time", SimpleNamespace(time=lambda: real_time() + clock["offset"]))
         patch.setattr(train_loop, "evaluate", slow_evaluate)
         assert main(["train", str(config)]) == 0
-    return the_run(root), out.getvalue()
+    return the_run(root), out.getvalue(), err.getvalue()
 
 
 def _wrong(run):
@@ -44,7 +44,7 @@ def _wrong(run):
 
 
 def test_the_last_step_is_evaluated_and_checkpointed_when_the_steps_do_not_divide(trained):
-    run, _ = trained
+    run, *_ = trained
     evals = [r for r in read_metrics(run) if "eval_exact_match" in r and not r.get("final")]
     assert [r["step"] for r in evals] == [0, 3, 5]  # base model, eval_steps, and the last step
     assert sorted(os.listdir(run / "checkpoints")) == ["step-00002", "step-00004", "step-00005"]
@@ -54,7 +54,7 @@ def test_the_last_step_is_evaluated_and_checkpointed_when_the_steps_do_not_divid
 
 
 def test_runs_list_and_compare_show_the_primary_metric_with_its_count(trained, capsys):
-    run, _ = trained
+    run, *_ = trained
     final = json.loads((run / "run.json").read_text())["final_metrics"]["eval_exact_match"]
     assert main(["runs", "--dir", str(run.parent), "list"]) == 0
     table = capsys.readouterr().out
@@ -65,7 +65,7 @@ def test_runs_list_and_compare_show_the_primary_metric_with_its_count(trained, c
 
 
 def test_the_summary_prints_counts_and_the_failing_rows_with_expected_and_predicted(trained):
-    run, out = trained
+    run, out, _ = trained
     rows, wrong = _wrong(run)
     assert wrong, "a 5-step tiny model is expected to miss some rows"  # what the next lines check
     hits = len(rows) - len(wrong)
@@ -75,7 +75,7 @@ def test_the_summary_prints_counts_and_the_failing_rows_with_expected_and_predic
 
 
 def test_eval_prints_counts_and_the_failing_rows(trained, capsys):
-    run, _ = trained
+    run, *_ = trained
     rows, wrong = _wrong(run)
     assert main(["eval", str(run)]) == 0
     out = capsys.readouterr().out
@@ -84,8 +84,18 @@ def test_eval_prints_counts_and_the_failing_rows(trained, capsys):
 
 
 def test_tokens_per_second_leaves_out_the_base_model_scoring_and_evaluations(trained):
-    run, _ = trained
+    run, *_ = trained
     logged = [r for r in read_metrics(run) if "tokens_per_s" in r]
     assert [r["step"] for r in logged] == [1, 2, 3, 4, 5]
     # a batch holds ~4 x 25 tokens: counting one 1000 s evaluation would give about 0.1 tokens/s
     assert all(r["tokens_per_s"] > 1.0 for r in logged), logged
+
+
+def test_long_phases_say_so_and_library_bars_and_reports_stay_out_of_the_log(trained):
+    _, _, err = trained
+    lines = err.splitlines()
+    for phase in ("loading model", "scoring the base model (eval.at_start)", "final evaluation at step 5"):
+        assert any(line.startswith(phase) and line.endswith(" ...") for line in lines), (phase, err)
+        assert any(line.startswith(phase) and ": done in " in line for line in lines), (phase, err)
+    for noise in ("Loading weights", "Generating train split", "LOAD REPORT", "\x1b["):
+        assert noise not in err
