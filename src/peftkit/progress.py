@@ -102,6 +102,7 @@ def _library_bars_off() -> list:
             undo.append(hf_logging.enable_progress_bar)
     except ImportError:  # pragma: no cover - transformers is a core dependency
         pass
+    undo += _gguf_bar_on_terminals_only()
     try:
         import datasets
 
@@ -111,3 +112,31 @@ def _library_bars_off() -> list:
     except (ImportError, AttributeError):
         pass
     return undo
+
+
+def _gguf_bar_on_terminals_only() -> list:
+    """transformers' GGUF loader draws its own tqdm bar (de-quantizing the bundled SmolLM2 is most
+    of its ~18 s load), past the switch above. It is the model-load progress on a terminal, so it
+    stays there (without lingering), and goes from logs; returns the undo function."""
+    import sys
+
+    module = sys.modules.get("transformers.modeling_gguf_pytorch_utils")
+    if module is None:
+        try:
+            import transformers.modeling_gguf_pytorch_utils as module
+        except ImportError:  # pragma: no cover - an older or newer transformers without it
+            return []
+    original = getattr(module, "tqdm", None)
+    if original is None:
+        return []
+
+    def terminal_only(*args: Any, **kwargs: Any) -> Any:
+        kwargs.update(disable=bar_disabled(), leave=False)
+        return original(*args, **kwargs)
+
+    module.tqdm = terminal_only
+
+    def undo() -> None:
+        module.tqdm = original
+
+    return [undo]

@@ -43,3 +43,31 @@ def test_quickstart_config_on_the_bundled_model(tmp_path, monkeypatch):
     copies = [copy.deepcopy(base), base]
     logits = assert_loads_in_peftkit_and_peft(run / "adapter", copies.pop, {"input_ids": ids})
     assert not torch.allclose(logits, base_logits, atol=1e-4)  # two steps at lr 2e-3 moved the model
+
+
+README_PROMPT = "Ada Lovelace lives in London, ada@math.org."
+
+
+@pytest.mark.slow
+def test_readme_ten_step_run_ends_measured_and_generate_answers_the_readme_prompt(tmp_path, monkeypatch, capsys):
+    """The README's `peftkit train examples/quickstart.yaml train.max_steps=10`: eval_steps (30) and
+    save_steps (15) do not divide 10, yet the run ends with an evaluation and a checkpoint at step
+    10; then the README's `peftkit generate runs/<id> --prompt ...` answers in the trained JSON shape,
+    because generate frames the prompt with the run's system prompt. (Evaluation cut to 4 rows and
+    no base scoring, to keep the test near a minute and a half on the 2-core CPU.)"""
+    pytest.importorskip("gguf")
+    monkeypatch.chdir(REPO)
+    assert main(["train", "examples/quickstart.yaml", "train.max_steps=10", "eval.at_start=false",
+                 "eval.num_examples=4", f"output.dir={tmp_path / 'runs'}"]) == 0
+    run = the_run(tmp_path, "quickstart")
+    evals = [r for r in read_metrics(run) if "eval_exact_match" in r and not r.get("final")]
+    assert [r["step"] for r in evals] == [10]
+    assert os.listdir(run / "checkpoints") == ["step-00010"]
+    capsys.readouterr()
+
+    assert main(["generate", str(run), "--prompt", README_PROMPT, "--max-new-tokens", "40"]) == 0
+    captured = capsys.readouterr()
+    assert "using the run's system prompt" in captured.err
+    answer = json.loads(captured.out.splitlines()[1])
+    assert set(answer) == {"name", "email", "city"}, answer
+    assert answer["email"] == "ada@math.org", answer
