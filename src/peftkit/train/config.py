@@ -24,6 +24,7 @@ from ..errors import ConfigError, CorruptFileError
 from ..names import short_repr
 from ..untrusted import decode_utf8, read_bytes
 from . import runs
+from .config_descriptions import FORMAT_FIELDS, run_owned_message
 from .yaml_io import MAX_BYTES, Dumper, Loader, load_yaml
 from ..registry import MethodSpec, registered_methods
 
@@ -204,28 +205,11 @@ def _planned_steps(raw: dict[str, Any]) -> Optional[int]:
     return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
 
 
-FORMAT_FIELDS = {"chat": "rows with messages", "prompt_completion": "rows with prompt and completion",
-                 "text": "rows with text", "classification": "rows with text and label",
-                 "preference": "rows with prompt, chosen and rejected"}
-
-
 def _raw_task(raw: dict[str, Any]) -> Optional[str]:
     """``train.task`` of a raw config when it is a known task (its default, sft, when left out)."""
     train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
     task = train.get("task", "sft")
     return task if task in TASK_TYPES else None
-
-
-def _run_owned_message(key: str, value: Any, task: Optional[str]) -> str:
-    """Why an adapter key that the run fills is refused here, and what to write instead."""
-    if key == "task_type":
-        tasks = ", ".join(f"{t} -> {tt}" for t, tt in TASK_TYPES.items())
-        return (f"{short_repr(value)} does not fit train.task {task!r}; the run sets the adapter's task_type from "
-                f"train.task ({tasks}): remove adapter.task_type, or change train.task (model.task_type picks "
-                "another model class)")
-    where = {"base_model_name_or_path": "model.name", "revision": "model.revision"}.get(key)
-    return ("filled in by the run; remove it" + (f" and set {where} instead" if where else "")
-            + " (the saved adapter_config.json carries it)")
 
 
 def _find_method(name: str) -> MethodSpec:
@@ -339,7 +323,7 @@ class _Validation:
             if key == "task_type" and task in TASK_TYPES and str(value).upper() == TASK_TYPES[task]:
                 continue  # what train.task sets anyway: a peft habit, harmless
             if key in RUN_OWNED:
-                self.problems.append((f"adapter.{key}", _run_owned_message(key, value, task)))
+                self.problems.append((f"adapter.{key}", run_owned_message(key, short_repr(value), task, TASK_TYPES)))
             elif key in cls.peft_only_keys:
                 self.problems.append((f"adapter.{key}", "a peft option that peftkit does not implement; remove it"))
             elif key not in cls.model_fields and key not in ADAPTER_RUN_KEYS:

@@ -4,6 +4,8 @@ A key of a run-config section without an entry here fails a test."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 SECTION_TEXT = {
     "model": "The base model: a bundled name (`smollm2-135m-instruct`, `minilm-l6`), a Hugging Face id or a local folder.",
     "adapter": "The adapter: `method` plus the method's own config keys (the same names and defaults as `peft`).",
@@ -110,3 +112,20 @@ train:   {task: sft, max_steps: 30, batch_size: 8, lr: 2.0e-3, scheduler: consta
 eval:    {metrics: [exact_match, loss], max_new_tokens: 40, at_start: true}
 output:  {dir: runs, name: quickstart}
 """
+
+# The fields of a row of each data format, for the error that asks for data.format.
+FORMAT_FIELDS = {"chat": "rows with messages", "prompt_completion": "rows with prompt and completion",
+                 "text": "rows with text", "classification": "rows with text and label",
+                 "preference": "rows with prompt, chosen and rejected"}
+
+
+def run_owned_message(key: str, value: str, task: Optional[str], task_types: dict[str, str]) -> str:
+    """Why an adapter key that the run fills (``value`` as written) is refused, and what to write instead."""
+    if key == "task_type":
+        tasks = ", ".join(f"{t} -> {tt}" for t, tt in task_types.items())
+        return (f"{value} does not fit train.task {task!r}; the run sets the adapter's task_type from "
+                f"train.task ({tasks}): remove adapter.task_type, or change train.task (model.task_type picks "
+                "another model class)")
+    where = {"base_model_name_or_path": "model.name", "revision": "model.revision"}.get(key)
+    return ("filled in by the run; remove it" + (f" and set {where} instead" if where else "")
+            + " (the saved adapter_config.json carries it)")

@@ -97,7 +97,7 @@ def classification_scores(model: Any, batches: Iterable[dict[str, torch.Tensor]]
 def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 8,
                      progress: Optional[str] = None) -> list[str]:
     """Greedy completions of already-templated prompt strings (left padding for generation); a
-    progress bar titled ``progress`` counts the prompts (none without it)."""
+    progress bar titled ``progress`` counts the batches (none without it)."""
     from ..progress import bar
 
     answers: list[str] = []
