@@ -260,9 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, checked too")
     p.set_defaults(func=_validate)
     _add_adapter_commands(sub)
+    from .serve.cli import add_parser as add_serve_parser
     from .tracking.commands import add_parser as add_runs_parser
 
     add_runs_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

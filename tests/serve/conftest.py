@@ -1,0 +1,9 @@
+"""Serve tests reuse the tiny run assets of tests/train (a tiny Llama folder with a byte-level
+tokenizer and a ChatML template)."""
+
+import sys
+from pathlib import Path
+
+_TRAIN_TESTS = str(Path(__file__).resolve().parents[1] / "train")
+if _TRAIN_TESTS not in sys.path:
+    sys.path.insert(0, _TRAIN_TESTS)
