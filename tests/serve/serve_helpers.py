@@ -8,10 +8,11 @@ alone, greedy).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import httpx
 import openai
@@ -98,9 +99,56 @@ class Reference:
         return self._models[adapter]
 
     @torch.no_grad()
-    def answer(self, adapter: Optional[Path], prompt_ids: list[int], max_new_tokens: int) -> str:
+    def answer(self, adapter: Optional[Path], prompt_ids: list[int], max_new_tokens: int, ignore_eos: bool = False) -> str:
+        eos = None if ignore_eos else self.tok.eos_token_id
         out = self.model(adapter).generate(input_ids=torch.tensor([prompt_ids]), do_sample=False,
-                                           max_new_tokens=max_new_tokens, eos_token_id=self.tok.eos_token_id,
-                                           pad_token_id=self.tok.pad_token_id)
-        ids = [t for t in out[0, len(prompt_ids):].tolist() if t != self.tok.eos_token_id]
+                                           max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=self.tok.pad_token_id)
+        ids = out[0, len(prompt_ids):].tolist()
+        ids = ids if ignore_eos else [t for t in ids if t != eos]
         return self.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+@contextlib.contextmanager
+def paused(server: LiveServer, expect_waiting: int = 0, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the engine between two steps (a command that waits) while the block runs; requests
+    sent meanwhile queue up. On leaving, wait until ``expect_waiting`` requests are queued, then
+    let the engine go: they are admitted together."""
+    release = threading.Event()
+    held = server.ctx.engine.call(lambda: release.wait(timeout))
+    try:
+        yield
+        wait_until(lambda: server.ctx.engine.stats()["waiting"] >= expect_waiting, timeout)
+    finally:
+        release.set()
+        held.result(timeout)
+
+
+@contextlib.contextmanager
+def slow_steps(server: LiveServer, seconds: float) -> Iterator[None]:
+    """Every decoding step takes at least ``seconds`` (so a test can act while requests run)."""
+    runner = server.ctx.engine.runner
+    plain = runner.decode
+
+    def decode(*args, **kwargs):
+        time.sleep(seconds)
+        return plain(*args, **kwargs)
+
+    runner.decode = decode
+    try:
+        yield
+    finally:
+        del runner.decode
+
+
+def sample(server: LiveServer, name: str, labels: Optional[dict] = None) -> float:
+    """A value of the server's Prometheus metrics (0 when the series does not exist yet)."""
+    value = server.ctx.metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    """Poll ``condition()`` until it is true (an assertion error after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.005)
