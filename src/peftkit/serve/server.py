@@ -11,9 +11,10 @@ running requests finish for ``shutdown_grace`` seconds, then cancels the rest an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -114,6 +115,17 @@ def uvicorn_server(ctx: ServeContext, log_level: str = "info") -> Any:
         async def shutdown(self, sockets: Optional[list] = None) -> None:
             ctx.engine.drain()
             await super().shutdown(sockets)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn raises the SIGINT/SIGTERM it caught again once it has shut down, so the
+            # process would die by the signal (Ctrl-C: a KeyboardInterrupt traceback); a graceful
+            # stop is a normal end of `peftkit serve` (exit code 0)
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
 
     config = uvicorn.Config(create_app(ctx), log_level=log_level, timeout_graceful_shutdown=ctx.settings.shutdown_grace,
                             lifespan="on", access_log=False)

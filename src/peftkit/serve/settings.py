@@ -76,10 +76,13 @@ class ServeSettings:
         problems = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.type in ("int", "float", "Optional[int]") and value is not None and not isinstance(value, bool):
-                floor = 0 if f.name in ("watch_interval", "port") else 1
-                if not isinstance(value, (int, float)) or value < floor:
-                    problems.append((f.name, f"must be a number >= {floor}, got {value!r}"))
+            if f.type not in ("int", "float", "Optional[int]") or value is None:
+                continue
+            zero_ok = f.name in ("watch_interval", "port", "shutdown_grace")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and not zero_ok):
+                problems.append((f.name, f"must be a number {'>= 0' if zero_ok else '> 0'}, got {value!r}"))
+            elif f.type != "float" and not isinstance(value, int):
+                problems.append((f.name, f"must be a whole number, got {value!r}"))
         if self.dtype not in ("float32", "bfloat16", "float16"):
             problems.append(("dtype", f"must be float32, bfloat16 or float16, got {self.dtype!r}"))
         if not self.model:
