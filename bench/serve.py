@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import torch
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROMPTS = [  # varied lengths, so prefill pads and rows finish their prompts at different places
     "Extract the name, email and city as JSON: Ada Lovelace lives in London, ada@math.org.",
     "Write a haiku about the sea.",
@@ -85,14 +85,15 @@ class Result:
 
 
 # ---------------------------------------------------------------------------------------- adapters
-def make_adapters(base: torch.nn.Module, count: int, root: Path, r: int = 16) -> dict[str, Path]:
-    """``count`` LoRA adapters (rank ``r`` on every projection) with distinct random weights, saved
-    in peft's format under ``root``: the first by peftkit, the rest with its tensors redrawn."""
+def make_adapters(base: torch.nn.Module, count: int, root: Path, r: int = 16,
+                  targets: tuple[str, ...] = TARGETS) -> dict[str, Path]:
+    """``count`` LoRA adapters (rank ``r`` on ``targets``) with distinct random weights, saved in
+    peft's format under ``root``: the first by peftkit, the rest with its tensors redrawn."""
     from safetensors.torch import load_file, save_file
 
     import peftkit
 
-    config = peftkit.LoraConfig(r=r, lora_alpha=2 * r, target_modules=TARGETS, init_lora_weights=False,
+    config = peftkit.LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False,
                                 task_type="CAUSAL_LM")
     first = root / "a0"
     peftkit.get_peft_model(copy.deepcopy(base), config).save_pretrained(first)
@@ -252,10 +253,10 @@ def measure(candidates: list[Candidate], load: Load, rounds: int) -> list[Result
 
 
 def benchmark(base: torch.nn.Module, tokenizer: Any, counts: list[int], naive_counts: list[int], load: Load,
-              root: Path, rounds: int = 1) -> list[Result]:
+              root: Path, rounds: int = 1, rank: int = 16, targets: tuple[str, ...] = TARGETS) -> list[Result]:
     """Every measurement: peftkit serve with each of ``counts`` adapters, the naive peft server with
-    each of ``naive_counts``."""
-    paths = make_adapters(base, max([*counts, *naive_counts]), root)
+    each of ``naive_counts``; LoRA adapters of rank ``rank`` on ``targets``."""
+    paths = make_adapters(base, max([*counts, *naive_counts]), root, rank, targets)
 
     def candidate(server: str, start: Callable, count: int) -> Candidate:
         chosen = dict(list(paths.items())[:count])
@@ -301,6 +302,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds over all servers (median)")
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank of every adapter (default 16)")
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), help="adapted projections (default: all seven)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
@@ -312,14 +315,15 @@ def main() -> None:
     load = Load(args.requests, args.concurrency, args.max_tokens)
     base, tokenizer = load_model(args.model).to(args.device).eval(), load_tokenizer(args.model)
     print(f"model {args.model} ({sum(p.numel() for p in base.parameters()) / 1e6:.0f}M parameters) on {args.device}, "
-          f"LoRA r=16 on {len(TARGETS)} projections, torch {torch.__version__}, threads {torch.get_num_threads()}")
+          f"LoRA r={args.rank} on {','.join(args.targets)}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
-        results = benchmark(base, tokenizer, args.adapters, args.naive, load, Path(tmp), args.rounds)
+        results = benchmark(base, tokenizer, args.adapters, args.naive, load, Path(tmp), args.rounds, args.rank,
+                            tuple(args.targets))
     print_table(results, load)
     if args.json:
         rows = [{"server": r.server, "adapters": r.adapters, "tokens_per_s": r.tokens_per_s, "seconds": r.seconds,
                  "p50": r.percentile(50), "p90": r.percentile(90), "p99": r.percentile(99)} for r in results]
-        Path(args.json).write_text(json.dumps({"load": vars(load), "results": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"load": vars(load), "rank": args.rank, "targets": args.targets, "results": rows}, indent=1))
 
 
 if __name__ == "__main__":
