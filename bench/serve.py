@@ -240,9 +240,12 @@ def measure(candidates: list[Candidate], load: Load, rounds: int) -> list[Result
         servers = [stack.enter_context(c.start()) for c in candidates]
         for server, c in zip(servers, candidates):
             asyncio.run(_drive(server.url, c.adapters, warmup))
-        for _ in range(rounds):
+        for round_ in range(rounds):
             for i, (server, c) in enumerate(zip(servers, candidates)):
                 runs[i].append(asyncio.run(_drive(server.url, c.adapters, load)))
+                seconds, tokens = runs[i][-1][:2]
+                print(f"round {round_ + 1}/{rounds}: {c.server}, {len(c.adapters)} adapter(s): {tokens / seconds:.1f} tok/s",
+                      flush=True)
     gc.collect()
     results = []
     for i, c in enumerate(candidates):
