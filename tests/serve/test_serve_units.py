@@ -133,6 +133,13 @@ def test_settings_and_sizes_are_checked():
     with pytest.raises(ConfigError) as e:
         ServeSettings(model="m", max_batch_size=0, dtype="int3", api_keys=[""])
     assert {p for p, _ in e.value.problems} == {"max_batch_size", "dtype", "api_keys"}
+    with pytest.raises(ConfigError) as e:  # counts are whole; only waits and the port may be 0
+        ServeSettings(model="m", max_tokens=2.5, queue_timeout=0, request_timeout=-1, max_n=True)
+    assert dict(e.value.problems) == {"max_tokens": "must be a whole number, got 2.5",
+                                      "queue_timeout": "must be a number > 0, got 0",
+                                      "request_timeout": "must be a number > 0, got -1",
+                                      "max_n": "must be a number > 0, got True"}
+    ServeSettings(model="m", port=0, watch_interval=0, shutdown_grace=0, request_timeout=0.5)
 
 
 def test_adapter_sources_names_files_and_directories(tmp_path):
