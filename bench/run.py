@@ -11,7 +11,8 @@ B1 LoRA training step / frozen-base step (dropout 0 and 0.05) and B2 its peak me
 (training.py); B3 mixed-adapter batches (mixed.py); B4 unmerged inference / base inference
 (inference.py); B5 adapter load, switch, merge (adapter_ops.py); B6 DoRA training step and
 memory (dora.py). Each module has one
-``run(setup, warmup, reps)`` that prints its own table.
+``run(setup, warmup, reps)`` that prints its own table. B8, ``peftkit serve`` under load against a
+naive ``peft`` server, starts servers and has its own script: ``python bench/serve.py``.
 """
 
 from __future__ import annotations

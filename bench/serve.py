@@ -233,7 +233,7 @@ class Candidate:
 def measure(candidates: list[Candidate], load: Load, rounds: int) -> list[Result]:
     """Start every server, warm each up (one request per concurrent slot), then time the load on
     each in turn, ``rounds`` times: a machine that gets busier or quieter during the run shifts
-    every server alike. Throughput is the median round's; latencies are pooled."""
+    every server alike. Throughput is the median round's (of two, the better); latencies are pooled."""
     warmup = Load(min(load.concurrency, len(PROMPTS)), load.concurrency, 2)
     runs: dict[int, list[tuple[float, int, list[float], dict]]] = {i: [] for i in range(len(candidates))}
     with contextlib.ExitStack() as stack:
