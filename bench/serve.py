@@ -73,10 +73,16 @@ class Result:
     tokens: int
     latencies: list[float]
     answers: dict[tuple[int, str], str] = field(default_factory=dict)  # (prompt index, adapter) -> text
+    cpu_seconds: float = 0.0  # CPU time of this process (servers and client) during the timed load
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds
+
+    @property
+    def tokens_per_cpu_s(self) -> float:
+        """Tokens per CPU second: unlike wall time, not stretched while other programs hold the CPU."""
+        return self.tokens / self.cpu_seconds
 
     def percentile(self, q: int) -> float:
         if len(self.latencies) < 2:
@@ -189,7 +195,7 @@ def naive_server(base: torch.nn.Module, tokenizer: Any, adapters: dict[str, Path
 
 
 # ---------------------------------------------------------------------------------------- load
-async def _drive(url: str, adapters: list[str], load: Load) -> tuple[float, int, list[float], dict]:
+async def _drive(url: str, adapters: list[str], load: Load) -> tuple[float, int, list[float], dict, float]:
     import httpx
 
     todo: asyncio.Queue = asyncio.Queue()
@@ -215,10 +221,10 @@ async def _drive(url: str, adapters: list[str], load: Load) -> tuple[float, int,
 
     limits = httpx.Limits(max_connections=load.concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as client:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker(client) for _ in range(load.concurrency)))
-        seconds = time.perf_counter() - started
-    return seconds, tokens, latencies, answers
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return seconds, tokens, latencies, answers, cpu
 
 
 @dataclass
@@ -235,7 +241,7 @@ def measure(candidates: list[Candidate], load: Load, rounds: int) -> list[Result
     each in turn, ``rounds`` times: a machine that gets busier or quieter during the run shifts
     every server alike. Throughput is the median round's (of two, the better); latencies are pooled."""
     warmup = Load(min(load.concurrency, len(PROMPTS)), load.concurrency, 2)
-    runs: dict[int, list[tuple[float, int, list[float], dict]]] = {i: [] for i in range(len(candidates))}
+    runs: dict[int, list[tuple[float, int, list[float], dict, float]]] = {i: [] for i in range(len(candidates))}
     with contextlib.ExitStack() as stack:
         servers = [stack.enter_context(c.start()) for c in candidates]
         for server, c in zip(servers, candidates):
@@ -251,7 +257,8 @@ def measure(candidates: list[Candidate], load: Load, rounds: int) -> list[Result
     for i, c in enumerate(candidates):
         median = sorted(runs[i], key=lambda run: run[1] / run[0])[len(runs[i]) // 2]
         latencies = [t for run in runs[i] for t in run[2]]
-        results.append(Result(c.server, len(c.adapters), median[0], median[1], latencies, median[3]))
+        cpu = statistics.median(run[4] for run in runs[i])
+        results.append(Result(c.server, len(c.adapters), median[0], median[1], latencies, median[3], cpu))
     return results
 
 
@@ -279,21 +286,32 @@ def same_answers(results: list[Result]) -> tuple[int, int]:
     return sum(ours[k] == theirs[k] for k in common), len(common)
 
 
+def _ratios(r: Result, results: list[Result], metric: str) -> tuple[str, str]:
+    """``r``'s ``metric`` over peftkit serve's with one adapter, and over the naive server's (same
+    adapter count, else its fastest row); blank for the naive rows."""
+    if r.server != "peftkit serve":
+        return "", ""
+    one = [getattr(x, metric) for x in results if x.server == "peftkit serve" and x.adapters == 1]
+    naive = {x.adapters: getattr(x, metric) for x in results if x.server == "naive peft"}
+    versus = naive.get(r.adapters) or max(naive.values(), default=None)
+    value = getattr(r, metric)
+    return (f"{value / one[0]:.2f}" if one else "", f"{value / versus:.2f}" if versus else "")
+
+
 def print_table(results: list[Result], load: Load) -> None:
+    """The check and the table: throughput by wall time and by CPU time, each as ratios."""
     equal, compared = same_answers(results)
     print(f"check: {equal}/{compared} answers equal between peftkit serve and the naive peft server (greedy)")
-    one = next((r.tokens_per_s for r in results if r.server == "peftkit serve" and r.adapters == 1), None)
-    naive = {r.adapters: r.tokens_per_s for r in results if r.server == "naive peft"}
-    print(f"\nB8  {load.requests} completions of {load.max_tokens} tokens, {load.concurrency} concurrent; "
-          f"throughput in generated tokens/s, latency per request in s")
-    print(f"{'server':14s} {'adapters':>8s} {'tok/s':>8s} {'p50':>7s} {'p90':>7s} {'p99':>7s} "
-          f"{'/ one adapter':>14s} {'/ naive peft':>13s}")
+    print(f"\nB8  {load.requests} completions of {load.max_tokens} tokens, {load.concurrency} concurrent; generated "
+          "tokens per second of wall time and of this process's CPU time; latency per request in s")
+    print(f"{'server':14s} {'adapters':>8s} {'tok/s':>7s} {'tok/cpu-s':>9s} {'p50':>6s} {'p90':>6s} {'p99':>6s} "
+          f"{'/one wall':>9s} {'/one cpu':>8s} {'/naive wall':>11s} {'/naive cpu':>10s}")
     for r in results:
-        own = f"{r.tokens_per_s / one:14.2f}" if one and r.server == "peftkit serve" else f"{'':14s}"
-        fastest_naive = naive.get(r.adapters) or (max(naive.values()) if naive else None)
-        vs = f"{r.tokens_per_s / fastest_naive:13.2f}" if fastest_naive and r.server == "peftkit serve" else f"{'':13s}"
-        print(f"{r.server:14s} {r.adapters:8d} {r.tokens_per_s:8.1f} {r.percentile(50):7.2f} {r.percentile(90):7.2f} "
-              f"{r.percentile(99):7.2f} {own} {vs}")
+        one_wall, naive_wall = _ratios(r, results, "tokens_per_s")
+        one_cpu, naive_cpu = _ratios(r, results, "tokens_per_cpu_s")
+        print(f"{r.server:14s} {r.adapters:8d} {r.tokens_per_s:7.1f} {r.tokens_per_cpu_s:9.1f} {r.percentile(50):6.2f} "
+              f"{r.percentile(90):6.2f} {r.percentile(99):6.2f} {one_wall:>9s} {one_cpu:>8s} {naive_wall:>11s} "
+              f"{naive_cpu:>10s}")
 
 
 def main() -> None:
@@ -325,6 +343,7 @@ def main() -> None:
     print_table(results, load)
     if args.json:
         rows = [{"server": r.server, "adapters": r.adapters, "tokens_per_s": r.tokens_per_s, "seconds": r.seconds,
+                 "tokens_per_cpu_s": r.tokens_per_cpu_s, "cpu_seconds": r.cpu_seconds,
                  "p50": r.percentile(50), "p90": r.percentile(90), "p99": r.percentile(99)} for r in results]
         Path(args.json).write_text(json.dumps({"load": vars(load), "rank": args.rank, "targets": args.targets, "results": rows}, indent=1))
 

@@ -34,3 +34,4 @@ def test_bench_serves_the_same_answers_as_peft_and_prints_its_table(tmp_path, ca
     assert "check: 6/6 answers equal" in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("peftkit serve", "naive peft"))]
     assert [row[2] for row in rows] == ["1", "3", "3"] and "nan" not in out.lower()
+    assert rows[0][8:10] == ["1.00", "1.00"] and all(r.cpu_seconds > 0 for r in results)
