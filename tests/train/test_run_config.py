@@ -22,7 +22,9 @@ MINIMAL = {"model": {"name": "gpt2"}, "adapter": {"method": "lora"},
            "data": {"train": "train.jsonl", "format": "chat"}}
 
 FULL = {
-    "model": {"name": "smollm2-135m-instruct", "dtype": "bfloat16", "task_type": "CAUSAL_LM", "revision": "main"},
+    "model": {"name": "smollm2-135m-instruct", "dtype": "bfloat16", "task_type": "CAUSAL_LM", "revision": "main",
+              "quantization": {"backend": "bnb", "bits": 4, "quant_type": "fp4", "double_quant": False,
+                               "compute_dtype": "bfloat16", "skip_modules": ["mlp.down_proj"]}},
     "adapter": {"method": "lora", "r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear",
                 "use_rslora": True},
     "data": {"train": "train.jsonl", "eval": "eval.jsonl", "format": "prompt_completion", "text_field": "body",
@@ -31,7 +33,7 @@ FULL = {
               "weight_decay": 0.01, "scheduler": "linear", "warmup_steps": 5, "max_seq_len": 256,
               "truncation": "error", "completion_only": False, "packing": True, "save_steps": 20, "eval_steps": 10,
               "logging_steps": 5, "seed": 7, "gradient_checkpointing": True, "mixed_precision": "bf16",
-              "max_grad_norm": None, "dpo_beta": 0.2},
+              "max_grad_norm": None, "dpo_beta": 0.2, "optimizer": "adamw_8bit"},
     "eval": {"metrics": ["loss", "exact_match"], "max_new_tokens": 32, "num_examples": 30, "at_start": True},
     "output": {"dir": "out/runs", "name": "contacts"},
     "tracking": {"backends": ["local"]},

@@ -55,8 +55,9 @@ class QuantizationConfig(BaseModel):
             raise ValueError("torchao is supported as int8 weight-only (bits: 8): torchao 0.18's int4 weight-only has "
                              "no CPU kernel and its NF4 tensor fails on some layer shapes; for 4 bits use backend: bnb")
         if unused:
-            raise ValueError(f"{', '.join(unused)} only apply to backend bnb with bits 4; remove "
-                             f"{'it' if len(unused) == 1 else 'them'}")
+            one = len(unused) == 1
+            raise ValueError(f"{', '.join(unused)} only appl{'ies' if one else 'y'} to backend bnb with bits 4; "
+                             f"remove {'it' if one else 'them'}")
         package, pip_name = _INSTALL[self.backend]
         if importlib.util.find_spec(package) is None:
             raise ValueError(f"backend {self.backend!r} needs the {pip_name!r} package, which is not installed; "
