@@ -8,9 +8,12 @@ Two behaviours of bitsandbytes are handled here:
   on an input without gradient rewrites its weight, in place, into a layout for a fast inference
   kernel. From then on the layer goes through that kernel in training too, which is not an
   autograd function: the layer returns no input gradient, so every adapter before it trains on
-  wrong gradients (and on CPUs without the instructions its outputs are wrong). ``peft`` leaves this
-  alone; :func:`guard_4bit` switches it off (``support_avx512bf16_for_cpu = False``) and undoes a
-  repacking that already happened.
+  wrong gradients (and a merge reads the weight in the wrong layout; on CPUs without the
+  instructions, forcing the repacking gives wrong outputs too). The repacking is also lossy: it
+  stores the block scales in bfloat16, so one evaluation silently changes the base weights (by
+  ~0.2% here) and a run that evaluates first trains a different model. ``peft`` leaves this alone.
+  :func:`guard_4bit` switches it off (``support_avx512bf16_for_cpu = False``, at the cost of that
+  inference kernel) and undoes a repacking that happened before peftkit saw the layer.
 - **The int8 cast warning.** ``Linear8bitLt`` on CPU logs "inputs will be cast ... to float16" on
   every call of every layer; it is let through once.
 
@@ -60,13 +63,22 @@ def _functional():
     return bnb_functional
 
 
-def guard_4bit(module: nn.Module) -> None:
-    """Switch off the CPU inference repacking (see the module docstring) and undo it if it happened."""
-    module.support_avx512bf16_for_cpu = False
-    state = getattr(module.weight, "quant_state", None)
-    if state is not None and getattr(state, "packing_format_for_cpu", False):
-        data, state = _functional()._convert_weight_packed_for_cpu_inverse(module.weight.data, state)
+def is_repacked(module: nn.Module) -> bool:
+    """Whether bitsandbytes has rewritten this layer's weight into its CPU inference layout."""
+    return bool(getattr(getattr(module.weight, "quant_state", None), "packing_format_for_cpu", False))
+
+
+def unpack_(module: nn.Module) -> None:
+    """Undo bitsandbytes' CPU inference repacking (nothing when the weight is in its usual layout)."""
+    if is_repacked(module):
+        data, state = _functional()._convert_weight_packed_for_cpu_inverse(module.weight.data, module.weight.quant_state)
         module.weight.data, module.weight.quant_state, module.quant_state = data, state, state
+
+
+def guard_4bit(module: nn.Module) -> None:
+    """Switch the CPU inference repacking off (see the module docstring), undoing it if it happened."""
+    module.support_avx512bf16_for_cpu = False
+    unpack_(module)
 
 
 def _quant_state(module: nn.Module):
@@ -83,7 +95,7 @@ def compute_dtype_4bit(module: nn.Module) -> torch.dtype:
 
 def dequantize_4bit(module: nn.Module) -> torch.Tensor:
     """The (out, in) weight in the dtype it was quantized from."""
-    guard_4bit(module)  # a repacked weight is in another layout
+    unpack_(module)  # a repacked weight is in another layout
     return _functional().dequantize_4bit(module.weight.data, _quant_state(module))
 
 
@@ -97,7 +109,7 @@ def requantize_4bit_(module: nn.Module, dense: torch.Tensor) -> None:
 
 
 def snapshot_4bit(module: nn.Module) -> dict[str, Any]:
-    guard_4bit(module)
+    unpack_(module)
     return {"data": module.weight.data.clone(), "quant_state": copy.deepcopy(_quant_state(module))}
 
 

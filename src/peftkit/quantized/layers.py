@@ -85,7 +85,9 @@ class QuantizedBase:
         """``(weight source, bias)`` for the fused LoRA kernel, when the base's own forward is exactly
         ``linear(x, dequantize(W), bias)`` (bitsandbytes 4-bit); None otherwise."""
         module = self.base_layer
-        if self._standing_in or not self.kind.dense_forward:
+        # Only when autograd needs the node: in inference the layer's own forward is as fast or
+        # faster (bitsandbytes has inference kernels that never dequantize the whole weight).
+        if self._standing_in or not self.kind.dense_forward or not torch.is_grad_enabled():
             return None
         dtype = self.kind.compute_dtype(module)
         if module.bias is not None and module.bias.dtype != dtype:

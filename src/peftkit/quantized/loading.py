@@ -156,8 +156,13 @@ def dequantize_model(model: nn.Module, dtype: torch.dtype | str = torch.float32)
     Example:
         >>> dense = dequantize_model(load_model("smollm2", quantization=qconfig), "bfloat16")   # doctest: +SKIP
     """
+    from ..errors import AdapterError
+    from ..layers import AdapterLayer
     from .kinds import kind_of
 
+    if any(isinstance(m, AdapterLayer) for m in model.modules()):
+        raise AdapterError("dequantize_model needs the base model without adapters: call it before get_peft_model / "
+                           "PeftModel.from_pretrained (or on peft_model.unload()), then attach the adapter again")
     dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
     for name, module in list(model.named_modules()):
         kind = kind_of(module)
