@@ -6,7 +6,10 @@
 - ``paged_adamw`` / ``paged_adamw_8bit``: bitsandbytes' paged variants, whose state lives in unified
   memory that the GPU pages out to CPU RAM under memory pressure. They need a CUDA GPU: on a CPU
   bitsandbytes only falls back to the unpaged optimizer with a warning, so peftkit refuses them there;
-- ``adafactor``: ``torch.optim.Adafactor`` (factored second moments, no first moment).
+- ``adafactor``: transformers' ``Adafactor`` (factored second moments, no first moment) with the
+  given learning rate, as transformers' Trainer sets it up (``scale_parameter=False,
+  relative_step=False``). torch's own ``Adafactor`` scales each update by the parameter's norm, so a
+  zero-initialised LoRA ``B`` barely moves (measured: the tiny test run's loss stays flat).
 
 >>> optimizer_problem("adamw") is None
 True
@@ -31,12 +34,19 @@ def _bnb(name: str) -> Callable[..., torch.optim.Optimizer]:
     return build
 
 
+def _adafactor(params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    from transformers.optimization import Adafactor
+
+    return Adafactor(params, lr=lr, weight_decay=weight_decay, scale_parameter=False, relative_step=False,
+                     warmup_init=False)
+
+
 OPTIMIZERS.update({
     "adamw": lambda params, lr, weight_decay: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
     "adamw_8bit": _bnb("AdamW8bit"),
     "paged_adamw": _bnb("PagedAdamW"),
     "paged_adamw_8bit": _bnb("PagedAdamW8bit"),
-    "adafactor": lambda params, lr, weight_decay: torch.optim.Adafactor(params, lr=lr, weight_decay=weight_decay),
+    "adafactor": lambda params, lr, weight_decay: _adafactor(params, lr, weight_decay),
 })
 
 
