@@ -37,6 +37,8 @@ from .model import (
     PeftModelForTokenClassification,
     get_peft_model,
 )
+from . import quantized
+from .quantized.training import prepare_model_for_kbit_training
 from .registry import (
     LayerFactory,
     MethodSpec,
@@ -85,6 +87,8 @@ __all__ = [
     "get_method",
     "get_peft_model",
     "get_peft_model_state_dict",
+    "prepare_model_for_kbit_training",
+    "quantized",
     "register_method",
     "registered_methods",
     "set_peft_model_state_dict",
