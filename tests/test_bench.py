@@ -29,6 +29,7 @@ EXPECTED_ROWS = {
     "b4": ["prefill", "decode"],
     "b5": ["load adapter", "set_adapter x2", "merge+unmerge"],
     "b6": ["peftkit dropout=0.05, peft's dropout"],
+    "b7": ["float32", "bfloat16", "nf4", "bnb int8", "torchao int8"],
 }
 
 
