@@ -60,29 +60,44 @@ def pair(base: torch.nn.Module):
     return theirs.train(), ours.train()
 
 
+def timed_steps(models: dict[tuple[str, str], torch.nn.Module], setup: Setup, warmup: int, reps: int) -> dict:
+    """Seconds per training step of every model, timed round-robin so that load changes hit all alike.
+    bfloat16 is emulated on CPUs without AVX512-BF16 (many times slower), so it runs its own rounds
+    (one repeat) beside peftkit on float32, and is scaled to the main rounds by that step."""
+    ids = setup.input_ids
+    emulated = setup.device.type == "cpu"
+    main = {key: m for key, m in models.items() if not (emulated and key[0] == "bfloat16")}
+    times = timed_round_robin({key: (lambda m=m: lora_step(m, ids)) for key, m in main.items()},
+                              setup.device, warmup, reps)
+    slow = {key: m for key, m in models.items() if key not in main}
+    if slow:
+        anchor = ("float32", "peftkit")
+        extra = timed_round_robin({key: (lambda m=m: lora_step(m, ids)) for key, m in {**slow, anchor: models[anchor]}.items()},
+                                  setup.device, 0, 1)
+        times.update({key: extra[key] * times[anchor] / extra[anchor] for key in slow})
+    return times
+
+
 def run(setup: Setup, warmup: int, reps: int) -> None:
     ids = setup.input_ids
-    rows, reference = [], None
+    models, sizes = {}, {}
     for name, (dtype, quantization) in BASES.items():
         base = make_base(setup, dtype, quantization)
         theirs, ours = pair(base)
         check_same_numbers(theirs, ours, ids, TOLERANCE[name])
-        # bfloat16 is emulated on CPUs without AVX512-BF16: one repeat, no warm-up
-        slow = name == "bfloat16" and setup.device.type == "cpu"
-        times = timed_round_robin({"peft": lambda: lora_step(theirs, ids), "peftkit": lambda: lora_step(ours, ids)},
-                                  setup.device, 0 if slow else warmup, 1 if slow else reps)
-        memory = {label: peak_memory(lambda m=m: m(input_ids=ids, labels=ids).loss.backward(), setup)
-                  for label, m in (("peft", theirs), ("peftkit", ours))}
-        theirs.zero_grad(set_to_none=True), ours.zero_grad(set_to_none=True)
-        reference = reference or (projection_bytes(base), times["peftkit"], memory["peftkit"])
-        rows.append((name, projection_bytes(base), times, memory))
-        del base, theirs, ours
-    weights, step, kept = reference
+        sizes[name], models[(name, "peft")], models[(name, "peftkit")] = projection_bytes(base), theirs, ours
+        del base
+    times = timed_steps(models, setup, warmup, reps)
+    memory = {}
+    for key, model in models.items():
+        memory[key] = peak_memory(lambda m=model: m(input_ids=ids, labels=ids).loss.backward(), setup)
+        model.zero_grad(set_to_none=True)
+    weights, step, kept = sizes["float32"], times[("float32", "peftkit")], memory[("float32", "peftkit")]
     print(f"\nB7  LoRA r=16 on all 7 projections over quantized bases; float32 base: projections "
           f"{weights / 2**20:.0f} MiB, peftkit step {step * 1e3:.0f} ms, kept for backward {kept / 2**20:.0f} MiB")
     print(f"{'base':14s} {'weights':>8s} {'peft step':>10s} {'peftkit':>8s} {'kit/peft':>9s} "
           f"{'peft mem':>9s} {'peftkit':>8s} {'kit/peft':>9s}")
-    for name, size, times, memory in rows:
-        print(f"{name:14s} {size / weights:8.3f} {times['peft'] / step:10.3f} {times['peftkit'] / step:8.3f} "
-              f"{times['peftkit'] / times['peft']:9.3f} {memory['peft'] / kept:9.3f} {memory['peftkit'] / kept:8.3f} "
-              f"{memory['peftkit'] / memory['peft']:9.3f}")
+    for name in BASES:
+        t, m = (times[(name, "peft")], times[(name, "peftkit")]), (memory[(name, "peft")], memory[(name, "peftkit")])
+        print(f"{name:14s} {sizes[name] / weights:8.3f} {t[0] / step:10.3f} {t[1] / step:8.3f} {t[1] / t[0]:9.3f} "
+              f"{m[0] / kept:9.3f} {m[1] / kept:8.3f} {m[1] / m[0]:9.3f}")

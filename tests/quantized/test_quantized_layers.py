@@ -101,12 +101,13 @@ def test_mixed_batch_rows_get_their_own_adapter(backend):
     assert torch.allclose(mixed[0], first[0], atol=1e-5) and torch.allclose(mixed[1], second[0], atol=1e-5)
 
 
-def test_fused_path_matches_the_plain_path_on_a_4bit_base():
-    """bitsandbytes 4-bit takes the fused LoRA node (dequantize in forward and again in backward);
-    the plain path (the quantized module, then the adapter) gives the same numbers."""
+@pytest.mark.parametrize("backend", ["bnb-nf4", "bnb-int8"])
+def test_fused_path_matches_the_plain_path(backend):
+    """bitsandbytes 4-bit, and int8 in train mode, take the fused LoRA node (dequantize in forward
+    and again in backward); the plain path (the quantized module, then the adapter) gives the same numbers."""
     from peftkit.methods.lora_layers import LoraLinear
 
-    quantized, _ = quantized_llama("bnb-nf4")
+    quantized, _ = quantized_llama(backend)
     model = pk.get_peft_model(quantized, METHODS["lora"]())
     fused = loss_and_grads(model)
     LoraLinear.use_fused = False

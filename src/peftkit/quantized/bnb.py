@@ -166,8 +166,9 @@ def _scales_8bit(module: nn.Module) -> torch.Tensor:
 
 
 def dequantize_8bit(module: nn.Module) -> torch.Tensor:
-    """The (out, in) weight in float32: int8 rows times their absmax / 127."""
-    return module.weight.data.float() * (_scales_8bit(module).float()[:, None] / 127.0)
+    """The (out, in) weight in float32: int8 rows times their absmax / 127 (bitsandbytes' own
+    expression in training, so the fused path computes its numbers exactly)."""
+    return module.weight.data.to(torch.float32).mul_(_scales_8bit(module).unsqueeze(1).mul(1.0 / 127.0))
 
 
 def requantize_8bit_(module: nn.Module, dense: torch.Tensor) -> None:
@@ -209,7 +210,8 @@ def quantize_linear_8bit(linear: nn.Linear) -> nn.Module:
 
 BNB_4BIT = register_kind(QuantizedKind(
     "bnb-4bit", "bitsandbytes Linear4bit (NF4/FP4)", is_linear4bit, _shape, compute_dtype_4bit, dequantize_4bit,
-    requantize_4bit_, snapshot_4bit, restore_4bit_, guard=guard_4bit, bits=4, dense_forward=True))
+    requantize_4bit_, snapshot_4bit, restore_4bit_, guard=guard_4bit, bits=4, dense_forward=lambda module: True))
 BNB_8BIT = register_kind(QuantizedKind(
-    "bnb-8bit", "bitsandbytes Linear8bitLt (int8)", is_linear8bit, _shape, lambda module: torch.float16,
-    dequantize_8bit, requantize_8bit_, snapshot_8bit, restore_8bit_, guard=guard_8bit, bits=8))
+    "bnb-8bit", "bitsandbytes Linear8bitLt (int8)", is_linear8bit, _shape, lambda module: torch.float32,
+    dequantize_8bit, requantize_8bit_, snapshot_8bit, restore_8bit_, guard=guard_8bit, bits=8,
+    dense_forward=lambda module: module.training))

@@ -50,10 +50,10 @@ class QuantizedKind:
     # switches off backend behaviour that breaks training (bitsandbytes' CPU repacking).
     guard: Callable[[nn.Module], None] = lambda module: None
     bits: int = 4
-    # The layer's own forward is exactly ``linear(x, dequantize(W).to(c), bias)`` in its compute dtype
-    # ``c``, so the fused LoRA kernel may compute it that way (bitsandbytes 4-bit; not int8, whose
-    # forward also quantizes the activations).
-    dense_forward: bool = False
+    # Whether the layer's own forward is now exactly ``linear(x, dequantize(W).to(c), bias)`` in its
+    # compute dtype ``c``, so that the fused LoRA kernel may compute it that way: bitsandbytes 4-bit
+    # always; bitsandbytes int8 in train mode (in eval mode it also rounds the activations to int8).
+    dense_forward: Callable[[nn.Module], bool] = lambda module: False
 
     def weight_bytes(self, module: nn.Module) -> int:
         """Bytes of the stored weight and its quantization statistics (not the bias)."""

@@ -87,7 +87,7 @@ class QuantizedBase:
         module = self.base_layer
         # Only when autograd needs the node: in inference the layer's own forward is as fast or
         # faster (bitsandbytes has inference kernels that never dequantize the whole weight).
-        if self._standing_in or not self.kind.dense_forward or not torch.is_grad_enabled():
+        if self._standing_in or not torch.is_grad_enabled() or not self.kind.dense_forward(module):
             return None
         dtype = self.kind.compute_dtype(module)
         if module.bias is not None and module.bias.dtype != dtype:
