@@ -335,3 +335,17 @@ def test_resolved_dict_round_trips_through_yaml(tmp_path):
     text = (tmp_path / "run" / "config.yaml").read_text()
     assert f"config_hash {config_hash(cfg)}" in text and not (tmp_path / "run" / "config.yaml.tmp").exists()
     assert RunConfig(**yaml.safe_load(text)) == cfg
+
+
+def test_every_shipped_example_validates(monkeypatch):
+    """The configs in examples/ (the quick start and its QLoRA variant) stay valid as the schema grows."""
+    from pathlib import Path
+
+    from peftkit.train.config import validate_file
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(repo)  # their data paths are relative to the repository root
+    examples = sorted((repo / "examples").glob("*.yaml"))
+    assert {p.name for p in examples} >= {"quickstart.yaml", "quickstart-qlora.yaml"}
+    for path in examples:
+        assert validate_file(path) == [], path.name

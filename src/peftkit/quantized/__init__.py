@@ -30,7 +30,11 @@ from .merging import DEFAULT_MAX_ERROR, MergeReport, check_merge, merge_report, 
 def guard_model(model: nn.Module) -> None:
     """Switch off backend behaviour that breaks training in every supported quantized layer of
     ``model``, adapted or not (bitsandbytes' CPU repacking would stop input gradients in an
-    un-adapted layer too, and with them every adapter before it)."""
+    un-adapted layer too, and with them every adapter before it).
+
+    Example:
+        >>> guard_model(model)   # doctest: +SKIP
+    """
     for module in model.modules():
         kind = kind_of(module)
         if kind is not None:

@@ -82,14 +82,24 @@ def register_kind(kind: QuantizedKind) -> QuantizedKind:
 
 
 def supported_kinds() -> list[QuantizedKind]:
-    """Every registered kind (bitsandbytes 4-bit and 8-bit, torchao int8 weight-only)."""
+    """Every registered kind (bitsandbytes 4-bit and 8-bit, torchao int8 weight-only).
+
+    Example:
+        >>> [kind.name for kind in supported_kinds()]
+        ['bnb-4bit', 'bnb-8bit', 'torchao-int8']
+    """
     from . import bnb, torchao  # noqa: F401  (they register on import; neither imports its backend)
 
     return list(_KINDS)
 
 
 def kind_of(module: nn.Module) -> Optional[QuantizedKind]:
-    """The supported kind ``module`` is, or None (a plain layer, or one peftkit refuses)."""
+    """The supported kind ``module`` is, or None (a plain layer, or one peftkit refuses).
+
+    Example:
+        >>> kind_of(nn.Linear(4, 4)) is None
+        True
+    """
     return next((k for k in supported_kinds() if k.matches(module)), None)
 
 
@@ -128,7 +138,12 @@ def has_packed_weight(module: nn.Module) -> bool:
 
 def is_quantized_module(module: nn.Module) -> bool:
     """Whether ``module`` stores its weight quantized (supported or not): such a module is only
-    ever wrapped by a factory made for quantized layers (see ``LayerFactory.quantized``)."""
+    ever wrapped by a factory made for quantized layers (see ``LayerFactory.quantized``).
+
+    Example:
+        >>> is_quantized_module(nn.Linear(4, 4))
+        False
+    """
     path = class_path(module)
     refused_package = any(path.startswith(prefix + ".") for prefix, *_ in _REFUSED_PACKAGES)
     return refused_package or has_packed_weight(module) or kind_of(module) is not None

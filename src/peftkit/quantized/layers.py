@@ -203,7 +203,13 @@ class QuantizedBase:
 @lru_cache(maxsize=None)
 def quantized_variant(layer_cls: type) -> type:
     """``Quantized<LayerClass>``: ``layer_cls`` on a quantized base (made once per class, and
-    reachable by name in this module so that pickling a model finds it)."""
+    reachable by name in this module so that pickling a model finds it).
+
+    Example:
+        >>> from peftkit.methods.lora_layers import LoraLinear
+        >>> quantized_variant(LoraLinear).__name__
+        'QuantizedLoraLinear'
+    """
     name = f"Quantized{layer_cls.__name__}"
     cls = type(name, (QuantizedBase, layer_cls), {
         "__module__": __name__, "__qualname__": name,

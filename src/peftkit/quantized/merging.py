@@ -106,7 +106,12 @@ def merge_report(peft_model: Any) -> Optional[MergeReport]:
 
 def check_merge(peft_model: Any, layers: list, adapter_names: list[str]) -> None:
     """Before merging ``adapter_names``: measure the rounding every quantized layer would suffer and
-    refuse (raise, nothing merged) above the tolerance; warn with the measured cost otherwise."""
+    refuse (raise, nothing merged) above the tolerance; warn with the measured cost otherwise. The
+    registry's base-layer hook that ``merge_adapter`` calls.
+
+    Example:
+        >>> check_merge(peft_model, list(peft_model._adapter_layers()), ["default"])   # doctest: +SKIP
+    """
     quantized = [layer for layer in layers if isinstance(layer, QuantizedBase)]
     if not quantized:
         return
