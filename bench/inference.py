@@ -8,9 +8,11 @@ import copy
 import torch
 from common import Setup, lora_models, timed_round_robin
 
+from peftkit.compat import cache_kwarg, output_cache
+
 
 def decode_step(model: torch.nn.Module, token: torch.Tensor, cache) -> None:
-    model(input_ids=token, past_key_values=cache, use_cache=True)
+    model(input_ids=token, use_cache=True, **{cache_kwarg(model): cache})
     cache.crop(-token.shape[1])  # back to the prompt, so every repeat decodes the same step
 
 
@@ -23,7 +25,7 @@ def run(setup: Setup, warmup: int, reps: int) -> None:
         a, b = theirs(input_ids=ids).logits, ours(input_ids=ids).logits
         torch.testing.assert_close(a, b, atol=1e-3 if setup.dtype == torch.float32 else 5e-2, rtol=1e-3)
         print(f"check: prefill logits agree (max difference {(a - b).abs().max().item():.1e})")
-        caches = {name: m(input_ids=ids, use_cache=True).past_key_values for name, m in models.items()}
+        caches = {name: output_cache(m(input_ids=ids, use_cache=True)) for name, m in models.items()}
         prefill = timed_round_robin({n: (lambda m=m: m(input_ids=ids, use_cache=False)) for n, m in models.items()},
                                     setup.device, warmup, reps)
         decode = timed_round_robin(

@@ -1,4 +1,4 @@
-"""B7: LoRA on quantized bases (QLoRA), peftkit beside peft on the same base and adapter weights.
+"""B8: LoRA on quantized bases (QLoRA), peftkit beside peft on the same base and adapter weights.
 
 For each base (float32, bfloat16, bitsandbytes NF4 with double quantization, bitsandbytes int8,
 torchao int8 weight-only): the bytes of the seven projections' weights (what quantization
@@ -93,7 +93,7 @@ def run(setup: Setup, warmup: int, reps: int) -> None:
         memory[key] = peak_memory(lambda m=model: m(input_ids=ids, labels=ids).loss.backward(), setup)
         model.zero_grad(set_to_none=True)
     weights, step, kept = sizes["float32"], times[("float32", "peftkit")], memory[("float32", "peftkit")]
-    print(f"\nB7  LoRA r=16 on all 7 projections over quantized bases; float32 base: projections "
+    print(f"\nB8  LoRA r=16 on all 7 projections over quantized bases; float32 base: projections "
           f"{weights / 2**20:.0f} MiB, peftkit step {step * 1e3:.0f} ms, kept for backward {kept / 2**20:.0f} MiB")
     print(f"{'base':14s} {'weights':>8s} {'peft step':>10s} {'peftkit':>8s} {'kit/peft':>9s} "
           f"{'peft mem':>9s} {'peftkit':>8s} {'kit/peft':>9s}")

@@ -31,6 +31,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import tiny_models  # noqa: E402
 
+# Fail a test when peftkit's own code calls an API that warns it is deprecated (see the module).
+pytest_plugins = ["deprecations_plugin"]
+
 
 @pytest.fixture(autouse=True)
 def _seeded():

@@ -29,7 +29,7 @@ EXPECTED_ROWS = {
     "b4": ["prefill", "decode"],
     "b5": ["load adapter", "set_adapter x2", "merge+unmerge"],
     "b6": ["peftkit dropout=0.05, peft's dropout"],
-    "b7": ["float32", "bfloat16", "nf4", "bnb int8", "torchao int8"],
+    "b8": ["float32", "bfloat16", "nf4", "bnb int8", "torchao int8"],
 }
 
 
@@ -52,3 +52,14 @@ def test_benchmark_checks_and_prints_its_table(name, capsys):
     for row in EXPECTED_ROWS[name]:
         assert any(line.strip().startswith(row) for line in out.splitlines()), (row, out)
     assert "nan" not in out.lower()
+
+
+@pytest.mark.slow  # builds a 4-layer model of SmolLM2's shape (28M parameters) and runs two DPO trainers
+def test_b7_dpo_reference_memory_runs_for_peft_and_peftkit(tmp_path):
+    """B7's measurement in this process (its table runs each variant in a fresh one): with peft
+    and with peftkit the DPO trainer holds the policy alone, no reference copy."""
+    b7 = importlib.import_module("trl_dpo_memory")
+    b7.save_model(str(tmp_path), quick=True)
+    rows = [b7.measure(variant, str(tmp_path), steps=1) for variant in ("peft", "peftkit")]
+    assert [row["reference"] for row in rows] == ["NoneType", "NoneType"]
+    assert rows[0]["held_mb"] == pytest.approx(rows[1]["held_mb"])

@@ -5,12 +5,14 @@ Example:
     >>> model = pk.get_peft_model(base, pk.LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))  # doctest: +SKIP
 """
 
-from .checkpoint import get_peft_model_state_dict, set_peft_model_state_dict
 from .config import PeftConfig, PeftType, TaskType
 from .errors import (
     AdapterError,
+    AdapterNotFoundError,
     CheckpointError,
     ConfigError,
+    CorruptFileError,
+    PathError,
     PeftkitError,
     TargetError,
 )
@@ -27,7 +29,17 @@ from .methods.prefix_tuning import PrefixTuningConfig
 from .methods.prompt_tuning import PromptTuningConfig, PromptTuningInit
 from .methods.vera import VeraConfig
 from .methods.adalora import AdaLoraConfig
+from .auto import (
+    AutoPeftModel,
+    AutoPeftModelForCausalLM,
+    AutoPeftModelForFeatureExtraction,
+    AutoPeftModelForQuestionAnswering,
+    AutoPeftModelForSeq2SeqLM,
+    AutoPeftModelForSequenceClassification,
+    AutoPeftModelForTokenClassification,
+)
 from .model import (
+    MODEL_TYPE_TO_PEFT_MODEL_MAPPING,
     PeftModel,
     PeftModelForCausalLM,
     PeftModelForFeatureExtraction,
@@ -38,6 +50,7 @@ from .model import (
     get_peft_model,
 )
 from . import quantized
+from .peft_api import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
 from .quantized.training import prepare_model_for_kbit_training
 from .registry import (
     LayerFactory,
@@ -52,18 +65,28 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaLoraConfig",
     "AdapterError",
+    "AdapterNotFoundError",
     "AdapterLayer",
+    "AutoPeftModel",
+    "AutoPeftModelForCausalLM",
+    "AutoPeftModelForFeatureExtraction",
+    "AutoPeftModelForQuestionAnswering",
+    "AutoPeftModelForSeq2SeqLM",
+    "AutoPeftModelForSequenceClassification",
+    "AutoPeftModelForTokenClassification",
     "BASE_ADAPTER",
     "BitFitConfig",
     "BottleneckConfig",
     "CheckpointError",
     "ConfigError",
+    "CorruptFileError",
     "IA3Config",
     "LNTuningConfig",
     "LayerFactory",
     "LoHaConfig",
     "LoKrConfig",
     "LoraConfig",
+    "MODEL_TYPE_TO_PEFT_MODEL_MAPPING",
     "MethodSpec",
     "ModulesToSaveWrapper",
     "PeftConfig",
@@ -75,6 +98,7 @@ __all__ = [
     "PeftModelForSequenceClassification",
     "PeftModelForTokenClassification",
     "PeftType",
+    "PathError",
     "PeftkitError",
     "PrefixTuningConfig",
     "PromptEncoderConfig",
@@ -87,6 +111,7 @@ __all__ = [
     "get_method",
     "get_peft_model",
     "get_peft_model_state_dict",
+    "inject_adapter_in_model",
     "prepare_model_for_kbit_training",
     "quantized",
     "register_method",

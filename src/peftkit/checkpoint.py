@@ -10,6 +10,7 @@ peftkit never unpickles anything.
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import torch
@@ -17,9 +18,10 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from .config import PeftConfig, _resolve_file
-from .errors import CheckpointError
+from .errors import CheckpointError, CorruptFileError
 from .layers import AdapterLayer, ModulesToSaveWrapper
 from .targets import iter_plain_modules
+from .untrusted import FLOAT_DTYPES, TensorInfo, read_safetensors_header
 
 if TYPE_CHECKING:
     from .model import PeftModel
@@ -219,6 +221,11 @@ def _check_fit(
                 f"{source}: tensor {key!r} has no matching module in this model. "
                 "Was the adapter trained on another base model, or with other target_modules?"
             )
+        if _floating(target.dtype) and not _floating(tensor.dtype):
+            raise CheckpointError(
+                f"{source}: {key!r} is stored as {tensor.dtype} but module {module!r} holds floating-point "
+                f"values ({target.dtype}); the file was not written by peft or peftkit, or is damaged"
+            )
         if tuple(target.shape) != tuple(tensor.shape):
             raise CheckpointError(
                 f"{source}: adapter does not fit this model at module {module!r}: {key!r} has shape "
@@ -233,6 +240,32 @@ def _check_fit(
         )
 
 
+def _floating(dtype: Any) -> bool:
+    """Whether a torch dtype, or a safetensors dtype name (a file header's), holds floating-point values."""
+    return dtype.is_floating_point if isinstance(dtype, torch.dtype) else dtype in FLOAT_DTYPES
+
+
+def _loading_targets(model: "PeftModel", adapter_name: str) -> tuple[dict[str, tuple[str, Any]], dict[str, nn.Parameter]]:
+    """``(expected, extra)``: checkpoint key -> (module path, live tensor) for the adapter's own
+    tensors, and key -> parameter for the plain base-model parameters a checkpoint may also hold
+    (biases, or embedding tables peft saves when target embeddings were resized: loaded into the
+    base model, as peft does)."""
+    base, config = model.get_base_model(), model.peft_config[adapter_name]
+    expected = _adapter_entries(base, adapter_name, config)
+    expected.update({key: (key, t) for key, t in model_level_tensors(model, adapter_name).items()})
+    prefix = key_prefix(config)
+    extra = {prefix + n: p for n, p in base.named_parameters()}
+    extra.update({key: p for key, (_, p) in _optional_entries(base, adapter_name, config).items()})
+    return expected, extra
+
+
+def check_fits_file(model: "PeftModel", header: dict[str, TensorInfo], adapter_name: str, source: str) -> None:
+    """The checks of :func:`set_peft_model_state_dict` (every tensor finds its module, with the
+    same shape and a usable dtype; none is missing) on a file's header, before its data is read."""
+    expected, extra = _loading_targets(model, adapter_name)
+    _check_fit(expected, extra, header, source, key_prefix(model.peft_config[adapter_name]))
+
+
 def set_peft_model_state_dict(
     model: "PeftModel", peft_model_state_dict: dict[str, torch.Tensor], adapter_name: str = "default", source: str = "state dict", **_: Any
 ) -> LoadResult:
@@ -243,18 +276,9 @@ def set_peft_model_state_dict(
     Example:
         >>> set_peft_model_state_dict(peft_model, load_file("adapter_model.safetensors"))  # doctest: +SKIP
     """
-    base = model.get_base_model()
-    expected = _adapter_entries(base, adapter_name, model.peft_config[adapter_name])
-    model_level = model_level_tensors(model, adapter_name)
-    expected.update({key: (key, t) for key, t in model_level.items()})
-    # Keys that name plain base-model parameters (biases, or embedding tables peft saves when
-    # target embeddings were resized) are loaded into the base model, as peft does.
-    prefix = key_prefix(model.peft_config[adapter_name])
-    extra = {prefix + n: p for n, p in base.named_parameters()}
-    optional = _optional_entries(base, adapter_name, model.peft_config[adapter_name])
-    extra.update({key: p for key, (_, p) in optional.items()})
-    _check_fit(expected, extra, peft_model_state_dict, source, prefix)
-    _check_storable(model, model_level, peft_model_state_dict, adapter_name, source)
+    expected, extra = _loading_targets(model, adapter_name)
+    _check_fit(expected, extra, peft_model_state_dict, source, key_prefix(model.peft_config[adapter_name]))
+    _check_storable(model, model_level_tensors(model, adapter_name), peft_model_state_dict, adapter_name, source)
     # A tensor saved under two keys (a saved module's bias, with bias="all") takes its value from
     # the required key, as in peft, which ignores the second one.
     required = {id(expected[key][1]) for key in peft_model_state_dict if key in expected}
@@ -282,13 +306,37 @@ def _check_storable(
         )
 
 
+def write_tensors(tensors: dict[str, torch.Tensor], path: str, metadata: Optional[dict[str, str]] = None) -> None:
+    """``safetensors.torch.save_file``, with its I/O failures (a full disk, no permission) raised as
+    the ``OSError`` they are (errno and file name set), so callers and the CLI handle them as such."""
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except OSError:
+        raise
+    except Exception as e:
+        error = os_error_in(e, path)
+        if error is None:
+            raise
+        raise error from None
+
+
+def os_error_in(error: BaseException, path: Optional[str] = None) -> Optional[OSError]:
+    """The ``OSError`` that a library error reports in its text (safetensors' Rust code says
+    ``... (os error 28)``), or None if it reports none."""
+    found = re.search(r"os error (\d+)", str(error))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), path)
+
+
 def save_adapter_weights(tensors: dict[str, torch.Tensor], directory: str) -> str:
     """Write ``adapter_model.safetensors`` atomically (a temporary file, then a rename)."""
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, WEIGHTS_NAME)
     tmp = path + ".tmp"
     # clone: safetensors refuses tensors that share storage, and the file must own its data
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
+    write_tensors({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; adapters are meant to be shared
@@ -296,17 +344,37 @@ def save_adapter_weights(tensors: dict[str, torch.Tensor], directory: str) -> st
     return path
 
 
-def load_adapter_weights(model_id: str | os.PathLike, subfolder: Optional[str] = None, revision: Optional[str] = None, **hub_kwargs: Any) -> tuple[dict[str, torch.Tensor], str]:
-    """Read ``adapter_model.safetensors`` from a folder or the Hub; returns ``(tensors, path)``.
-    A pickle checkpoint (``adapter_model.bin``) is refused with a way out."""
+def adapter_weights_path(model_id: str | os.PathLike, subfolder: Optional[str] = None, revision: Optional[str] = None, **hub_kwargs: Any) -> str:
+    """Where ``adapter_model.safetensors`` is (a folder, or downloaded from the Hub). A pickle
+    checkpoint (``adapter_model.bin``) is refused with a way out; it is never opened."""
     folder = os.path.join(str(model_id), subfolder) if subfolder else str(model_id)
     if not os.path.isfile(os.path.join(folder, WEIGHTS_NAME)) and os.path.isfile(os.path.join(folder, PICKLE_WEIGHTS_NAME)):
         raise CheckpointError(
             f"{folder} holds only {PICKLE_WEIGHTS_NAME}, a pickle file, which peftkit never loads (it can run code). "
             "Convert it once in a trusted environment: load it with peft and save_pretrained(..., safe_serialization=True)."
         )
-    path = _resolve_file(model_id, WEIGHTS_NAME, subfolder, revision, **hub_kwargs)
+    return _resolve_file(model_id, WEIGHTS_NAME, subfolder, revision, **hub_kwargs)
+
+
+def adapter_file_header(path: str) -> dict[str, TensorInfo]:
+    """The tensors an adapter file holds (name -> dtype and shape), from its checked header alone."""
     try:
-        return load_file(path, device="cpu"), path
-    except Exception as e:
+        return read_safetensors_header(path)
+    except CorruptFileError as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e.reason}); re-save the adapter") from None
+
+
+def read_adapter_file(path: str) -> dict[str, torch.Tensor]:
+    """Every tensor of an adapter file (its header checked first: see :func:`adapter_file_header`)."""
+    adapter_file_header(path)
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # safetensors' own checks: one error type, naming the file
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); re-save the adapter") from None
+
+
+def load_adapter_weights(model_id: str | os.PathLike, subfolder: Optional[str] = None, revision: Optional[str] = None, **hub_kwargs: Any) -> tuple[dict[str, torch.Tensor], str]:
+    """Read ``adapter_model.safetensors`` from a folder or the Hub; returns ``(tensors, path)``.
+    A pickle checkpoint (``adapter_model.bin``) is refused with a way out."""
+    path = adapter_weights_path(model_id, subfolder, revision, **hub_kwargs)
+    return read_adapter_file(path), path

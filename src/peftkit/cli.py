@@ -9,9 +9,10 @@ Example:
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 from . import __version__
 from .errors import PeftkitError
@@ -91,9 +92,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _print_summary(run_dir: str, examples: int = 3) -> None:
     """Eval metrics before (step 0, if measured) and after training, and a few generated answers."""
-    import json
-
     from .train import runs
+    from .untrusted import read_json
 
     evals = [r for r in runs.read_metrics(run_dir) if any(k.startswith("eval_") for k in r)]
     print(f"\nrun finished: {run_dir}\nadapter: {os.path.join(run_dir, 'adapter')}")
@@ -105,8 +105,7 @@ def _print_summary(run_dir: str, examples: int = 3) -> None:
             print(f"{label:>11}: {scores}")
     path = os.path.join(run_dir, "eval_predictions.json")
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
+        rows = read_json(path)  # written just now by this run
         for row in rows[:examples]:
             mark = "ok " if row["prediction"].strip() == row["reference"].strip() else "bad"
             print(f"  [{mark}] {row['prediction'].strip()}")
@@ -157,8 +156,14 @@ def _talk(args: argparse.Namespace) -> int:
             c.generate(model, tok, args.prompt, raw=args.raw, **options)
         else:
             tty = sys.stdin.isatty()
-            c.chat(model, tok, c.typed_lines() if tty else sys.stdin, interactive=tty, **options)
+            c.chat(model, tok, c.typed_lines() if tty else _text_lines(sys.stdin), interactive=tty, **options)
     return _guarded(work)
+
+
+def _text_lines(stream) -> Iterator[str]:
+    """Lines of piped input as UTF-8, bytes that are not UTF-8 shown as U+FFFD (never a crash)."""
+    buffer = getattr(stream, "buffer", None)
+    return io.TextIOWrapper(buffer, encoding="utf-8", errors="replace") if buffer is not None else stream
 
 
 def _merge(args: argparse.Namespace) -> int:
@@ -274,7 +279,27 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except PeftkitError as e:  # commands that do not turn their own errors into error lines
+        print(f"error: {e}", file=sys.stderr)
+    except OSError as e:  # the file system said no (full disk, no permission, a file in the way)
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
+    except Exception as e:  # a library's own error type for an OS failure (safetensors: "os error 28")
+        from .checkpoint import os_error_in
+
+        if os_error_in(e) is None:
+            raise
+        print(f"error: {os_error_text(os_error_in(e))} ({type(e).__name__}: {e})", file=sys.stderr)
+    return 2
+
+
+def os_error_text(error: OSError) -> str:
+    """An OS error as one line naming the file(s) it concerns, e.g. ``runs/x/state.json: No space left
+    on device``."""
+    why = error.strerror or str(error) or type(error).__name__
+    files = [str(f) for f in (error.filename, error.filename2) if f is not None]
+    return f"{' -> '.join(files)}: {why}" if files else why
 
 
 if __name__ == "__main__":

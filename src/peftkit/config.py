@@ -11,13 +11,16 @@ import difflib
 import json
 import math
 import os
+import re
 import warnings
 from enum import Enum
 from typing import Any, ClassVar, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from .errors import ConfigError
+from .errors import AdapterNotFoundError, ConfigError, CorruptFileError
+from .names import child_path, short_repr
+from .untrusted import read_json
 
 CONFIG_NAME = "adapter_config.json"
 
@@ -79,7 +82,7 @@ def _problems(cls_name: str, error: ValidationError, fields: list[str]) -> list[
         else:
             msg = err["msg"].removeprefix("Value error, ")
             if "input" in err and err["type"] != "missing":
-                msg += f", got {err['input']!r}"
+                msg += f", got {short_repr(err['input'])}"
         problems.append((path, msg))
     return problems
 
@@ -111,10 +114,14 @@ class PeftConfig(BaseModel):
         title = f"Invalid {type(self).__name__}:"
         try:
             super().__init__(**data)
+            problems = self.check()
         except ValidationError as e:
             problems = _problems(type(self).__name__, e, list(type(self).model_fields))
             raise ConfigError(title, problems + self._cross_field_problems(data, problems)) from None
-        problems = self.check()
+        except (TypeError, AttributeError, KeyError, IndexError, OverflowError) as e:
+            # a validator (a plugin's, say) that met a value of a shape it did not expect: still a
+            # config problem, reported as one (the values may come from a file someone else wrote)
+            raise ConfigError(title, [("", f"values of an unexpected shape ({type(e).__name__}: {e})")]) from None
         if problems:
             raise ConfigError(title, problems)
 
@@ -158,8 +165,10 @@ class PeftConfig(BaseModel):
         data["peft_type"] = self.peft_type
         return data
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+    def save_pretrained(self, save_directory: str | os.PathLike, auto_mapping_dict: Optional[dict] = None, **_: Any) -> None:
         """Write ``adapter_config.json`` into ``save_directory`` (created if needed).
+        ``auto_mapping_dict`` (base model class and library, for adapters without a task type) is
+        written as ``auto_mapping``, as peft does, so ``AutoPeftModel`` can rebuild the base model.
 
         Example:
             >>> LoraConfig(target_modules=["q"]).save_pretrained("out/adapter")  # doctest: +SKIP
@@ -168,9 +177,22 @@ class PeftConfig(BaseModel):
         path = os.path.join(save_directory, CONFIG_NAME)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            data = self.to_dict() if auto_mapping_dict is None else {**self.to_dict(), "auto_mapping": auto_mapping_dict}
+            json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
         os.replace(tmp, path)  # never leave a half-written config behind
+
+    def push_to_hub(self, repo_id: str, *, commit_message: Optional[str] = None, token: bool | str | None = None,
+                    private: Optional[bool] = None, revision: Optional[str] = None, create_pr: bool = False, **_: Any) -> str:
+        """Upload ``adapter_config.json`` to the Hub repository ``repo_id`` (created if needed).
+
+        Example:
+            >>> LoraConfig(r=8, target_modules=["q_proj"]).push_to_hub("me/lora-config")  # doctest: +SKIP
+        """
+        from .hub import push_folder
+
+        return push_folder(self.save_pretrained, repo_id, commit_message=commit_message or "Upload config",
+                           token=token, private=private, revision=revision, create_pr=create_pr)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PeftConfig":
@@ -194,7 +216,13 @@ class PeftConfig(BaseModel):
                 f"Invalid {source}:",
                 [("peft_type", f"is {peft_type!r} but {cls.__name__} reads {cls.peft_type!r} configs")],
             )
-        return target(**target._drop_peft_only_keys(data, source))
+        kept = target._drop_peft_only_keys(data, source)
+        if source == "config":
+            return target(**kept)
+        try:
+            return target(**kept)
+        except ConfigError as e:  # say which file the bad values came from
+            raise ConfigError(f"Invalid {source} ({target.__name__}):", e.problems) from None
 
     @classmethod
     def _drop_peft_only_keys(cls, data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -233,10 +261,9 @@ class PeftConfig(BaseModel):
         """
         path = _resolve_file(pretrained_model_name_or_path, CONFIG_NAME, subfolder, revision, **hub_kwargs)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"Invalid {path}:", [("", f"not valid JSON ({e}); re-save the adapter")]) from None
+            data = read_json(path)
+        except CorruptFileError as e:
+            raise ConfigError(f"Invalid {path}:", [("", f"{e.reason}; re-save the adapter")]) from None
         if not isinstance(data, dict):
             raise ConfigError(f"Invalid {path}:", [("", "expected a JSON object")])
         return cls.from_dict(data, source=str(path))
@@ -250,18 +277,20 @@ def _resolve_file(
     **hub_kwargs: Any,
 ) -> str:
     """Find ``filename`` in a local folder, or download it from the Hub (users have network)."""
-    folder = os.path.join(str(name_or_path), subfolder) if subfolder else str(name_or_path)
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path) or "\0" in str(name_or_path):
+        raise AdapterNotFoundError(f"the adapter location must be a folder path or a Hub id, got {short_repr(name_or_path)}")
+    folder = child_path(name_or_path, subfolder, what="subfolder") if subfolder else str(name_or_path)
     local = os.path.join(folder, filename)
     if os.path.isfile(local):
         return local
     if os.path.isdir(folder) or os.path.isabs(str(name_or_path)) or str(name_or_path).startswith("."):
-        raise FileNotFoundError(f"{local} does not exist: is {folder!r} a folder written by save_pretrained()?")
+        raise AdapterNotFoundError(f"{local} does not exist: is {folder!r} a folder written by save_pretrained()?")
     from huggingface_hub import hf_hub_download
 
     try:
         return hf_hub_download(str(name_or_path), filename, subfolder=subfolder, revision=revision, **hub_kwargs)
     except Exception as e:  # offline, unknown repo, missing file: one clear message
-        raise FileNotFoundError(
+        raise AdapterNotFoundError(
             f"could not find {filename!r} for {str(name_or_path)!r}: not a local folder, and the Hub lookup "
             f"failed ({type(e).__name__}: {e})"
         ) from None
@@ -309,7 +338,7 @@ class TargetedConfig(PeftConfig):
         return value
 
     def check(self) -> list[tuple[str, str]]:
-        problems = super().check()
+        problems = super().check() + regex_problems(self)
         if self.layers_pattern and self.layers_to_transform is None:
             problems.append(("layers_pattern", "only has an effect together with layers_to_transform; set both"))
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
@@ -317,6 +346,48 @@ class TargetedConfig(PeftConfig):
                 ("layers_to_transform", "cannot be combined with a regex target_modules; put the layer index in the regex")
             )
         return problems
+
+
+# How each kind of pattern is used when matching module paths (see peftkit.targets): a pattern is
+# compiled the same way here, so that a broken one fails when the config is made, naming its field.
+_PATTERN_USES = {"target_modules": "{}", "exclude_modules": "{}", "layers_pattern": r"(?:^|.*?\.){}\.(\d+)\.",
+                 "rank_pattern": r"(.*\.)?({})$", "alpha_pattern": r"(.*\.)?({})$"}
+
+
+def regex_problems(config: PeftConfig) -> list[tuple[str, str]]:
+    """``(field, problem)`` for every pattern of ``config`` that is not a valid regular expression:
+    a string ``target_modules`` / ``exclude_modules``, ``layers_pattern``, and the keys of
+    ``rank_pattern`` / ``alpha_pattern`` (and of any other ``*_pattern`` mapping a method adds)."""
+    problems = []
+    for field in type(config).model_fields:
+        value = getattr(config, field, None)
+        if field in ("target_modules", "exclude_modules"):
+            patterns = [value] if isinstance(value, str) else []
+        elif field == "layers_pattern":
+            patterns = [value] if isinstance(value, str) else list(value or [])
+        elif field.endswith("_pattern") and isinstance(value, dict):
+            patterns = [k for k in value if isinstance(k, str)]
+        else:
+            continue
+        for pattern in patterns:
+            try:
+                re.compile(_PATTERN_USES.get(field, "{}").format(pattern))
+            except (re.error, RecursionError, OverflowError) as e:
+                why = getattr(e, "msg", None) or str(e) or type(e).__name__
+                problems.append((field, f"{short_repr(pattern)} is not a valid regular expression ({why}); "
+                                        "escape special characters, or give a list of module names"))
+                break
+    return problems
+
+
+def mapping_values(value: Any) -> list[Any]:
+    """Validator helper: the values of a ``{module name or regex: value}`` mapping (``rank_pattern``,
+    ``alpha_pattern``); None counts as empty; anything else is an error naming the expected shape."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of module name (or regex) to a value, e.g. {'q_proj': 16}")
+    return list(value.values())
 
 
 def finite_number(value: Any, field: str) -> Any:

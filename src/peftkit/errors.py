@@ -27,3 +27,22 @@ class AdapterError(PeftkitError, ValueError):
 
 class CheckpointError(PeftkitError, ValueError):
     """A saved adapter cannot be read or does not fit the model it is loaded into."""
+
+
+class AdapterNotFoundError(CheckpointError, FileNotFoundError):
+    """A saved adapter (its folder or one of its files) does not exist. Also a ``FileNotFoundError``,
+    so code written for ``peft`` (which raises that) keeps catching it."""
+
+
+class PathError(PeftkitError, ValueError):
+    """A path computed from a name (an adapter's sub-folder, a run folder) would leave the folder it
+    belongs in, or cannot be written."""
+
+
+class CorruptFileError(PeftkitError, ValueError):
+    """A file cannot be used as it is: not UTF-8, not valid JSON / YAML / safetensors, truncated,
+    or over a size limit. ``path`` is the file and ``reason`` what is wrong with it."""
+
+    def __init__(self, path: str, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")

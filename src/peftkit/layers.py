@@ -17,25 +17,39 @@ import torch
 import torch.nn as nn
 
 from .errors import AdapterError
+from .names import BASE_ADAPTER  # noqa: F401  (rows named this use the base model alone)
 
 if TYPE_CHECKING:
     from .config import PeftConfig
 
-# In a mixed batch, rows named this use the base model alone.
-BASE_ADAPTER = "__base__"
+
+
+class RowAdapters(list):
+    """``adapter_names`` as the layers see them: one name per batch row. ``expandable`` is set
+    inside ``generate``, which repeats every prompt's row in place (beams, several samples per
+    prompt): only there may a batch hold an exact multiple of the names' rows."""
+
+    def __init__(self, names: Iterable[str] = (), expandable: bool = False):
+        super().__init__(names)
+        self.expandable = expandable
+
+
+def rows_for_batch(row_adapters: list[str], batch_size: int) -> list[str]:
+    """One adapter name per row of a batch of ``batch_size`` rows: the names themselves, or, in
+    generation (:class:`RowAdapters` ``expandable``), each name repeated for its prompt's copies.
+    A count that fits neither is an :class:`AdapterError`: names are never reused across rows."""
+    n = len(row_adapters)
+    if batch_size == n:
+        return list(row_adapters)
+    if getattr(row_adapters, "expandable", False) and n and batch_size % n == 0:
+        return [name for name in row_adapters for _ in range(batch_size // n)]
+    raise AdapterError(f"adapter_names has {n} entries but the batch has {batch_size} rows; give one name per row")
 
 
 def group_rows(row_adapters: list[str], batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Row indices per adapter name. A batch that generation expanded (beams, several samples
-    per prompt) repeats each prompt's rows in place, so each name is repeated to match."""
-    n = len(row_adapters)
-    if batch_size != n:
-        if n == 0 or batch_size % n:
-            raise AdapterError(f"adapter_names has {n} entries but the batch has {batch_size} rows; give one name per row")
-        reps = batch_size // n
-        row_adapters = [name for name in row_adapters for _ in range(reps)]
+    """Row indices per adapter name (see :func:`rows_for_batch` for batches generation expanded)."""
     groups: dict[str, list[int]] = {}
-    for i, name in enumerate(row_adapters):
+    for i, name in enumerate(rows_for_batch(row_adapters, batch_size)):
         groups.setdefault(name, []).append(i)
     return {name: torch.tensor(rows, device=device) for name, rows in groups.items()}
 
@@ -137,8 +151,9 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
                 for sub, p in entry.named_parameters():
                     yield f"{attr}.{sub}", p
 
-    def set_adapter(self, adapter_names: list[str], trainable: bool = True) -> None:
+    def set_adapter(self, adapter_names: str | list[str], trainable: bool = True) -> None:
         """Make ``adapter_names`` the active adapters; only they get gradients (if ``trainable``)."""
+        adapter_names = [adapter_names] if isinstance(adapter_names, str) else adapter_names
         self.active_adapters = [n for n in adapter_names if n in self.adapter_names]
         for name in self.adapter_names:
             for _, p in self.adapter_parameters(name):
@@ -217,6 +232,37 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
 
     def extra_repr(self) -> str:
         return f"adapters={self.adapter_names}, active={self.active_adapters}, merged={self.merged_adapters}"
+
+    # ------------------------------------------------------------------ peft's layer API (BaseTunerLayer)
+    # Names that code written against peft's layers reads or calls (diffusers' LoRA API, TRL, users).
+    @property
+    def merged(self) -> bool:
+        """Whether any adapter is merged into the base weights."""
+        return bool(self.merged_adapters)
+
+    @property
+    def disable_adapters(self) -> bool:
+        """Whether the layer runs as its base layer alone (see :meth:`enable_adapters`)."""
+        return self.disabled
+
+    @property
+    def active_adapter(self) -> str | list[str]:
+        """The active adapter's name, or the list of them when several are active."""
+        return self.active_adapters[0] if len(self.active_adapters) == 1 else list(self.active_adapters)
+
+    def get_base_layer(self) -> nn.Module:
+        """The wrapped module."""
+        return self.base_layer
+
+    def enable_adapters(self, enabled: bool) -> None:
+        """Turn the adapters of this layer on or off; off, they also stop training (as in peft)."""
+        if enabled:
+            self.set_adapter(self.active_adapters)
+        else:
+            for name in self.adapter_names:
+                for _, p in self.adapter_parameters(name):
+                    p.requires_grad_(False)
+        self.disabled = not enabled
 
 
 class ModulesToSaveWrapper(_ForwardsToBase):

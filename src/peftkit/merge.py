@@ -25,8 +25,7 @@ class MergeMixin:
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
         """Add the (active, or named) adapters into the base weights; forward then costs nothing extra.
         With ``safe_merge`` every merged weight is checked for NaN/inf before any is changed."""
-        names = self._active if adapter_names is None else list(adapter_names)
-        self._check_names(names)
+        names = self._active if adapter_names is None else self._check_names(adapter_names, field="adapter_names")
         if self.peft_config and self._method().merge_error:  # e.g. prompt learning: nothing to merge into
             raise AdapterError(self._method().merge_error)
         layers = list(self._adapter_layers())

@@ -14,14 +14,16 @@ import inspect
 import types
 from typing import Any, Iterator, Optional, Union
 
+import torch
 import torch.nn as nn
 
 from . import checkpoint
 from .config import PeftConfig, TargetedConfig
 from .errors import AdapterError, TargetError
-from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper, _ForwardsToBase
+from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper, RowAdapters, _ForwardsToBase
 from .merge import MergeMixin
 from .model_io import SaveLoadMixin
+from .names import adapter_name_list, check_adapter_name, short_repr
 from .registry import MethodSpec, base_layer_kinds, method_for_config, refusal
 from .targets import (
     TASK_HEADS,
@@ -102,6 +104,22 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         forward.__doc__ = type(self).forward.__doc__
         self.__dict__["forward"] = types.MethodType(forward, self)
 
+    @classmethod
+    def _class_for_task(cls, task_type: Any) -> type["PeftModel"]:
+        """peft's rule for the class to build: the task type's class (``CAUSAL_LM`` ->
+        :class:`PeftModelForCausalLM`, ...), or ``cls`` for a config without a task type."""
+        key = getattr(task_type, "value", task_type)
+        return MODEL_TYPE_TO_PEFT_MODEL_MAPPING.get(key, cls) if key is not None else cls
+
+    def _cast_adapter_to_base_dtype(self, adapter_name: str) -> None:
+        """Give each of ``adapter_name``'s tensors the dtype of the weights of the layer it adapts."""
+        for _, module in self._adapter_modules():
+            base_weight = getattr(getattr(module, "base_layer", None), "weight", None)
+            if not isinstance(base_weight, torch.Tensor) or not base_weight.is_floating_point():
+                continue
+            for _, p in module.adapter_parameters(adapter_name):
+                p.data = p.data.to(base_weight.dtype)
+
     # ------------------------------------------------------------------ introspection
     def get_base_model(self) -> nn.Module:
         """The user's model, with the adapter layers injected."""
@@ -135,11 +153,14 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
     def _adapter_layers(self) -> Iterator[AdapterLayer]:
         return (m for _, m in self._adapter_modules() if isinstance(m, AdapterLayer))
 
-    def _check_names(self, names: list[str], allow_base: bool = False) -> None:
+    def _check_names(self, names: Any, allow_base: bool = False, field: str = "adapter_name", allow_list: bool = True) -> list[str]:
+        """``names`` (a name or a list of names) as a list, each an adapter of this model."""
+        names = adapter_name_list(names, field, allow_list)
         known = set(self.peft_config) | ({BASE_ADAPTER} if allow_base else set())
-        unknown = [n for n in names if n not in known]
+        unknown = [short_repr(n) for n in dict.fromkeys(names) if n not in known]
         if unknown:
-            raise AdapterError(f"unknown adapter(s) {unknown}; this model has {sorted(self.peft_config)}")
+            raise AdapterError(f"unknown adapter(s) [{', '.join(unknown)}]; this model has {sorted(self.peft_config)}")
+        return names
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         """``(trainable, total)`` parameter counts, adapters included in the total."""
@@ -158,8 +179,7 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         self._inject(adapter_name, peft_config, peft_config)
 
     def _inject(self, adapter_name: str, config: PeftConfig, init_config: PeftConfig) -> None:
-        if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name or adapter_name == BASE_ADAPTER:
-            raise AdapterError(f"adapter name {adapter_name!r} is invalid: use a non-empty name without dots, not {BASE_ADAPTER!r}")
+        check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise AdapterError(f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first")
         if not isinstance(config, PeftConfig):
@@ -245,7 +265,7 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter; layers left without adapters get their original module back."""
-        self._check_names([adapter_name])
+        self._check_names(adapter_name, allow_list=False)
         model = self.get_base_model()
         spec = method_for_config(self.peft_config[adapter_name])
         if spec.on_delete:
@@ -263,8 +283,7 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
     # ------------------------------------------------------------------ selecting adapters
     def set_adapter(self, adapter_name: Union[str, list[str]]) -> None:
         """Make one adapter (or several, summed) active; only active adapters train."""
-        names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
-        self._check_names(names)
+        names = self._check_names(adapter_name)
         limit = self._method().max_active_adapters
         if limit is not None and len(names) > limit:
             raise AdapterError(f"{self._method().peft_type} allows {limit} active adapter(s) at a time, got {names}")
@@ -305,23 +324,30 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
 
     # ------------------------------------------------------------------ running
     @contextlib.contextmanager
-    def _rows(self, adapter_names: Optional[list[str]]) -> Iterator[None]:
+    def _rows(self, adapter_names: Optional[list[str]], rows: Optional[int], expandable: bool = False) -> Iterator[None]:
+        """Route each batch row through its adapter. ``rows``: the batch size, when the inputs tell
+        it; ``expandable``: generation may repeat every row (beams, several samples per prompt)."""
         if adapter_names is None:
             yield
             return
-        if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
-            raise AdapterError("adapter_names must be a list with one adapter name (or '__base__') per batch row")
+        if isinstance(adapter_names, str) or not isinstance(adapter_names, (list, tuple)) or not all(
+                isinstance(n, str) for n in adapter_names):
+            raise AdapterError("adapter_names must be a list with one adapter name (or '__base__') per batch row, "
+                               f"got {short_repr(adapter_names)}")
+        if rows is not None and len(adapter_names) != rows:
+            raise AdapterError(f"adapter_names has {len(adapter_names)} entries but the batch has {rows} rows; "
+                               "give one name per row")
         if self.peft_config and self._method().prepare_inputs is not None:
             raise AdapterError(
                 f"{self._method().peft_type} adapters change the model's inputs, so one batch cannot mix them "
                 "(adapter_names=...); run one batch per adapter with set_adapter()"
             )
-        self._check_names(list(dict.fromkeys(adapter_names)), allow_base=True)
+        self._check_names(list(adapter_names), allow_base=True, field="adapter_names")
         if any(layer.merged_adapters for layer in self._adapter_layers()):
             raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
         modules = [m for _, m in self._adapter_modules()]
         for m in modules:
-            m.row_adapters = list(adapter_names)
+            m.row_adapters = RowAdapters(adapter_names, expandable=expandable)
         try:
             yield
         finally:
@@ -333,12 +359,12 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         (``labels`` is named so that ``transformers.Trainer`` finds the label column; it is passed on when given.)"""
         if labels is not None:
             kwargs["labels"] = labels
-        with self._rows(adapter_names), self._inputs_prepared():
+        with self._rows(adapter_names, _batch_rows(args, kwargs)), self._inputs_prepared():
             return self.get_base_model()(*args, **kwargs)
 
     def generate(self, *args: Any, adapter_names: Optional[list[str]] = None, **kwargs: Any) -> Any:
         """``model.generate`` with the adapters applied; ``adapter_names`` as in :meth:`forward`."""
-        with self._rows(adapter_names), self._inputs_prepared() as method:
+        with self._rows(adapter_names, _batch_rows(args, kwargs), expandable=True), self._inputs_prepared() as method:
             model = self.get_base_model()
             if method is not None and method.prepare_generate is not None:
                 kwargs = method.prepare_generate(self, self._active[0], _by_name(model.generate, args, kwargs))
@@ -366,6 +392,15 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
             handle.remove()
 
 
+def _batch_rows(args: tuple, kwargs: dict) -> Optional[int]:
+    """The batch size of a call's inputs (``input_ids``, ``inputs_embeds``, or the first positional
+    tensor), or None when they do not tell it; the layers then check each input they see."""
+    candidates = (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), args[0] if args else None)
+    first = next((c for c in candidates if c is not None), None)
+    shape = getattr(first, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) > 0 else None
+
+
 def _by_name(function: Any, args: tuple, kwargs: dict) -> dict:
     """``kwargs`` plus the positional ``args`` under the names ``function`` gives them."""
     if not args:
@@ -377,36 +412,76 @@ def _by_name(function: Any, args: tuple, kwargs: dict) -> dict:
     return {**dict(zip(names, args)), **kwargs}
 
 
-def get_peft_model(model: nn.Module, peft_config: PeftConfig, adapter_name: str = "default", **kwargs: Any) -> PeftModel:
-    """Add a new adapter to ``model`` and return the :class:`PeftModel` (``peft.get_peft_model``).
+def get_peft_model(
+    model: nn.Module,
+    peft_config: PeftConfig,
+    adapter_name: str = "default",
+    mixed: bool = False,
+    autocast_adapter_dtype: bool = True,
+    revision: Optional[str] = None,
+    low_cpu_mem_usage: bool = False,
+) -> PeftModel:
+    """Add a new adapter to ``model`` and return it wrapped (``peft.get_peft_model``): a
+    :class:`PeftModelForCausalLM` (and so on) when the config names a ``task_type``, else a
+    :class:`PeftModel`.
+
+    ``autocast_adapter_dtype=False`` keeps the adapter in the dtype of each adapted layer's weights
+    (by default adapters on float16/bfloat16 layers are float32, as in ``peft``); ``revision`` is
+    recorded in the config. ``mixed=True`` (peft's ``PeftMixedModel``: adapters of different methods
+    in one model) is not supported.
 
     Example:
         >>> import peftkit as pk
-        >>> model = pk.get_peft_model(base, pk.LoraConfig(r=16, target_modules="all-linear"))  # doctest: +SKIP
+        >>> model = pk.get_peft_model(base, pk.LoraConfig(r=16, target_modules="all-linear", task_type="CAUSAL_LM"))  # doctest: +SKIP
+        >>> type(model).__name__  # doctest: +SKIP
+        'PeftModelForCausalLM'
     """
-    return PeftModel(model, peft_config, adapter_name=adapter_name)
+    if mixed:
+        raise AdapterError(
+            "get_peft_model(mixed=True) (peft's PeftMixedModel: adapters of different methods in one model) is not "
+            "supported by peftkit; use adapters of one method, or peft for this model"
+        )
+    if revision is not None and isinstance(peft_config, PeftConfig):
+        peft_config = peft_config.model_copy(update={"revision": revision})
+    peft_model = PeftModel._class_for_task(getattr(peft_config, "task_type", None))(model, peft_config, adapter_name)
+    if not autocast_adapter_dtype:
+        peft_model._cast_adapter_to_base_dtype(adapter_name)
+    return peft_model
 
 
-# peft exposes one class per task; in peftkit the task changes no logic, so these are names only.
+# peft has one class per task type; in peftkit the task changes no logic, so each is PeftModel under
+# the task's name: get_peft_model and from_pretrained return them, and isinstance checks against
+# either name hold, as in peft.
 class PeftModelForCausalLM(PeftModel):
-    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+    """A :class:`PeftModel` over a causal language model (``task_type="CAUSAL_LM"``)."""
 
 
 class PeftModelForSequenceClassification(PeftModel):
-    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+    """A :class:`PeftModel` over a sequence classifier (``task_type="SEQ_CLS"``)."""
 
 
 class PeftModelForSeq2SeqLM(PeftModel):
-    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+    """A :class:`PeftModel` over an encoder-decoder model (``task_type="SEQ_2_SEQ_LM"``)."""
 
 
 class PeftModelForTokenClassification(PeftModel):
-    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+    """A :class:`PeftModel` over a token classifier (``task_type="TOKEN_CLS"``)."""
 
 
 class PeftModelForQuestionAnswering(PeftModel):
-    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+    """A :class:`PeftModel` over an extractive question-answering model (``task_type="QUESTION_ANS"``)."""
 
 
 class PeftModelForFeatureExtraction(PeftModel):
-    """Same as :class:`PeftModel` (kept so ``peft`` imports keep working)."""
+    """A :class:`PeftModel` over an encoder used for embeddings (``task_type="FEATURE_EXTRACTION"``)."""
+
+
+# task_type -> class, as peft's MODEL_TYPE_TO_PEFT_MODEL_MAPPING
+MODEL_TYPE_TO_PEFT_MODEL_MAPPING: dict[str, type[PeftModel]] = {
+    "CAUSAL_LM": PeftModelForCausalLM,
+    "SEQ_CLS": PeftModelForSequenceClassification,
+    "SEQ_2_SEQ_LM": PeftModelForSeq2SeqLM,
+    "TOKEN_CLS": PeftModelForTokenClassification,
+    "QUESTION_ANS": PeftModelForQuestionAnswering,
+    "FEATURE_EXTRACTION": PeftModelForFeatureExtraction,
+}

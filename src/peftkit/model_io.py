@@ -11,7 +11,10 @@ import torch.nn as nn
 
 from . import checkpoint
 from .config import CONFIG_NAME, PeftConfig
-from .errors import CheckpointError
+from .errors import AdapterError, CheckpointError
+from .names import check_adapter_name, child_path
+from .staging import staged_folder
+from .untrusted import allocation_limit
 
 if TYPE_CHECKING:
     from .model import PeftModel
@@ -54,12 +57,14 @@ class SaveLoadMixin:
         """
         if not safe_serialization:
             raise CheckpointError("peftkit writes safetensors only (pickle files can run code); drop safe_serialization=False")
-        names = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
-        self._check_names(names)
+        names = list(self.peft_config) if selected_adapters is None else self._check_names(selected_adapters, field="selected_adapters")
         if not is_main_process:
             return
         if os.path.isfile(save_directory):
             raise CheckpointError(f"save_directory {str(save_directory)!r} is a file; pass a folder to write the adapter into")
+        for name in names:  # a name the checks at add_adapter() let through must still not leave the folder
+            if name != "default":
+                child_path(save_directory, check_adapter_name(name), what=f"the folder of adapter {name!r}")
         initial = None if path_initial_model_for_weight_conversion is None else _initial_adapter(path_initial_model_for_weight_conversion)
         outputs = []  # everything is computed (and checked) before the first file is written
         for name in names:
@@ -70,11 +75,47 @@ class SaveLoadMixin:
             if initial is not None:
                 config, tensors = _converted(config, tensors, *initial, name)
             config.inference_mode = True  # a saved adapter loads for inference unless asked otherwise
-            target = str(save_directory) if name == "default" else os.path.join(str(save_directory), name)
-            outputs.append((target, config, tensors))
-        for target, config, tensors in outputs:
-            checkpoint.save_adapter_weights(tensors, target)
-            config.save_pretrained(target)
+            outputs.append(("" if name == "default" else name, config, tensors))
+        with staged_folder(save_directory) as stage:  # moved in only when every adapter is written
+            for folder, config, tensors in outputs:
+                checkpoint.save_adapter_weights(tensors, os.path.join(stage, folder))
+                config.save_pretrained(os.path.join(stage, folder), auto_mapping_dict=self._auto_mapping(config))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: Optional[str] = None,
+        commit_description: Optional[str] = None,
+        private: Optional[bool] = None,
+        token: bool | str | None = None,
+        revision: Optional[str] = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: Optional[list[str]] = None,
+    ) -> str:
+        """Upload the adapter(s), as ``save_pretrained`` writes them, to the Hub repository ``repo_id``
+        (created if needed) in one commit; returns the commit URL. Same arguments as ``peft``'s
+        (transformers' ``PushToHubMixin.push_to_hub``); adapters are never sharded.
+
+        Example:
+            >>> model.push_to_hub("me/smollm2-contact-lora", private=True)   # doctest: +SKIP
+        """
+        from .hub import model_card, push_folder
+
+        first = next(iter(self.peft_config.values()))
+        card = model_card(first.base_model_name_or_path, [*(tags or []), first.peft_type.lower()])
+        return push_folder(
+            self.save_pretrained, repo_id, card=card, commit_message=commit_message or "Upload adapter",
+            commit_description=commit_description, private=private, token=token, revision=revision, create_pr=create_pr,
+        )
+
+    def _auto_mapping(self, config: PeftConfig) -> Optional[dict[str, str]]:
+        """What ``AutoPeftModel`` needs to rebuild the base model of an adapter without a task type."""
+        if config.task_type is not None:
+            return None
+        base = type(self.get_base_model())
+        return {"base_model_class": base.__name__, "parent_library": base.__module__}
 
     @classmethod
     def from_pretrained(
@@ -90,13 +131,14 @@ class SaveLoadMixin:
     ) -> "PeftModel":
         """Load a saved adapter (peftkit's or ``peft``'s) onto ``model``. If the adapter does not fit,
         the error names the first mismatching module and ``model`` is left as it was."""
+        check_adapter_name(adapter_name)
         config = config or PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
         config.inference_mode = not is_trainable
-        weights, path = checkpoint.load_adapter_weights(model_id, subfolder=subfolder, revision=revision)
-        peft_model = cls(model, None)
+        path = checkpoint.adapter_weights_path(model_id, subfolder=subfolder, revision=revision)
+        peft_model = cls._class_for_task(config.task_type)(model, None)  # PeftModelForCausalLM etc., as in peft
         saved_grad = [(p, p.requires_grad) for p in model.parameters()]
         try:
-            peft_model._load(adapter_name, config, weights, path)
+            peft_model._load(adapter_name, config, path)
         except BaseException:
             for p, flag in saved_grad:  # the model goes back exactly as it came
                 p.requires_grad_(flag)
@@ -114,16 +156,28 @@ class SaveLoadMixin:
         **kwargs: Any,
     ) -> checkpoint.LoadResult:
         """Load another saved adapter beside the existing ones (it is not made active)."""
+        check_adapter_name(adapter_name)
+        if adapter_name in self.peft_config:
+            raise AdapterError(f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first")
         config = PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
         config.inference_mode = not is_trainable
-        weights, path = checkpoint.load_adapter_weights(model_id, subfolder=subfolder, revision=revision)
-        return self._load(adapter_name, config, weights, path)
+        path = checkpoint.adapter_weights_path(model_id, subfolder=subfolder, revision=revision)
+        return self._load(adapter_name, config, path)
 
-    def _load(self, adapter_name: str, config: PeftConfig, weights: dict, source: str) -> checkpoint.LoadResult:
+    def _load(self, adapter_name: str, config: PeftConfig, path: str) -> checkpoint.LoadResult:
+        """Build the adapter and fill it from the file at ``path``, checking before any work: the
+        file's header first (no tensor read), the layers built under a size limit (the file's
+        tensors plus the base model's: a config claiming a huge rank fails before allocating), the
+        header's shapes against the layers, and only then the tensor data."""
+        header = checkpoint.adapter_file_header(path)
+        limit = sum(t.numel for t in header.values()) + sum(p.numel() for p in self.parameters())
         # Initialisation is skipped (the saved values overwrite it); PiSSA/OLoRA must not touch the base.
-        self._inject(adapter_name, config, config.for_loading())
+        with allocation_limit(limit, f"{path}: adapter {adapter_name!r}"):
+            self._inject(adapter_name, config, config.for_loading())
         try:
-            result = checkpoint.set_peft_model_state_dict(self, weights, adapter_name=adapter_name, source=source)
+            checkpoint.check_fits_file(self, header, adapter_name, path)
+            weights = checkpoint.read_adapter_file(path)
+            result = checkpoint.set_peft_model_state_dict(self, weights, adapter_name=adapter_name, source=path)
         except BaseException:
             self.delete_adapter(adapter_name)
             raise

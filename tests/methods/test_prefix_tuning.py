@@ -10,8 +10,10 @@ from contract_helpers import train_losses
 from prompt_checks import check_contract, check_peft_to_peftkit, check_peftkit_to_peft, perturb
 from tiny_models import example_inputs, make_model, model_outputs
 from transformers import DynamicCache, EncoderDecoderCache
+from upstream_bugs import PEFT_PREFIX_TUNING_CLASSIFIERS
 
 import peftkit as pk
+from peftkit.compat import enable_activation_checkpointing
 
 pytestmark = [
     pytest.mark.usefixtures("torch_single_thread"),
@@ -28,15 +30,18 @@ CASES = {
     "t5": ("t5", {"num_virtual_tokens": 3}),
     "t5_projection": ("t5", {"num_virtual_tokens": 3, "prefix_projection": True}),
 }
+# peft cannot build or load a prefix-tuned classifier under some versions (upstream_bugs.py)
+INTEROP_CASES = [pytest.param(case, marks=PEFT_PREFIX_TUNING_CLASSIFIERS.xfail()) if CASES[case][0] == "bert" else case
+                 for case in CASES]
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", INTEROP_CASES)
 def test_peft_adapter_loads_in_peftkit(case, tmp_path):
     family, kwargs = CASES[case]
     check_peft_to_peftkit(family, "PrefixTuningConfig", kwargs, tmp_path)
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", INTEROP_CASES)
 def test_peftkit_adapter_loads_in_peft(case, tmp_path):
     family, kwargs = CASES[case]
     check_peftkit_to_peft(family, "PrefixTuningConfig", kwargs, tmp_path)
@@ -87,11 +92,11 @@ def test_zero_init_starts_as_an_all_zero_prefix():
 
 def test_gradient_checkpointing_is_refused():
     base = make_model("llama")
-    base.activation_checkpointing_enable()
+    enable_activation_checkpointing(base)
     with pytest.raises(pk.AdapterError, match="gradient checkpointing"):
         pk.get_peft_model(base, pk.PrefixTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM"))
     model = pk.get_peft_model(make_model("llama"), pk.PrefixTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM"))
-    model.get_base_model().activation_checkpointing_enable()
+    enable_activation_checkpointing(model.get_base_model())
     with pytest.raises(pk.AdapterError, match="activation_checkpointing_disable"):
         model(**example_inputs("llama"))
 

@@ -25,6 +25,11 @@ import peftkit as pk
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
+# transformers 5.23 renamed TrainingArguments.gradient_checkpointing (the old name warns)
+CHECKPOINTING_ARGUMENT = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+                          else "gradient_checkpointing")
+
+
 def make_trainer(tmp_path, model, steps: int, **args) -> Trainer:
     tok = tiny_tokenizer()
     texts = [f"The number {i} is {'even' if i % 2 == 0 else 'odd'}." for i in range(16)]
@@ -42,7 +47,7 @@ def test_trains_under_trainer_and_saves_a_peft_adapter(tmp_path, checkpointing):
     model = pk.get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
                               pk.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    trainer = make_trainer(tmp_path, model, steps=8, gradient_checkpointing=checkpointing)
+    trainer = make_trainer(tmp_path, model, steps=8, **{CHECKPOINTING_ARGUMENT: checkpointing})
     assert trainer.label_names == ["labels"]  # found through PeftModel.forward
     trainer.train()
     assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules()) == checkpointing

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal, Union
 import torch.nn as nn
 from pydantic import field_validator
 
-from ..config import ANY_VALUE, PeftConfig, TargetedConfig, finite_number
+from ..config import ANY_VALUE, PeftConfig, TargetedConfig, finite_number, mapping_values
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
 from .lora_conversion import convert_mutated_init
@@ -90,9 +90,9 @@ class LoraConfig(TargetedConfig):
     @field_validator("alpha_pattern", mode="before")
     @classmethod
     def _alphas(cls, value: dict[str, float]) -> dict[str, float]:
-        for alpha in value.values():
+        for alpha in mapping_values(value):
             finite_number(alpha, "alpha_pattern")
-        return value
+        return {} if value is None else value  # peft writes null for "none" at times
 
     @field_validator("rank_pattern")
     @classmethod

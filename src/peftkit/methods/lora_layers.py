@@ -21,7 +21,7 @@ from ..errors import TargetError
 from ..kernels import multi_lora
 from ..kernels.lora_linear import fast_path_applies, lora_linear
 from ..kernels.dora import dora_fast_path_applies, dora_linear
-from ..layers import AdapterLayer
+from ..layers import AdapterLayer, rows_for_batch
 from ..targets import pattern_value
 from .dora import MAGNITUDE, DoraMixin, dora_delta, init_magnitude, weight_norm
 
@@ -48,7 +48,7 @@ class LoraLayer(DoraMixin, AdapterLayer):
     """Shared LoRA bookkeeping: rank, alpha and scaling per adapter (DoRA from :class:`DoraMixin`)."""
 
     adapter_param_names = ("lora_A", "lora_B", MAGNITUDE)
-    adapter_setting_names = ("r", "lora_alpha", "scaling", "lora_dropout")
+    adapter_setting_names = ("r", "lora_alpha", "scaling", "use_rslora", "lora_dropout")
     # What holds one adapter's tensor: a module (nn.Linear, nn.Conv2d) or a bare nn.Parameter.
     tensor_holder: type[nn.Module] = nn.ModuleDict
 
@@ -62,6 +62,7 @@ class LoraLayer(DoraMixin, AdapterLayer):
         self.r: dict[str, int] = {}
         self.lora_alpha: dict[str, float] = {}
         self.scaling: dict[str, float] = {}
+        self.use_rslora: dict[str, bool] = {}
         self.add_adapter(adapter_name, config, key)
 
     def add_adapter(self, adapter_name: str, config: "LoraConfig", key: str) -> None:
@@ -70,7 +71,8 @@ class LoraLayer(DoraMixin, AdapterLayer):
         alpha = pattern_value(config.alpha_pattern, key, config.lora_alpha)
         self.r[adapter_name] = r
         self.lora_alpha[adapter_name] = alpha
-        self.scaling[adapter_name] = alpha / (math.sqrt(r) if config.use_rslora else r)
+        self.use_rslora[adapter_name] = config.use_rslora
+        self.scaling[adapter_name] = self.configured_scaling(adapter_name)
         self.lora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         _, base_dtype, device = self.base_weight_info()
         dtype = adapter_dtype(base_dtype)
@@ -88,6 +90,27 @@ class LoraLayer(DoraMixin, AdapterLayer):
                     entry.to(device=device, dtype=dtype)
             if config.use_dora:  # the magnitude starts at the adapted weight's norm: outputs unchanged
                 init_magnitude(self, adapter_name, dtype)
+
+    def configured_scaling(self, adapter_name: str) -> float:
+        """``lora_alpha / r`` (rsLoRA: ``/ sqrt(r)``): the scaling the adapter's config gives."""
+        r = self.r[adapter_name]
+        return self.lora_alpha[adapter_name] / (math.sqrt(r) if self.use_rslora[adapter_name] else r)
+
+    # peft's scale API, which diffusers uses for adapter weights and per-call LoRA scales
+    def set_scale(self, adapter: str, scale: float) -> None:
+        """Scaling of ``adapter`` := ``scale`` times its configured scaling."""
+        if adapter in self.scaling:
+            self.scaling[adapter] = scale * self.configured_scaling(adapter)
+
+    def scale_layer(self, scale: float) -> None:
+        """Multiply the scaling of every active adapter by ``scale``."""
+        for name in self.active_adapters:
+            self.scaling[name] *= scale
+
+    def unscale_layer(self, scale: float | None = None) -> None:
+        """Undo :meth:`scale_layer` (``scale=None``: back to the configured scaling)."""
+        for name in self.active_adapters:
+            self.scaling[name] = self.configured_scaling(name) if scale is None else self.scaling[name] / scale
 
     @abc.abstractmethod
     def create_tensors(self, adapter_name: str, r: int) -> None:
@@ -184,11 +207,9 @@ class LoraLinear(LoraLayer):
     def _forward_mixed(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Mixed batches in two batched matmuls (see peftkit.kernels.multi_lora); the generic
         per-adapter loop where that does not apply (dropout while training, DoRA, heavy padding)."""
-        names = self.row_adapters
-        if x.shape[0] != len(names) and names and x.shape[0] % len(names) == 0:  # beams / samples
-            names = [n for n in names for _ in range(x.shape[0] // len(names))]
+        names = rows_for_batch(self.row_adapters, x.shape[0])  # generate's beams / samples repeat rows
         plan = None
-        if len(names) == x.shape[0] and not args and not kwargs and not self.merged_adapters:
+        if not args and not kwargs and not self.merged_adapters:
             plan = multi_lora.row_plan(tuple(names), frozenset(self.adapter_names), x.device)
         special = getattr(self, "lora_magnitude_vector", {})  # DoRA adapters take the generic path
         if (plan is None or plan.padding > multi_lora.MAX_PADDING or any(n in special for n in plan.names)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from pydantic import field_validator
 
-from ..config import TargetedConfig, finite_number
+from ..config import TargetedConfig, finite_number, mapping_values
 from ..layers import AdapterLayer
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory
@@ -69,16 +69,16 @@ class LycorisConfig(TargetedConfig):
     @field_validator("rank_pattern", mode="before")
     @classmethod
     def _ranks(cls, value: Any) -> Any:
-        for rank in (value or {}).values():
+        for rank in mapping_values(value):
             _positive_int(rank, "every rank in rank_pattern")
-        return value
+        return {} if value is None else value
 
     @field_validator("alpha_pattern", mode="before")
     @classmethod
     def _alphas(cls, value: Any) -> Any:
-        for alpha in (value or {}).values():
+        for alpha in mapping_values(value):
             finite_number(alpha, "alpha_pattern")
-        return value
+        return {} if value is None else value
 
 
 def rebuild_cp(core: torch.Tensor, out_factor: torch.Tensor, in_factor: torch.Tensor) -> torch.Tensor:

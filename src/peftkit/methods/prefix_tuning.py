@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal, Optional
 import torch
 import torch.nn as nn
 
+from ..compat import cache_kwarg, pop_cache
 from ..errors import AdapterError, ConfigError
 from .prompt_learning import (
     Positive,
@@ -131,10 +132,12 @@ def prepend_prefix(peft_model: nn.Module, adapter_name: str, kwargs: dict[str, A
     if kwargs.get("position_ids") is not None:
         kwargs["position_ids"] = kwargs["position_ids"] + n
     drop_token_type_ids(config, kwargs)
-    if cache_is_empty(kwargs.get("past_key_values")):
+    cache = pop_cache(kwargs)
+    if cache_is_empty(cache):
         _refuse_checkpointing(model)
         prompt = prompt_encoder(peft_model, adapter_name).prompt().to(input_embeddings(model).weight.dtype)
-        kwargs["past_key_values"] = prefix_cache(prompt, config, batch_size(kwargs), encoder_decoder)
+        cache = prefix_cache(prompt, config, batch_size(kwargs), encoder_decoder)
+    kwargs[cache_kwarg(model)] = cache
     return kwargs
 
 

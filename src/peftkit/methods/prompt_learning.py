@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 from pydantic import BeforeValidator, PrivateAttr, field_validator
 
+from ..compat import cache_kwarg
 from ..config import PeftConfig, TaskType
 from ..errors import AdapterError, ConfigError
 from ..layers import AdapterLayer
@@ -301,7 +302,7 @@ def prepend_virtual_tokens(peft_model: nn.Module, adapter_name: str, kwargs: dic
         kwargs["position_ids"] = None
     drop_token_type_ids(config, kwargs)
     extend_mask(kwargs, "attention_mask", n)
-    if not is_encoder_decoder(model) and not cache_is_empty(kwargs.get("past_key_values")):
+    if not is_encoder_decoder(model) and not cache_is_empty(kwargs.get(cache_kwarg(model))):
         return kwargs  # a decoding step: the prompt is in the cache already
     embeds = kwargs.pop("inputs_embeds", None)
     ids = kwargs.pop("input_ids", None)

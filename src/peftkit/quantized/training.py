@@ -9,6 +9,7 @@ from typing import Any, Optional
 import torch
 import torch.nn as nn
 
+from ..compat import enable_activation_checkpointing
 from .kinds import is_quantized_module, kind_of
 
 
@@ -42,7 +43,7 @@ def prepare_model_for_kbit_training(model: nn.Module, use_gradient_checkpointing
         kwargs = {"use_reentrant": False} if gradient_checkpointing_kwargs is None else dict(gradient_checkpointing_kwargs)
         if kwargs.get("use_reentrant", True) and hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_activation_checkpointing(model, **kwargs)
         if getattr(model, "config", None) is not None:
             model.config.use_cache = False
     return model

@@ -73,8 +73,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(json.dumps(records.to_json(run), indent=2, default=str))
         elif args.fields:
             print("\n".join(f"{k} = {json.dumps(v, default=str)}" for k, v in run.fields().items()))
-        elif args.config:
-            with open(os.path.join(run.path, records.CONFIG_FILE), encoding="utf-8") as f:
+        elif args.config:  # as it is on disk, damaged bytes shown as U+FFFD
+            with open(os.path.join(run.path, records.CONFIG_FILE), encoding="utf-8", errors="replace") as f:
                 print(f.read(), end="")
         else:
             print(views.show_text(catalog, run, catalog.groups()))

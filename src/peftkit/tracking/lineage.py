@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PeftkitError
 from .env import file_digest
 from .records import Run, is_run_dir, read_run
 
@@ -115,10 +115,14 @@ def versioned_source(source: str) -> str:
 
 
 def _check_method(adapter_dir: str, method: str, source: str) -> None:
-    import json
+    from ..untrusted import read_json
 
-    with open(os.path.join(adapter_dir, ADAPTER_CONFIG), encoding="utf-8") as f:
-        saved = str(json.load(f).get("peft_type", "")).lower()
+    path = os.path.join(adapter_dir, ADAPTER_CONFIG)
+    try:
+        data = read_json(path)
+    except (OSError, PeftkitError) as e:
+        raise _problem(source, f"{path} cannot be read: {getattr(e, 'reason', None) or e}") from None
+    saved = str(data.get("peft_type", "")).lower() if isinstance(data, dict) else ""
     if saved and saved != method.lower():
         raise _problem(source, f"holds a {saved} adapter, but adapter.method is {method}")
 

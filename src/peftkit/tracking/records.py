@@ -27,7 +27,9 @@ from typing import Any, Optional
 
 import yaml
 
+from ..errors import CorruptFileError
 from ..train import runs
+from ..untrusted import decode_utf8, read_bytes
 
 RUN_FILE, CONFIG_FILE, METRICS_FILE = "run.json", "config.yaml", "metrics.jsonl"
 # Keys every run may have (absent where unset: a run without a parent has no "parent" field).
@@ -54,6 +56,7 @@ class Run:
     info: dict[str, Any]
     config: dict[str, Any]
     summary: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # damaged files or fields, each naming its file
 
     @property
     def status(self) -> str:
@@ -121,7 +124,7 @@ def summarize(records: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, 
     ``{"value", "step"}`` over evaluations after step 0). Metric names drop the ``eval_`` prefix;
     the curves themselves stay in metrics.jsonl (see :mod:`peftkit.tracking.plots`)."""
     steps = max((int(r.get("step", 0)) for r in records), default=0)
-    train = [r for r in records if "loss" in r and not r.get("final")]
+    train = [r for r in records if _number(r.get("loss")) and not r.get("final")]
     evals = [{k[5:]: v for k, v in r.items() if k.startswith("eval_") and _number(v)} | {"step": r.get("step", 0)}
              for r in records if not r.get("final") and any(k.startswith("eval_") for k in r)]
     final = {k[5:]: v for k, v in (info.get("final_metrics") or {}).items() if k.startswith("eval_") and _number(v)}
@@ -145,30 +148,71 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def read_config(path: str) -> dict[str, Any]:
-    """The resolved config of a run folder as plain data ({} when it is missing or unreadable)."""
-    try:
-        with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
-            from ..train.config import _Loader  # YAML 1.2 floats, as the run wrote them
+def read_config(path: str, problems: Optional[list[str]] = None) -> dict[str, Any]:
+    """The resolved config of a run folder as plain data: ``{}`` when it is missing or unreadable,
+    and only its sections that are mappings; what was wrong is appended to ``problems``."""
+    from ..train.yaml_io import MAX_BYTES, load_yaml  # YAML 1.2 floats, as the run wrote them; size limits
 
-            data = yaml.load(f, Loader=_Loader)
-    except (OSError, yaml.YAMLError):
+    file = os.path.join(path, CONFIG_FILE)
+    notes = problems if problems is not None else []
+    try:
+        data = load_yaml(decode_utf8(read_bytes(file, MAX_BYTES), file))
+    except FileNotFoundError:
         return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, CorruptFileError, yaml.YAMLError) as e:
+        notes.append(f"{file}: {getattr(e, 'reason', None) or getattr(e, 'strerror', None) or _one_line(e)}")
+        return {}
+    if not isinstance(data, dict):
+        notes.append(f"{file}: not a mapping of sections")
+        return {}
+    for section in [k for k, v in data.items() if not isinstance(v, dict)]:
+        notes.append(f"{file}: section {str(section)[:40]!r} is not a mapping; ignored")
+    return {str(k): v for k, v in data.items() if isinstance(v, dict)}
+
+
+# run.json fields that readers use, with the type they need; a field of another type is left out
+# (and reported) so that one edited or damaged field does not stop a listing.
+INFO_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,), "name": (str,), "config_hash": (str,), "parent": (str,), "parent_path": (str,),
+    "parent_adapter": (str,), "reproduces": (str,), "started": (str,), "ended": (str,), "resumed": (str,),
+    "resumed_from": (str,), "error": (str,), "seed": (int,), "train_seconds": (int, float), "processes": (int,),
+    "sweep": (dict,), "environment": (dict,), "data": (dict,), "trackers": (dict,), "final_metrics": (dict,),
+}
+
+
+def _checked_info(info: dict[str, Any], file: str, problems: list[str]) -> dict[str, Any]:
+    kept = {}
+    for key, value in info.items():
+        wanted = INFO_TYPES.get(key)
+        if value is None or wanted is None or (isinstance(value, wanted) and not isinstance(value, bool)):
+            kept[key] = value
+        else:
+            problems.append(f"{file}: field {key!r} should be {'/'.join(t.__name__ for t in wanted)}, "
+                            f"got {type(value).__name__}; ignored")
+    return kept
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:300]
 
 
 def read_run(path: str) -> Run:
-    """Read one run folder. A run.json that cannot be parsed gives a run with status ``unreadable``
-    (listed, so that it can be looked at and removed) instead of an error."""
+    """Read one run folder. Whatever is damaged (run.json, config.yaml or lines of metrics.jsonl:
+    not UTF-8, not JSON/YAML, fields of the wrong type) is left out and named in ``problems``; a
+    run.json that cannot be read at all gives status ``unreadable``. The run is listed either way,
+    so that it can be looked at and removed."""
     path = os.path.abspath(path)
+    problems: list[str] = []
     try:
-        info = runs.read_run_json(path)
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as e:
-        info = {"status": "unreadable", "error": f"run.json: {e}"}
-    run = Run(id=os.path.basename(path), path=path, info=info, config=read_config(path))
-    run.summary = summarize(runs.read_metrics(path), info)
+        info = _checked_info(runs.read_run_json(path), os.path.join(path, RUN_FILE), problems)
+    except (OSError, CorruptFileError) as e:
+        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+        problems.append(f"{os.path.join(path, RUN_FILE)}: {reason}")
+        info = {"status": "unreadable", "error": f"run.json: {reason}"}
+    config = read_config(path, problems)
+    run = Run(id=os.path.basename(path), path=path, info=info, config=config)
+    run.summary = summarize(runs.read_metrics(path, problems), info)
+    run.problems = problems
     return run
 
 
@@ -186,11 +230,13 @@ def signature(path: str) -> str:
 
 def to_json(run: Run) -> dict[str, Any]:
     """What the index stores for a run and ``--json`` prints."""
-    return {"id": run.id, "path": run.path, "info": run.info, "config": run.config, "summary": run.summary}
+    return {"id": run.id, "path": run.path, "info": run.info, "config": run.config, "summary": run.summary,
+            "problems": run.problems}
 
 
 def from_json(data: dict[str, Any]) -> Run:
-    return Run(id=data["id"], path=data["path"], info=data["info"], config=data["config"], summary=data["summary"])
+    return Run(id=data["id"], path=data["path"], info=data["info"], config=data["config"], summary=data["summary"],
+               problems=list(data.get("problems") or []))
 
 
 def dumps(data: Any) -> str:

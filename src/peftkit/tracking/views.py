@@ -64,6 +64,10 @@ def list_text(runs: list[Run], groups: dict[str, VersionGroup]) -> str:
     again = [g for v, g in groups.items() if v in shown and g.reruns > 1]
     if again:
         text += "\n\nconfig versions run more than once:\n" + "\n".join("  " + group_line(g) for g in again)
+    damaged = [r for r in runs if r.problems]
+    if damaged:
+        text += "\n\nruns with damaged files (peftkit runs show RUN names them):\n" + "\n".join(
+            f"  {r.id}: {r.problems[0]}" + (f" (+{len(r.problems) - 1} more)" if len(r.problems) > 1 else "") for r in damaged)
     return text
 
 
@@ -102,7 +106,8 @@ def show_text(catalog: Any, run: Run, groups: dict[str, VersionGroup]) -> str:
     adapter = run.config.get("adapter") or {}
     pairs = [
         ("run", run.id), ("path", run.path), ("name", info.get("name") or ""), ("status", run.status),
-        ("error", info.get("error") or ""), ("version", version),
+        ("error", info.get("error") or ""), ("damaged", "\n  ".join(["", *run.problems]) if run.problems else ""),
+        ("version", version),
         ("method", (run.method or "-") + (f"  r={fmt_value(adapter['r'])}" if "r" in adapter else "")),
         ("started", f"{info.get('started') or '-'}   ended {info.get('ended') or '-'}   duration "
                     f"{fmt_duration(run.duration())}"),

@@ -13,7 +13,6 @@ adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``). The ba
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ import torch
 
 from ..config import PeftConfig
 from ..errors import PeftkitError
+from ..untrusted import read_json
+from . import runs
 
 ADAPTER_CONFIG = "adapter_config.json"
 TASKS_OF = {"CAUSAL_LM": "sft", "SEQ_CLS": "classification"}  # adapter task_type -> run task
@@ -85,9 +86,8 @@ def locate(path: str) -> Target:
 def _no_adapter_message(run_dir: str) -> str:
     status = "unknown"
     try:
-        with open(os.path.join(run_dir, "run.json"), encoding="utf-8") as f:
-            status = json.load(f).get("status", status)
-    except (OSError, ValueError):
+        status = str(runs.read_run_json(run_dir).get("status", status))
+    except (OSError, ValueError):  # a damaged run.json (CorruptFileError is a ValueError): status unknown
         pass
     message = (f"run folder {run_dir} has no adapter: {os.path.join(run_dir, 'adapter', ADAPTER_CONFIG)} is missing "
                f"(run status: {status})")
@@ -142,8 +142,13 @@ def label_names(target: Target) -> list[str]:
     for folder in places:
         path = os.path.join(folder, "labels.json")
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                return list(json.load(f))
+            try:
+                names = read_json(path)
+            except (OSError, PeftkitError) as e:
+                raise CommandError(f"{path}: cannot be read ({getattr(e, 'reason', None) or e})") from None
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise CommandError(f"{path}: must be a JSON list of label names")
+            return names
     raise CommandError(f"{os.path.join(target.adapter_dir, 'labels.json')} is missing: a classification adapter "
                        "needs its label names (peftkit train writes them into the run's adapter folder)")
 

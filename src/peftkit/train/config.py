@@ -20,10 +20,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..config import PeftConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, CorruptFileError
+from ..names import short_repr
+from ..untrusted import decode_utf8, read_bytes
 from ..quantized.loading import QuantizationConfig
 from ..registry import MethodSpec, registered_methods
+from . import runs
 from .optimizers import OPTIMIZERS, optimizer_problem
+from .yaml_io import MAX_BYTES, Dumper, Loader, load_yaml
 
 Problem = tuple[str, str]
 PathLike = Union[str, os.PathLike]
@@ -186,11 +190,8 @@ class RunConfig(BaseModel):
         return spec.run_defaults(fields, total_steps if total_steps is not None else self.train.max_steps)
 
 
-# PyYAML follows YAML 1.1, which reads 2e-4 as a string; these read and write it as a float (YAML 1.2).
-_Loader, _Dumper = type("_Loader", (yaml.SafeLoader,), {}), type("_Dumper", (yaml.SafeDumper,), {})
-for _cls in (_Loader, _Dumper):
-    _cls.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)"
-                                                                     r"[eE][-+]?[0-9]+$"), list("-+0123456789."))
+# YAML 1.2 floats (2e-4 is a number) and limits against alias bombs: see peftkit.train.yaml_io.
+_Loader, _Dumper = Loader, Dumper
 
 
 def _did_you_mean(key: str, choices: list[str]) -> str:
@@ -271,12 +272,12 @@ class _Validation:
         if kind == "literal_error":
             choices = re.findall(r"'([^']*)'", err["ctx"]["expected"])
             if not choices:  # numbers: "4 or 8"
-                return f"must be {err['ctx']['expected']}, got {got!r}"
-            return f"must be one of {', '.join(choices)}, got {got!r}{_did_you_mean(str(got), choices)}"
+                return f"must be {err['ctx']['expected']}, got {short_repr(got)}"
+            return f"must be one of {', '.join(choices)}, got {short_repr(got)}{_did_you_mean(short_repr(got), choices)}"
         special = {"model_type": "must be a mapping (indented key: value lines)",
                    "string_pattern_mismatch": "must be a plain folder name (no '/', not '.' or '..')"}
         msg = special.get(kind) or re.sub(r"^(Input|String) should", "must", err["msg"].removeprefix("Value error, "))
-        return f"{msg}, got {got!r}"
+        return f"{msg}, got {short_repr(got)}"
 
     def get(self, path: str) -> Any:
         section, field = path.split(".")
@@ -356,7 +357,12 @@ class _Validation:
             add(("eval.metrics", "need eval data: set data.eval or data.eval_fraction"))
 
     def file_checks(self) -> None:
-        """Missing local data files; Hub-looking ids (see the module docstring) are left to the loader."""
+        """Missing local data files (Hub-looking ids, see the module docstring, are left to the
+        loader) and an ``output.dir`` that cannot hold run folders."""
+        out = self.get("output.dir")
+        problem = out and runs.output_dir_problem(out)
+        if problem:
+            self.problems.append(("output.dir", problem))
         for field in ("train", "eval"):
             path = self.get(f"data.{field}")
             if path is None or "://" in path or os.path.exists(os.path.expanduser(path)):
@@ -387,7 +393,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> list[Probl
             problems.append((key, "empty value; write key=null to unset it, or key='' for an empty string"))
         else:
             try:
-                problem = _set_dotted(raw, key.split("."), yaml.load(text, Loader=_Loader))
+                problem = _set_dotted(raw, key.split("."), load_yaml(text))
             except yaml.YAMLError as e:
                 problem = f"value {text!r} is not valid YAML ({getattr(e, 'problem', None) or e})"
             problems += [(key, problem)] if problem else []
@@ -411,11 +417,12 @@ def load_run_config(path: PathLike, overrides: Iterable[str] = ()) -> RunConfig:
     """Read a YAML run config, apply overrides and validate; raise :class:`ConfigError` listing every
     problem: ``load_run_config("examples/quickstart.yaml", ["train.max_steps=5"])``."""
     try:
-        raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader)
+        raw = load_yaml(decode_utf8(read_bytes(path, MAX_BYTES), path))
         problem = ("the file is empty; it needs at least the model, adapter and data sections" if raw is None else
-                   None if isinstance(raw, dict) else f"the top level must be a mapping of sections, not {raw!r}")
-    except (OSError, UnicodeDecodeError) as e:
-        problem = "no such file" if isinstance(e, FileNotFoundError) else getattr(e, "strerror", None) or str(e)
+                   None if isinstance(raw, dict) else f"the top level must be a mapping of sections, not {short_repr(raw)}")
+    except (OSError, CorruptFileError) as e:
+        problem = ("no such file" if isinstance(e, FileNotFoundError) else getattr(e, "reason", None)
+                   or getattr(e, "strerror", None) or str(e))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

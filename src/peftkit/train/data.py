@@ -12,6 +12,7 @@ Rows count as a person finds them: the line of a JSONL file, the spreadsheet row
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import json
@@ -93,6 +94,10 @@ def _load_file(path: str, source: str, suffix: str, split: str, cache_dir):
     with open(path, "rb") as f:  # stops at the first non-blank chunk: big files stay cheap
         if not any(chunk.strip() for chunk in iter(lambda: f.read(1 << 16), b"")):
             raise DataError(f"{source}: the file is empty (no rows to train on)", file=source)
+    if suffix == ".parquet":
+        _check_parquet(path, source)
+    else:
+        _check_utf8(path, source)
     kwargs = {}
     if suffix == ".csv":  # pandas would guess column types and read "NA" or "None" as missing
         with open(path, newline="", encoding="utf-8") as f:
@@ -110,6 +115,39 @@ def _load_file(path: str, source: str, suffix: str, split: str, cache_dir):
             if _json_records(source) else ""  # this raises at a line that is not JSON
         raise DataError(f"{source}: datasets could not read the file: {err}{why}",
                         file=source) from err
+
+
+def _check_parquet(path: str, source) -> None:
+    """A parquet file starts and ends with the bytes PAR1; anything else is not one (arrow would
+    log a traceback before failing)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(max(0, os.path.getsize(path) - 4))
+        tail = f.read(4)
+    if head != b"PAR1" or tail != b"PAR1" or os.path.getsize(path) < 12:
+        raise DataError(f"{source}: not a parquet file (it lacks the PAR1 markers at its start and end)", file=source)
+
+
+def _check_utf8(path: str, source) -> None:
+    """A text data file must be UTF-8; otherwise a DataError names the first row that is not
+    (datasets and csv would fail far from the data, naming neither file nor row)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    row = 1
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.readline(1 << 16), b""):  # b"\n" never occurs inside a UTF-8 character
+            try:
+                decoder.decode(piece, final=False)
+            except UnicodeDecodeError:
+                break
+            row += piece.endswith(b"\n")
+        else:
+            try:
+                decoder.decode(b"", final=True)
+                return
+            except UnicodeDecodeError:
+                pass
+    raise DataError(f"{source} row {row}: not UTF-8 text (a binary file, or another encoding?); save the data as "
+                    "UTF-8", file=source, row=row)
 
 
 def _json_records(source) -> list | None:

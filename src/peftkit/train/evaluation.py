@@ -27,6 +27,16 @@ RESULTS_NAME = "eval_results.json"
 DEFAULT_METRICS = {"sft": ["loss", "exact_match"], "classification": ["loss", "accuracy", "f1"], "dpo": ["loss"]}
 
 
+def _check_writable(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CommandError(f"--out {path} is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise CommandError(f"--out {path}: its folder {folder} does not exist (or is a file)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"--out {path}: cannot write into {folder} (permissions or a read-only file system)")
+
+
 def evaluate_adapter(path: str, config: Optional[str] = None, data_path: Optional[str] = None,
                      metrics: Optional[list[str]] = None, overrides: Iterable[str] = (), base: bool = False,
                      model: Optional[str] = None, device: Optional[str] = None, out_path: Optional[str] = None,
@@ -39,6 +49,8 @@ def evaluate_adapter(path: str, config: Optional[str] = None, data_path: Optiona
 
     out = out or sys.stdout
     target = locate(path)
+    out_path = out_path or os.path.join(target.run_dir or target.adapter_dir, RESULTS_NAME)
+    _check_writable(out_path)  # before the model is loaded and the data scored
     cfg = _run_config(target, config, data_path, metrics, list(overrides), model)
     rows, source = _eval_rows(cfg)
     config = config or run_config_path(target)
@@ -59,7 +71,6 @@ def evaluate_adapter(path: str, config: Optional[str] = None, data_path: Optiona
         base_predictions = list(prep.predictions)
     peft_model.eval()
     results = _results(target, cfg, source, len(rows), scores, base_scores, prep, predictions, base_predictions)
-    out_path = out_path or os.path.join(target.run_dir or target.adapter_dir, RESULTS_NAME)
     runs.write_json_atomic(out_path, results)
     _print_table(scores, base_scores, out)
     print(f"wrote {out_path}", file=out, flush=True)

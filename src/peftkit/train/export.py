@@ -25,6 +25,7 @@ from typing import Any, Optional, TextIO
 
 import torch
 
+from ..checkpoint import os_error_in
 from .commands import CommandError, load_adapter_model, locate, run_model
 
 PROBE = "The quick brown fox jumps over the lazy dog. 0123456789 {\"name\": \"Ada\"}"
@@ -70,8 +71,11 @@ def merge_adapter(path: str, out_dir: str, model: Optional[str] = None, dtype: O
                                f"(more than {tolerance:.3g}); nothing was written to {out_dir}")
         _share(tmp)
         _move_into_place(tmp, out_dir)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        error = None if isinstance(e, OSError) else os_error_in(e, out_dir)
+        if error is not None:  # a full disk reported by safetensors inside transformers' save_pretrained
+            raise error from None
         raise
     print(f"merged {target.adapter_dir} into its base model; wrote {out_dir} ({dtype})", file=out)
     if diff is not None:

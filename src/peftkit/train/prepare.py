@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterator, Optional
 
+from ..compat import enable_activation_checkpointing
 from ..errors import ConfigError
 from ..model import PeftModel, get_peft_model
 from ..models import load_model, load_tokenizer
@@ -135,7 +136,8 @@ def prepare(cfg: Any, main_process: bool = True, prepared_data: Optional[Prepare
     if cfg.model.quantization is not None:  # QLoRA: peft's preparation (float32 norms and head, checkpointing)
         prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     elif cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model, use_reentrant=False)
+    if cfg.train.gradient_checkpointing:
         model.config.use_cache = False
     peft_model = get_peft_model(model, cfg.adapter_config())
     return Prepared(**vars(d), model=peft_model)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import time
 from typing import Any, Iterable, Optional
 
@@ -72,7 +73,8 @@ def train_from_config(config_path: Optional[str], overrides: Iterable[str] = (),
 
     if resume:
         cfg = load_run_config(os.path.join(resume, "config.yaml"), overrides)
-        run_dir, checkpoint = resume, state.latest_checkpoint(os.path.join(resume, "checkpoints"))
+        runs.read_run_json(resume)  # a damaged record fails now, before the data or the model are loaded
+        run_dir, checkpoint = resume, state.intact_checkpoint(os.path.join(resume, "checkpoints"), warn=_say)
         parent = None
     else:
         cfg = load_run_config(config_path, overrides)
@@ -83,11 +85,13 @@ def train_from_config(config_path: Optional[str], overrides: Iterable[str] = (),
     prepared_data = prepare_data(cfg)  # bad data fails here: no model loaded, no run folder made
     main = accelerator.is_main_process
     first_step = None  # a resumed run logs again from this step on (without a checkpoint: from 0)
+    before = None  # a resumed run's record as it was, put back if the run cannot continue
     if run_dir is None:
         run_dir = start_run(cfg, parent, accelerator.num_processes, extra) if main else None
         run_dir = _share(accelerator, run_dir)
     elif main:
         first_step = int(os.path.basename(checkpoint).split("-")[1]) + 1 if checkpoint else 0
+        before = runs.snapshot(run_dir)
         runs.truncate_metrics(run_dir, first_step - 1)
         runs.update_run_json(run_dir, status="running", resumed_from=checkpoint, resumed=runs.now())
     began = time.time()
@@ -100,12 +104,13 @@ def train_from_config(config_path: Optional[str], overrides: Iterable[str] = (),
             index_run(run_dir)
         final = train(cfg, run_dir, resume_from=checkpoint, accelerator=accelerator, prepared_data=prepared_data)
     except KeyboardInterrupt:
-        if main:
+        if main and not _kept_finished(run_dir, before, first_step):
             runs.update_run_json(run_dir, status="interrupted", ended=runs.now())
+        if main:
             _closed(accelerator, run_dir, "interrupted")
         raise
     except Exception as e:
-        if main and runs.read_run_json(run_dir).get("status") == "running":
+        if main and not _kept_finished(run_dir, before, first_step) and runs.read_run_json(run_dir).get("status") == "running":
             runs.update_run_json(run_dir, status="failed", error=f"{type(e).__name__}: {e}", ended=runs.now())
         if main:
             _closed(accelerator, run_dir, "failed")
@@ -114,6 +119,23 @@ def train_from_config(config_path: Optional[str], overrides: Iterable[str] = (),
         _finish(run_dir, final, time.time() - began)
         _closed(accelerator, run_dir, "completed")
     return run_dir
+
+
+def _say(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _kept_finished(run_dir: str, before: Optional[runs.Snapshot], first_step: Optional[int]) -> bool:
+    """A resumed run that had completed and stopped before training a single new step keeps its
+    record as it was (run.json, metrics.jsonl): it did not continue, so nothing it says changed.
+    Returns whether that happened."""
+    if before is None or before.info.get("status") != "completed":
+        return False
+    if any(record.get("step", 0) >= first_step for record in runs.read_metrics(run_dir)):
+        return False  # it trained on: what it did since is the record now
+    runs.restore(run_dir, before)
+    print(f"{run_dir} was left as it was (status {before.info.get('status')})", file=sys.stderr)
+    return True
 
 
 def _closed(accelerator, run_dir: str, status: str) -> None:

@@ -6,7 +6,10 @@ model's trainable parameters, ``param.<name>``, and state a method keeps between
 ``method.<adapter>.<key>``: see ``MethodSpec.run_state``) and ``state.json`` (optimizer param
 groups and scalar state, scheduler counters, RNG states, step and data position). It is written
 to a temporary folder and renamed into place, so a run killed mid-save never leaves a
-half-written checkpoint: the newest complete one is always whole.
+half-written checkpoint: the newest complete one is always whole. Its ``COMPLETE`` mark, written
+last, records every file's size and SHA-256; a resume checks them (:func:`intact_checkpoint`) and
+falls back to the newest checkpoint that is still intact, naming the damaged file (a disk error,
+an edit, a copy cut short). Checkpoints from before the mark held checksums are read in full instead.
 
 A resume restores the trainable parameters from ``run_state.safetensors`` rather than from the
 adapter: the adapter holds what inference needs, which is not always what trains (a P-tuning
@@ -17,16 +20,21 @@ before this file existed resume from their adapter, as they always did.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from ..checkpoint import write_tensors
 
 STATE_NAME = "state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -162,11 +170,23 @@ def save_checkpoint(
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    try:
+        _write_checkpoint(tmp, peft_model, optimizer, scheduler, progress, extra)
+    except BaseException:  # a full disk, a crash in a method's state: no half-written folder stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def _write_checkpoint(tmp: str, peft_model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, progress: Progress,
+                      extra: Optional[dict]) -> None:
     peft_model.save_pretrained(os.path.join(tmp, "adapter"))
     opt_tensors, opt_meta = _optimizer_state(optimizer)
     rng_tensors, rng_meta = _rng_state()
-    save_file({**opt_tensors, **rng_tensors}, os.path.join(tmp, OPTIMIZER_NAME))
-    save_file(_model_state(peft_model), os.path.join(tmp, RUN_STATE_NAME))
+    write_tensors({**opt_tensors, **rng_tensors}, os.path.join(tmp, OPTIMIZER_NAME))
+    write_tensors(_model_state(peft_model), os.path.join(tmp, RUN_STATE_NAME))
     state = {
         "progress": asdict(progress),
         "optimizer": opt_meta,
@@ -176,38 +196,155 @@ def save_checkpoint(
     }
     with open(os.path.join(tmp, STATE_NAME), "w", encoding="utf-8") as f:
         json.dump(state, f)
-    open(os.path.join(tmp, COMPLETE_MARK), "w").close()
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
-    return folder
+    manifest = {"files": _manifest(tmp)}  # before the mark exists: it lists every other file
+    with open(os.path.join(tmp, COMPLETE_MARK), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
 
 
 def load_checkpoint(folder: str, peft_model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[Progress, dict]:
     """Restore the trainable parameters (and methods' run state), optimizer, scheduler and RNG from
     ``folder``; returns the progress and the ``extra`` dict saved with it."""
+    from ..errors import CheckpointError
+
     model_state = os.path.join(folder, RUN_STATE_NAME)
     if os.path.exists(model_state):
-        _load_model_state(peft_model, load_file(model_state), model_state)
+        _load_model_state(peft_model, _read_tensors(model_state), model_state)
     else:  # written before run_state.safetensors existed
         from ..checkpoint import load_adapter_weights, set_peft_model_state_dict
 
         weights, path = load_adapter_weights(os.path.join(folder, "adapter"))
         set_peft_model_state_dict(peft_model, weights, adapter_name="default", source=path)
-    with open(os.path.join(folder, STATE_NAME), encoding="utf-8") as f:
-        state = json.load(f)
-    tensors = load_file(os.path.join(folder, OPTIMIZER_NAME))
-    _load_optimizer_state(optimizer, {k: v for k, v in tensors.items() if not k.startswith("rng.")}, state["optimizer"])
-    scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
-    _set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, state["rng"])
-    return Progress(**state["progress"]), state["extra"]
+    state_path, optimizer_path = os.path.join(folder, STATE_NAME), os.path.join(folder, OPTIMIZER_NAME)
+    state, tensors = _read_state(state_path), _read_tensors(optimizer_path)
+    try:
+        _load_optimizer_state(optimizer, {k: v for k, v in tensors.items() if not k.startswith("rng.")}, state["optimizer"])
+        scheduler.load_state_dict({**scheduler.state_dict(), **state["scheduler"]})
+        _set_rng_state({k: v for k, v in tensors.items() if k.startswith("rng.")}, state["rng"])
+        return Progress(**state["progress"]), state["extra"]
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"{state_path} / {optimizer_path}: the optimizer, scheduler or RNG state does not fit "
+                              f"this run ({type(e).__name__}: {e})") from None
+
+
+def _read_tensors(path: str) -> dict[str, torch.Tensor]:
+    from ..errors import CheckpointError
+
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error type for a damaged file
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def _read_state(path: str) -> dict[str, Any]:
+    from ..errors import CheckpointError, CorruptFileError
+    from ..untrusted import read_json
+
+    try:
+        state = read_json(path)
+    except (OSError, CorruptFileError) as e:
+        raise CheckpointError(f"{path}: {getattr(e, 'reason', None) or e}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return state
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest(folder: str) -> dict[str, dict[str, Any]]:
+    """Relative path -> ``{"bytes", "sha256"}`` of every file of a checkpoint folder."""
+    found = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, folder)] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+    return found
+
+
+def checkpoint_problem(folder: str) -> Optional[str]:
+    """Why the checkpoint ``folder`` cannot be trusted (naming the file), or None if it is intact:
+    each file's size and SHA-256 against those its COMPLETE mark recorded; for checkpoints whose
+    mark holds none (older peftkit), every file read in full instead."""
+    from ..errors import PeftkitError
+    from ..untrusted import read_json
+
+    mark = os.path.join(folder, COMPLETE_MARK)
+    try:
+        recorded = read_json(mark).get("files") if os.path.getsize(mark) else None
+    except (OSError, PeftkitError, AttributeError) as e:
+        return f"{COMPLETE_MARK}: {getattr(e, 'reason', None) or e}"
+    if recorded is None:
+        return _full_read_problem(folder)
+    if not isinstance(recorded, dict) or not all(isinstance(v, dict) for v in recorded.values()):
+        return f"{COMPLETE_MARK}: not a list of files with their sizes and checksums"
+    for rel, expected in sorted(recorded.items()):
+        path = os.path.join(folder, rel)
+        if os.path.commonpath([os.path.realpath(folder), os.path.realpath(path)]) != os.path.realpath(folder):
+            return f"{COMPLETE_MARK}: names a file outside the checkpoint ({rel[:100]!r})"
+        if not os.path.isfile(path):
+            return f"{rel}: missing"
+        if os.path.getsize(path) != expected.get("bytes") or _sha256(path) != expected.get("sha256"):
+            return f"{rel}: its contents differ from those written (size or SHA-256)"
+    return None
+
+
+def _full_read_problem(folder: str) -> Optional[str]:
+    from ..errors import PeftkitError
+
+    checks = [(STATE_NAME, _read_state), (OPTIMIZER_NAME, _read_tensors),
+              (os.path.join("adapter", "adapter_model.safetensors"), _read_tensors)]
+    if os.path.exists(os.path.join(folder, RUN_STATE_NAME)):
+        checks.append((RUN_STATE_NAME, _read_tensors))
+    for rel, read in checks:
+        try:
+            read(os.path.join(folder, rel))
+        except (OSError, PeftkitError) as e:
+            return f"{rel}: {e}"
+    return None
+
+
+def intact_checkpoint(checkpoints_dir: str, warn: Any = None) -> Optional[str]:
+    """The newest complete checkpoint that passes :func:`checkpoint_problem`; each damaged one
+    passed over is reported through ``warn`` (default: :func:`warnings.warn`), naming its bad file.
+    None when there is no complete checkpoint; :class:`CheckpointError` when there are some and
+    none is intact (starting over would discard the run's progress without being asked).
+
+    Example:
+        >>> intact_checkpoint("runs/r1/checkpoints")  # doctest: +SKIP
+        'runs/r1/checkpoints/step-00050'
+    """
+    from ..errors import CheckpointError
+
+    warn = warn or (lambda message: warnings.warn(message, stacklevel=3))
+    damaged = []
+    for folder in _complete_checkpoints(checkpoints_dir):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        damaged.append(folder)
+        warn(f"checkpoint {folder} is damaged and is skipped: {os.path.join(folder, problem)}")
+    if damaged:
+        raise CheckpointError(f"no intact checkpoint in {checkpoints_dir}: every one is damaged (newest: "
+                              f"{damaged[0]}); the run was left as it was")
+    return None
+
+
+def _complete_checkpoints(checkpoints_dir: str) -> list[str]:
+    """Complete checkpoint folders (``step-N`` with a COMPLETE mark), newest first."""
+    if not os.path.isdir(checkpoints_dir):
+        return []
+    done = [d for d in os.listdir(checkpoints_dir) if re.fullmatch(r"step-\d+", d)
+            and os.path.isfile(os.path.join(checkpoints_dir, d, COMPLETE_MARK))]
+    return [os.path.join(checkpoints_dir, d) for d in sorted(done, key=lambda d: int(d.split("-")[1]), reverse=True)]
 
 
 def latest_checkpoint(checkpoints_dir: str) -> Optional[str]:
-    """The newest complete checkpoint folder (``step-NNNNN`` with its COMPLETE mark), or None."""
-    if not os.path.isdir(checkpoints_dir):
-        return None
-    done = [
-        d for d in os.listdir(checkpoints_dir)
-        if d.startswith("step-") and not d.endswith(".tmp") and os.path.exists(os.path.join(checkpoints_dir, d, COMPLETE_MARK))
-    ]
-    return os.path.join(checkpoints_dir, max(done, key=lambda d: int(d.split("-")[1]))) if done else None
+    """The newest complete checkpoint folder (``step-NNNNN`` with its COMPLETE mark), or None;
+    unverified (see :func:`intact_checkpoint`)."""
+    done = _complete_checkpoints(checkpoints_dir)
+    return done[0] if done else None

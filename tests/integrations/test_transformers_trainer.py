@@ -19,9 +19,9 @@ from tiny_models import example_inputs, model_outputs, tiny_bert_classifier, tin
 
 import peftkit as pk
 from peftkit.checkpoint import WEIGHTS_NAME
-from peftkit.hf_trainer import AdapterTrainer, AdapterTrainerMixin, check_trainer_hooks
+from peftkit.integrations.transformers import AdapterTrainer, AdapterTrainerMixin, check_trainer_hooks
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "train"))  # the tiny tokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))  # the tiny tokenizer
 from tiny_assets import tiny_tokenizer  # noqa: E402
 
 pytestmark = [
