@@ -210,6 +210,7 @@ def test_qlora_model_loaded_by_transformers_trains(tmp_path):
     it see a peftkit model's (a plain Trainer raises "purely quantized models")."""
     from peftkit.models import load_model
 
+    pytest.importorskip("bitsandbytes")
     tiny_llama().save_pretrained(tmp_path / "base")
     base = load_model(tmp_path / "base", quantization={"backend": "bnb", "bits": 4, "compute_dtype": "float32"})
     assert base.hf_quantizer is not None  # loaded quantized by transformers itself

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from tiny_models import tiny_llama
 
@@ -26,13 +27,23 @@ BACKENDS = {
 # activations too (row-wise, 8 bits), the others compute with exactly the dequantized weight.
 RTOL = {"bnb-nf4": 1e-5, "bnb-fp4": 1e-5, "bnb-int8": 5e-2, "torchao-int8": 1e-4}
 
+# the package each backend needs: its tests skip where it is not installed (`make test-oldest`)
+PACKAGES = {"bnb": "bitsandbytes", "torchao": "torchao"}
+
 INPUT_IDS = torch.tensor([[1, 5, 7, 9, 11, 3, 42, 17], [1, 8, 8, 21, 63, 2, 4, 99]])
 
 
 def quantized_llama(backend: str, **config_overrides) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """``(quantized tiny Llama, its dequantized float32 twin)``."""
+    """``(quantized tiny Llama, its dequantized float32 twin)``; skips the test where the backend's
+    package is not installed."""
+    require(BACKENDS[backend]["backend"])
     model = quantize_model(tiny_llama(**config_overrides), QuantizationConfig(**BACKENDS[backend]))
     return model, dequantize_model(copy.deepcopy(model))
+
+
+def require(backend: str):
+    """Import and return the package behind ``backend`` (``"bnb"``, ``"torchao"``), or skip the test."""
+    return pytest.importorskip(PACKAGES[backend])
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:

@@ -40,7 +40,7 @@ def test_the_trap_is_real_without_the_guard():
     """A bare bitsandbytes layer, as bitsandbytes ships it: after one eval forward, training gets
     no input gradient (with the instructions) or wrong outputs and gradients (without them). This
     is what the guard exists for."""
-    import bitsandbytes as bnb
+    bnb = pytest.importorskip("bitsandbytes")
 
     dense = torch.nn.Linear(64, 128, bias=False)
     layer = bnb.nn.Linear4bit(64, 128, bias=False, compute_dtype=torch.float32, quant_type="nf4")

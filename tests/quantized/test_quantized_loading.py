@@ -6,10 +6,11 @@ place for GGUF and torchao) with the flags ``peft`` reads, ``dequantize_model``,
 from __future__ import annotations
 
 import copy
+import importlib.util
 
 import pytest
 import torch
-from quantized_models import INPUT_IDS, quantized_llama, relative_error
+from quantized_models import INPUT_IDS, quantized_llama, relative_error, require
 from tiny_models import tiny_llama
 
 import peftkit as pk
@@ -34,6 +35,19 @@ def test_config_errors_name_the_field(fields, message):
         QuantizationConfig(**fields)
 
 
+def test_a_backend_that_is_not_installed_is_named(monkeypatch):
+    from peftkit.train.optimizers import optimizer_problem
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in ("bitsandbytes", "torchao") else real(name, *args))
+    for backend, bits, package in (("bnb", 4, "bitsandbytes"), ("torchao", 8, "torchao")):
+        with pytest.raises(ValueError, match=rf"backend '{backend}' needs the '{package}' package.*peftkit\[quantization\]"):
+            QuantizationConfig(backend=backend, bits=bits)
+    assert "'adamw_8bit' comes from bitsandbytes, which is not installed" in optimizer_problem("adamw_8bit")
+    assert optimizer_problem("adamw") is None and optimizer_problem("adafactor") is None
+
+
 def test_run_config_reports_quantization_and_optimizer_errors_together():
     from peftkit.train.config import RunConfig
 
@@ -51,11 +65,13 @@ def test_paged_optimizers_are_refused_without_a_gpu(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "needs a CUDA GPU" in optimizer_problem("paged_adamw_8bit") and "'adamw_8bit'" in optimizer_problem("paged_adamw_8bit")
-    assert optimizer_problem("adamw_8bit") is None and optimizer_problem("adafactor") is None
+    assert optimizer_problem("adafactor") is None and optimizer_problem("adamw") is None
+    if importlib.util.find_spec("bitsandbytes") is not None:  # else: test_a_backend_that_is_not_installed_is_named
+        assert optimizer_problem("adamw_8bit") is None
 
 
 def test_8bit_optimizer_state_round_trips_through_a_checkpoint(tmp_path):
-    import bitsandbytes as bnb
+    bnb = require("bnb")
 
     from peftkit.train.state import _load_optimizer_state, _optimizer_state
 
@@ -75,6 +91,7 @@ def test_8bit_optimizer_state_round_trips_through_a_checkpoint(tmp_path):
 
 
 def test_folder_loads_quantized_through_transformers(tmp_path):
+    require("bnb")
     from transformers import BitsAndBytesConfig
 
     tiny_llama().save_pretrained(tmp_path)
@@ -92,6 +109,7 @@ def test_folder_loads_quantized_through_transformers(tmp_path):
 def test_in_place_quantization_sets_the_flags_peft_reads(backend, method):
     import peft
 
+    require(backend)
     bits = 4 if backend == "bnb" else 8
     model = quantize_model(tiny_llama(), QuantizationConfig(backend=backend, bits=bits))
     assert model.quantization_method == method and model.is_loaded_in_4bit == (bits == 4)
@@ -119,6 +137,7 @@ def test_dequantize_model_gives_a_plain_model_with_the_same_outputs():
 def test_prepare_model_for_kbit_training():
     from peftkit import prepare_model_for_kbit_training
 
+    require("bnb")
     model = quantize_model(tiny_llama().to(torch.bfloat16),
                            QuantizationConfig(backend="bnb", bits=4, compute_dtype="bfloat16"))
     for layer in (m for m in model.modules() if is_linear4bit(m)):
@@ -140,6 +159,7 @@ def test_bundled_gguf_model_quantized_in_place():
     """SmolLM2's GGUF checkpoint (transformers refuses it with a quantization config): NF4 with double
     quantization keeps the projections at <= 0.15x their float32 bytes, and a QLoRA step trains."""
     pytest.importorskip("gguf")
+    require("bnb")
     from peftkit.models import load_tokenizer
 
     model = load_model("smollm2-135m-instruct", quantization={"backend": "bnb", "bits": 4, "compute_dtype": "float32"})

@@ -14,7 +14,7 @@ import copy
 
 import pytest
 import torch
-from quantized_models import INPUT_IDS, quantized_llama, stored_bits
+from quantized_models import INPUT_IDS, quantized_llama, require, stored_bits
 
 import peftkit as pk
 from peftkit.quantized import DEFAULT_MAX_ERROR, kind_of, merge_report, merge_tolerance
@@ -26,6 +26,7 @@ X = torch.randn(4, 512, generator=torch.Generator().manual_seed(1))
 
 def realistic(backend: dict, seed: int = 0) -> pk.PeftModel:
     """A 512 x 512 quantized layer with a LoRA whose change is 1% of the weight's norm."""
+    require(backend["backend"])
     torch.manual_seed(seed)
     base = quantize_model(torch.nn.Sequential(torch.nn.Linear(512, 512, bias=False)), QuantizationConfig(**backend))
     model = pk.get_peft_model(base, pk.LoraConfig(r=16, lora_alpha=16, target_modules=["0"]))

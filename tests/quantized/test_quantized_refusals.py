@@ -26,6 +26,7 @@ def _refused(model: torch.nn.Module, config, *fragments: str) -> None:
 
 
 def test_optimum_quanto_layers_are_refused():
+    pytest.importorskip("optimum.quanto")
     from optimum.quanto import qint8, quantize
 
     model = tiny_llama()
@@ -35,6 +36,7 @@ def test_optimum_quanto_layers_are_refused():
 
 
 def test_torchao_with_activation_quantization_is_refused():
+    pytest.importorskip("torchao")
     from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
     model = tiny_llama()
@@ -44,7 +46,7 @@ def test_torchao_with_activation_quantization_is_refused():
 
 
 def test_bitsandbytes_8bit_with_fp16_weights_is_refused():
-    import bitsandbytes as bnb
+    bnb = pytest.importorskip("bitsandbytes")
 
     model = tiny_llama()
     dense = model.model.layers[0].mlp.up_proj

@@ -19,6 +19,7 @@ from tiny_assets import the_run, write_config
 from peftkit.cli import main
 
 single_thread = pytest.mark.usefixtures("torch_single_thread")
+PACKAGES = {"bnb": "bitsandbytes", "torchao": "torchao"}  # skipped where not installed (make test-oldest)
 NF4 = {"backend": "bnb", "bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
 
 
@@ -33,6 +34,7 @@ def losses(run) -> list[float]:
     ({"backend": "torchao", "bits": 8}, "adafactor"),
 ], ids=["nf4-adamw_8bit", "bnb_int8-adamw", "torchao_int8-adafactor"])
 def test_qlora_run_trains(tmp_path, quantization, optimizer):
+    pytest.importorskip(PACKAGES[quantization["backend"]])
     config = write_config(tmp_path, model={"quantization": quantization},
                           train={"max_steps": 8, "lr": 2e-2, "optimizer": optimizer, "eval_steps": 100},
                           eval={"metrics": ["loss"]})
@@ -46,6 +48,7 @@ def test_qlora_run_trains(tmp_path, quantization, optimizer):
 def test_killed_qlora_run_resumes_to_the_identical_adapter(tmp_path):
     """(Run with the default thread count, as the killed subprocess is: the 8-bit optimizer's
     kernels split their work by thread, so one process must not use one count and its resume another.)"""
+    pytest.importorskip("bitsandbytes")
     config = write_config(tmp_path, model={"quantization": NF4},
                           train={"max_steps": 6, "save_steps": 2, "eval_steps": 100, "optimizer": "adamw_8bit"},
                           eval={"metrics": ["loss"]})
@@ -63,6 +66,7 @@ def test_killed_qlora_run_resumes_to_the_identical_adapter(tmp_path):
 
 @single_thread
 def test_merge_writes_a_lossless_16bit_model(tmp_path, capsys):
+    pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForCausalLM
 
     from peftkit.quantized.bnb import is_linear4bit

@@ -35,7 +35,9 @@ from .kinds import QuantizedKind, register_kind
 
 
 def _bnb_nn():
-    return sys.modules["bitsandbytes"].nn if "bitsandbytes" in sys.modules else None
+    # a None entry in sys.modules marks a package that must not be imported (a blocked import)
+    package = sys.modules.get("bitsandbytes")
+    return getattr(package, "nn", None) if package is not None else None
 
 
 def is_linear4bit(module: nn.Module) -> bool:

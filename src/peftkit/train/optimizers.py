@@ -51,12 +51,18 @@ OPTIMIZERS.update({
 
 
 def optimizer_problem(name: str) -> Optional[str]:
-    """Why optimizer ``name`` cannot run on this machine (None when it can)."""
-    if name != "adamw" and name != "adafactor" and importlib.util.find_spec("bitsandbytes") is None:
-        return f"{name!r} comes from bitsandbytes, which is not installed; pip install 'peftkit[quantization]'"
+    """Why optimizer ``name`` cannot run on this machine (None when it can). A missing GPU is named
+    first: installing bitsandbytes would not make a paged optimizer run.
+
+    Example:
+        >>> optimizer_problem("adamw") is None
+        True
+    """
     if name.startswith("paged_") and not torch.cuda.is_available():
         return (f"{name!r} pages optimizer state between GPU and CPU memory and needs a CUDA GPU, which this machine "
                 f"does not have; use {name.removeprefix('paged_')!r} instead")
+    if name != "adamw" and name != "adafactor" and importlib.util.find_spec("bitsandbytes") is None:
+        return f"{name!r} comes from bitsandbytes, which is not installed; pip install 'peftkit[quantization]'"
     return None
 
 
