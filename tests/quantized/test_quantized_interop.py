@@ -1,4 +1,4 @@
-"""Adapters trained on a quantized base move between peftkit and ``peft``:
+"""Adapters trained on a quantized base (a few QLoRA steps) move between peftkit and ``peft``:
 
 - peftkit (quantized base) saves -> ``peft`` loads on the same quantized base: same outputs;
 - ``peft`` QLoRA adapter -> peftkit on the same quantized base: same outputs;
@@ -7,6 +7,8 @@
 
 The quantized bases are made by peftkit's loader (in place, as for a GGUF checkpoint) with the
 flags ``peft`` reads (``is_loaded_in_4bit`` ...), so ``peft`` dispatches its own bitsandbytes layers.
+The same measurements on the bundled SmolLM2 with the QLoRA quick start's adapter:
+``bench/qlora_interop.py`` (numbers in docs/quantization.md).
 """
 
 from __future__ import annotations
@@ -31,11 +33,21 @@ def logits(model) -> torch.Tensor:
         return model(INPUT_IDS).logits
 
 
+def train(model, steps: int = 3):
+    """A few QLoRA steps: only the adapter trains, the quantized base stays as it is."""
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    for _ in range(steps):
+        model(INPUT_IDS, labels=INPUT_IDS).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model
+
+
 def trained_peftkit(backend: str, **lora):
     quantized, _ = quantized_llama(backend)
     base = copy.deepcopy(quantized)
-    model = pk.get_peft_model(quantized, pk.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
-                                                       init_lora_weights=False, **lora))
+    model = train(pk.get_peft_model(quantized, pk.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, **lora)))
     return model, base
 
 
@@ -54,8 +66,7 @@ def test_peftkit_qlora_adapter_loads_in_peft_on_the_same_base(tmp_path, backend,
 def test_peft_qlora_adapter_loads_in_peftkit(tmp_path, backend):
     quantized, _ = quantized_llama(backend)
     mine_base = copy.deepcopy(quantized)
-    theirs = peft.get_peft_model(quantized, peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS,
-                                                             init_lora_weights=False))
+    theirs = train(peft.get_peft_model(quantized, peft.LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS)))
     theirs.save_pretrained(tmp_path)
     mine = pk.PeftModel.from_pretrained(mine_base, tmp_path)
     assert isinstance(mine.base_model.model.model.layers[0].self_attn.q_proj, pk.quantized.QuantizedBase)
