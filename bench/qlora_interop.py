@@ -46,7 +46,7 @@ def eval_batch(run_dir: str, tokenizer, rows: int) -> dict:
     from peftkit.train.tokenize import ensure_pad_token
 
     cfg = load_run_config(os.path.join(run_dir, "config.yaml"))
-    with open(cfg.data.eval, encoding="utf-8") as f:
+    with open(cfg.data.eval or cfg.data.train, encoding="utf-8") as f:
         conversations = [json.loads(line)["messages"] for line in f if line.strip()][:rows]
     ensure_pad_token(tokenizer)
     tokenizer.padding_side = "right"

@@ -92,3 +92,20 @@ def test_merge_writes_a_lossless_16bit_model(tmp_path, capsys):
         fp32 = AutoModelForCausalLM.from_pretrained(tmp_path / "merged32").eval()(**ids).logits
     assert (fp32 - expected).abs().max() < 1e-4 * expected.abs().max()  # lossless: the dequantized base, merged
     assert (bf16 - expected).norm() < 0.02 * expected.norm()  # bfloat16 rounding, nothing more
+    interop = bench_script("qlora_interop").measure(str(run), rows=4)  # the same run, in peft and on float32
+    assert interop["peft on the same quantized base vs peftkit"]["relative"] < 1e-5
+    assert interop["peftkit from peft's saved file vs peft"]["relative"] < 1e-5
+    on_float32, bases = interop["peftkit on the float32 base vs quantized base"], interop["  the bases alone (adapter disabled)"]
+    assert 0 < on_float32["relative"] < 0.5 and 0 < bases["relative"] < 0.5
+
+
+def bench_script(name: str):
+    """A module of bench/ (the scripts are not a package)."""
+    import importlib
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
