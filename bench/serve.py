@@ -1,4 +1,4 @@
-"""B8: ``peftkit serve`` under a fixed load, on 127.0.0.1 only.
+"""B9: ``peftkit serve`` under a fixed load, on 127.0.0.1 only.
 
 The same requests (greedy, ``ignore_eos``, so every answer has exactly ``--max-tokens`` tokens) go
 to three kinds of server in this process, one after the other, each on its own copy of the base:
@@ -302,7 +302,7 @@ def print_table(results: list[Result], load: Load) -> None:
     """The check and the table: throughput by wall time and by CPU time, each as ratios."""
     equal, compared = same_answers(results)
     print(f"check: {equal}/{compared} answers equal between peftkit serve and the naive peft server (greedy)")
-    print(f"\nB8  {load.requests} completions of {load.max_tokens} tokens, {load.concurrency} concurrent; generated "
+    print(f"\nB9  {load.requests} completions of {load.max_tokens} tokens, {load.concurrency} concurrent; generated "
           "tokens per second of wall time and of this process's CPU time; latency per request in s")
     print(f"{'server':14s} {'adapters':>8s} {'tok/s':>7s} {'tok/cpu-s':>9s} {'p50':>6s} {'p90':>6s} {'p99':>6s} "
           f"{'/one wall':>9s} {'/one cpu':>8s} {'/naive wall':>11s} {'/naive cpu':>10s}")
