@@ -112,10 +112,11 @@ def _print_summary(run_dir: str, examples: int = 3) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    """Check a run config without running it; every problem is listed (exit code 2 if any)."""
-    from .train.config import validate_file
+    """Check a run config, its model (config only, no weights) and its data without running it; every
+    problem is listed (exit code 2 if any)."""
+    from .train.model_check import validate_run
 
-    problems = validate_file(args.config, args.overrides)
+    problems = validate_run(args.config, args.overrides)
     if not problems:
         print(f"{args.config}: OK")
         return 0

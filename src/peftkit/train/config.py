@@ -26,6 +26,7 @@ from ..untrusted import decode_utf8, read_bytes
 from . import runs
 from .yaml_io import MAX_BYTES, Dumper, Loader, load_yaml
 from ..registry import MethodSpec, registered_methods
+from .tasks.catalog import METRICS, TASK_INFO, TASKS, tasks_for_metric
 
 Problem = tuple[str, str]
 PathLike = Union[str, os.PathLike]
@@ -33,10 +34,11 @@ PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Name = Annotated[str, Field(min_length=1)]
 
-TASK_FORMATS = {"sft": ("chat", "prompt_completion", "text"), "classification": ("classification",),
-                "dpo": ("preference",)}
-TASK_TYPES = {"sft": "CAUSAL_LM", "classification": "SEQ_CLS", "dpo": "CAUSAL_LM"}
-METRIC_TASKS = {"accuracy": ("classification",), "f1": ("classification",), "exact_match": ("sft",)}
+# Each task's formats, model task type and metrics come from the task catalog (peftkit.train.tasks.catalog).
+TASK_FORMATS = {name: info.formats for name, info in TASK_INFO.items()}
+TASK_TYPES = {name: info.task_type for name, info in TASK_INFO.items()}
+METRIC_TASKS = {metric: tasks_for_metric(metric) for metric in METRICS if metric != "loss"}
+FORMATS = tuple(dict.fromkeys(f for formats in TASK_FORMATS.values() for f in formats))
 # Adapter fields the run fills in from the model section; a second copy in `adapter` could disagree.
 RUN_OWNED = ("task_type", "base_model_name_or_path", "revision", "inference_mode")
 # Keys of the adapter section that are the run's, not the method config's: which method, and an
@@ -66,7 +68,7 @@ class DataSection(_Section):
     """Where the examples are and how they are laid out."""
     train: Name
     eval: Optional[Name] = None
-    format: Literal["chat", "prompt_completion", "text", "classification", "preference"]
+    format: Literal[FORMATS]  # the fields each format reads: docs/tasks.md
     text_field: Name = "text"
     label_field: Name = "label"
     eval_fraction: Optional[Annotated[float, Field(ge=0, lt=1)]] = None
@@ -74,7 +76,7 @@ class DataSection(_Section):
 
 class TrainSection(_Section):
     """The optimisation: task, length, batch, optimiser, schedule, precision, checkpoints."""
-    task: Literal["sft", "classification", "dpo"] = "sft"
+    task: Literal[TASKS] = "sft"  # see docs/tasks.md
     epochs: PosInt = 1
     max_steps: Optional[PosInt] = None
     batch_size: PosInt = 8
@@ -100,7 +102,7 @@ class TrainSection(_Section):
 
 class EvalSection(_Section):
     """What to measure on the eval data."""
-    metrics: list[Literal["loss", "exact_match", "accuracy", "f1"]] = ["loss"]
+    metrics: list[Literal[METRICS]] = ["loss"]
     max_new_tokens: PosInt = 64
     num_examples: Optional[PosInt] = None
     at_start: bool = False  # also score the untouched base model before the first step
