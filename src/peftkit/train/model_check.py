@@ -110,18 +110,29 @@ def model_problems(cfg: Any) -> list[Problem]:
     from ..models import resolve_model
 
     info = TASK_INFO[cfg.train.task]
+    missing = package_problems(cfg)
     try:
         resolved = resolve_model(cfg.model.name)
         config = load_model_config(cfg.model.name, cfg.model.revision)
     except (OSError, ValueError, ImportError) as e:  # not found, offline, not a model folder, gguf missing
-        return [("model.name", f"cannot read the config of {cfg.model.name!r}: {str(e).strip()}")]
+        return missing + [("model.name", f"cannot read the config of {cfg.model.name!r}: {str(e).strip()}")]
     problem = task_fit_problem(info, config)
     if problem:
-        return [("train.task", problem)]
+        return missing + [("train.task", problem)]
     problem = _input_problem(info, resolved.name_or_path, config)
     if problem:
-        return [("model.name", problem)]
-    return target_problems(cfg, info, config)
+        return missing + [("model.name", problem)]
+    return missing + target_problems(cfg, info, config)
+
+
+def package_problems(cfg: Any) -> list[Problem]:
+    """Metric and audio libraries the run needs but that are not installed."""
+    from .tasks.metrics import missing_packages
+
+    return [("eval.metrics" if metric != "loss" else "train.task",
+             f"{metric!r} of train.task {cfg.train.task!r} needs the package {package}: "
+             f"pip install {package}  (or pip install 'peftkit[tasks]')")
+            for metric, package in missing_packages(cfg.train.task, cfg.eval.metrics)]
 
 
 def check_model(cfg: Any) -> None:
