@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import ModelTask
+from .base import unwrap as _unwrap
 from .metrics import exact_match
 from .seq2seq import Seq2SeqTask
 from .speech import SpeechToTextTask
@@ -73,11 +74,6 @@ def _eval_mode(model: Any) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
-
-
-def _unwrap(model: Any) -> Any:
-    """The PeftModel inside a DDP / accelerate wrapper."""
-    return getattr(model, "module", model)
 
 
 @torch.no_grad()
