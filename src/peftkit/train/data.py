@@ -109,8 +109,12 @@ def _load_file(path: str, source: str, suffix: str, split: str, cache_dir):
         kwargs = {"features": datasets.Features({c: datasets.Value("string") for c in header}),
                   "keep_default_na": False, "na_values": [""]}
     try:
-        return datasets.load_dataset(_BUILDERS[suffix], data_files={split: path}, split=split,
-                                     cache_dir=cache_dir, **kwargs)
+        ds = datasets.load_dataset(_BUILDERS[suffix], data_files={split: path}, split=split,
+                                   cache_dir=cache_dir, **kwargs)
+        if _BUILDERS[suffix] == "json" and any("timestamp" in repr(f) or "date" in repr(f) for f in ds.features.values()):
+            # arrow's JSON reader turns text such as "2024-03-01" into dates: keep the strings as written
+            ds = datasets.Dataset.from_list(_json_records(source))
+        return ds
     except Exception as err:  # arrow, pandas and datasets raise many types: find the bad row
         why = " (blank lines, and a field whose type changes between rows?)" \
             if _json_records(source) else ""  # this raises at a line that is not JSON
