@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "parent); without CONFIG, RUN's own config is used")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("validate", help="check a run config and list every problem (exit code 2 if any)")
+    p = sub.add_parser("validate", help="check a run config against its model (config only, no weights) and data; list every problem (exit code 2 if any)")
     p.add_argument("config", help="run config (YAML)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, checked too")
     p.set_defaults(func=_validate)
