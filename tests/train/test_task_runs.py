@@ -1,5 +1,5 @@
-"""`peftkit train` end to end for seq2seq (tiny T5), token_classification (tiny BERT) and
-speech_to_text (tiny Whisper): metrics logged under their names and equal to what the metric library
+"""`peftkit train` end to end for seq2seq (tiny T5), token_classification (tiny BERT),
+speech_to_text (tiny Whisper) and vision_sft (tiny LLaVA): metrics logged under their names and equal to what the metric library
 computes from the saved predictions, a run stopped mid-way and resumed ends bit-identical to one run
 in one go, and the adapter loads in peftkit and in the real `peft` with identical outputs."""
 
@@ -24,7 +24,7 @@ pytest.importorskip("seqeval")
 pytest.importorskip("jiwer")
 pytest.importorskip("soundfile")
 
-TASKS = ("seq2seq", "token_classification", "speech_to_text")
+TASKS = ("seq2seq", "token_classification", "speech_to_text", "vision_sft")
 
 
 def stop_in(step: int):
@@ -83,6 +83,11 @@ def test_metrics_are_what_the_libraries_compute_from_the_predictions(task_runs):
         assert final["eval_accuracy"] == pytest.approx(accuracy_score(gold, pred))
         labels = json.loads((whole / "adapter" / "labels.json").read_text())
         assert labels == ["B-LOC", "B-PER", "O"]
+    elif task == "vision_sft":
+        assert final["eval_exact_match"] == sum(p == r for p, r in zip(predictions, references)) / 4
+        assert references == ["red", "blue", "red", "blue"]
+        keys = load_file(whole / "adapter" / "adapter_model.safetensors")
+        assert keys and not [k for k in keys if "vision_tower" in k or "projector" in k]  # the language model only
     else:
         import jiwer
 
@@ -95,9 +100,10 @@ def test_the_adapter_loads_in_peft_with_identical_outputs(task_runs):
     import transformers
 
     task, root, whole, _ = task_runs
-    folder = {"seq2seq": "tiny-t5", "token_classification": "tiny-bert", "speech_to_text": "tiny-whisper"}[task]
+    folder = {"seq2seq": "tiny-t5", "token_classification": "tiny-bert", "speech_to_text": "tiny-whisper",
+              "vision_sft": "tiny-llava"}[task]
     auto = {"seq2seq": "AutoModelForSeq2SeqLM", "token_classification": "AutoModelForTokenClassification",
-            "speech_to_text": "AutoModelForSpeechSeq2Seq"}[task]
+            "speech_to_text": "AutoModelForSpeechSeq2Seq", "vision_sft": "AutoModelForImageTextToText"}[task]
     kwargs = {"num_labels": 3} if task == "token_classification" else {}
 
     def base():
@@ -106,7 +112,7 @@ def test_the_adapter_loads_in_peft_with_identical_outputs(task_runs):
 
     ids = torch.randint(0, 200, (2, 6), generator=torch.Generator().manual_seed(1))
     inputs = {"seq2seq": {"input_ids": ids, "decoder_input_ids": ids[:, :3]},
-              "token_classification": {"input_ids": ids},
+              "token_classification": {"input_ids": ids}, "vision_sft": {"input_ids": ids},
               "speech_to_text": {"input_features": torch.randn(2, 16, 100), "decoder_input_ids": ids[:, :3]}}[task]
     if task != "speech_to_text":
         assert_loads_in_peftkit_and_peft(whole / "adapter", base, inputs)
@@ -131,7 +137,8 @@ def test_the_evaluation_is_logged_and_the_data_errors_name_the_row(task_runs, ca
     evals = [r for r in read_metrics(whole) if "eval_loss" in r]
     assert evals and evals[-1]["step"] == 4
     bad = {"seq2seq": {"source": "x"}, "token_classification": {"tokens": ["a", "b"], "tags": ["O"]},
-           "speech_to_text": {"audio": "clips/none.wav", "text": "x"}}[task]
+           "speech_to_text": {"audio": "clips/none.wav", "text": "x"},
+           "vision_sft": {"images": [], "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}}[task]
     rows = (root / "train.jsonl").read_text().splitlines()
     shutil.copy(root / "train.jsonl", root / "good.jsonl")
     (root / "train.jsonl").write_text("\n".join(rows[:2] + [json.dumps(bad)] + rows[2:]) + "\n")

@@ -56,6 +56,52 @@ def tiny_whisper_dir(root: Path) -> Path:
     return path
 
 
+VLM_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+                "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_llava_dir(root: Path) -> Path:
+    """A random LLaVA (a one-layer CLIP vision tower on 32x32 images, 4 image tokens, and a two-layer
+    Llama) with its processor: image processor, byte-level tokenizer with <image>, chat template."""
+    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration, LlavaProcessor)
+
+    path = root / "tiny-llava"
+    if path.exists():
+        return path
+    tok = tiny_tokenizer(template=VLM_TEMPLATE)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<image>"]})
+    torch.manual_seed(0)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                              image_size=32, patch_size=16, projection_dim=32)
+    text = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                      vision_feature_layer=-1)
+    LlavaForConditionalGeneration(cfg).save_pretrained(path)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=16, vision_feature_select_strategy="default",
+                   chat_template=VLM_TEMPLATE, num_additional_image_tokens=1).save_pretrained(path)
+    return path
+
+
+def color_rows(folder: Path, n: int, offset: int = 0) -> list[dict]:
+    """Rows asking for the colour of a plain image; image paths relative to ``folder``."""
+    from PIL import Image
+
+    (folder / "images").mkdir(exist_ok=True)
+    colors = {"red": (220, 20, 20), "blue": (20, 20, 220)}
+    rows = []
+    for i in range(offset, offset + n):
+        name = ("red", "blue")[i % 2]
+        Image.new("RGB", (40, 40), colors[name]).save(folder / "images" / f"{i}.png")
+        rows.append({"images": [f"images/{i}.png"], "messages": [
+            {"role": "user", "content": "Which colour is this?"}, {"role": "assistant", "content": name}]})
+    return rows
+
+
 def tone_wav(path: Path, hertz: float, seconds: float = 0.5, rate: int = SPEECH_RATE) -> Path:
     """A sine tone as a 16-bit mono wav file (written with the standard library)."""
     n = int(seconds * rate)
@@ -95,9 +141,10 @@ def write_task_config(root: Path, task: str, **sections) -> Path:
     model, fmt, rows, metrics = {
         "seq2seq": (tiny_t5_dir, "seq2seq", seq2seq_rows, ["loss", "exact_match", "bleu", "chrf", "rougeL"]),
         "token_classification": (tiny_bert_dir, "token_classification", ner_rows, ["loss", "accuracy", "f1"]),
-        "speech_to_text": (tiny_whisper_dir, "speech", None, ["loss", "wer"]),
+        "speech_to_text": (tiny_whisper_dir, "speech", speech_rows, ["loss", "wer"]),
+        "vision_sft": (tiny_llava_dir, "vision_chat", color_rows, ["loss", "exact_match"]),
     }[task]
-    make = (lambda n, offset=0: speech_rows(root, n, offset)) if rows is None else rows
+    make = (lambda n, offset=0: rows(root, n, offset)) if rows in (speech_rows, color_rows) else rows
     cfg = {
         "model": {"name": str(model(root))},
         "adapter": {"method": "lora", "r": 4, "lora_alpha": 8, "target_modules": "all-linear"},
@@ -115,4 +162,4 @@ def write_task_config(root: Path, task: str, **sections) -> Path:
     return path
 
 
-__all__ = ["tiny_t5_dir", "tiny_whisper_dir", "tone_wav", "write_task_config"]
+__all__ = ["tiny_t5_dir", "tiny_whisper_dir", "tiny_llava_dir", "tone_wav", "write_task_config"]

@@ -235,6 +235,11 @@ class _Validation:
         if not self.problems and self.parts["model"].task_type is None:  # inferred from the task
             model, task = self.parts["model"], self.parts["train"].task
             self.parts["model"] = model.model_copy(update={"task_type": TASK_TYPES[task]})
+        if not self.problems:  # what the task fills in (vision_sft: the vision tower stays frozen)
+            adapter = self.parts["adapter"]
+            for key, value in TASK_INFO[self.parts["train"].task].adapter_defaults:
+                if key in adapter and adapter[key] is None:
+                    adapter[key] = value
 
     @staticmethod
     def unknown_key(key: str, section: str, choices: Iterable[str]) -> str:

@@ -71,12 +71,18 @@ def _fits(info: TaskInfo, config: Any) -> bool:
 
 
 def _input_problem(info: TaskInfo, resolved_path: str, config: Any) -> Optional[str]:
-    """A task that reads audio needs the model's feature extractor (preprocessor_config.json)."""
-    if "audio" not in info.inputs:
+    """A task that reads audio or images needs the model's feature extractor or image processor
+    (preprocessor_config.json)."""
+    media = [kind for kind in info.inputs if kind != "text"]
+    if not media:
         return None
-    if os.path.isdir(resolved_path) and not os.path.isfile(os.path.join(resolved_path, "preprocessor_config.json")):
-        return (f"train.task {info.name!r} reads audio, but the model folder {resolved_path} has no feature "
-                f"extractor (preprocessor_config.json); save the model's processor there")
+    # transformers writes a processor's parts into processor_config.json, older versions (and feature
+    # extractors saved alone) into preprocessor_config.json
+    files = ("preprocessor_config.json", "processor_config.json")
+    if os.path.isdir(resolved_path) and not any(os.path.isfile(os.path.join(resolved_path, f)) for f in files):
+        what = {"audio": "feature extractor", "image": "image processor"}[media[0]]
+        return (f"train.task {info.name!r} reads {media[0]}, but the model folder {resolved_path} has no {what} "
+                f"(preprocessor_config.json); save the model's processor there")
     return None
 
 

@@ -3,7 +3,7 @@
 A task turns a collated batch into a loss, and scores a model on evaluation data. The training
 loop knows nothing else about tasks. ``sft``, ``classification`` and ``dpo`` are :class:`Task` s
 whose data handling lives in ``peftkit.train.data``; the others (``seq2seq``,
-``token_classification``, ``speech_to_text``) are :class:`~peftkit.train.tasks.base.ModelTask` s
+``token_classification``, ``speech_to_text``, ``vision_sft``) are :class:`~peftkit.train.tasks.base.ModelTask` s
 that bring their own, one module each. What the config and the model checks know of every task
 (formats, model class, metrics) is in :mod:`peftkit.train.tasks.catalog`.
 """
@@ -23,6 +23,7 @@ from .metrics import exact_match
 from .seq2seq import Seq2SeqTask
 from .speech import SpeechToTextTask
 from .token_classification import TokenClassificationTask
+from .vision import VisionSftTask
 
 
 def sequence_logprob(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -131,6 +132,7 @@ TASKS = {
     "seq2seq": Seq2SeqTask(),
     "token_classification": TokenClassificationTask(),
     "speech_to_text": SpeechToTextTask(),
+    "vision_sft": VisionSftTask(),
 }
 
 

@@ -14,7 +14,7 @@ This module imports nothing heavy, so reading a config never imports torch model
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class TaskInfo:
     encoder_decoder: Optional[bool] = None
     inputs: tuple[str, ...] = ("text",)
     summary: str = ""
+    # adapter fields the task fills when the run config leaves them unset (shown in the resolved config)
+    adapter_defaults: tuple[tuple[str, Any], ...] = ()
 
 
 TASK_INFO: dict[str, TaskInfo] = {info.name: info for info in (
@@ -51,6 +53,10 @@ TASK_INFO: dict[str, TaskInfo] = {info.name: info for info in (
     TaskInfo("speech_to_text", ("speech",), "SEQ_2_SEQ_LM", "AutoModelForSpeechSeq2Seq",
              ("wer", "exact_match"), encoder_decoder=True, inputs=("text", "audio"),
              summary="audio file -> transcript (Whisper)"),
+    TaskInfo("vision_sft", ("vision_chat",), "CAUSAL_LM", "AutoModelForImageTextToText", ("exact_match",),
+             encoder_decoder=False, inputs=("text", "image"), summary="images + chat (LLaVA-style)",
+             # the language model only: the vision encoder and projector stay frozen
+             adapter_defaults=(("exclude_modules", r".*(vision_tower|vision_model|multi_modal_projector|visual|connector)(\..*)?"),)),
 )}
 
 TASKS = tuple(TASK_INFO)
