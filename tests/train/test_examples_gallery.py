@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tiny_assets import tiny_bert_dir, tiny_model_dir
-from tiny_task_assets import tiny_t5_dir, tiny_whisper_dir
+from tiny_task_assets import tiny_llava_dir, tiny_t5_dir, tiny_whisper_dir
 
 from peftkit.cli import main
 from peftkit.models import list_bundled_models
@@ -26,7 +26,8 @@ pytest.importorskip("soundfile")
 REPO = Path(__file__).resolve().parents[2]
 GALLERY = sorted((REPO / "examples" / "tasks").glob("*.yaml"))
 TINY = {"sft": tiny_model_dir, "dpo": tiny_model_dir, "classification": tiny_bert_dir,
-        "token_classification": tiny_bert_dir, "seq2seq": tiny_t5_dir, "speech_to_text": tiny_whisper_dir}
+        "token_classification": tiny_bert_dir, "seq2seq": tiny_t5_dir, "speech_to_text": tiny_whisper_dir,
+        "vision_sft": tiny_llava_dir}
 BUNDLED = {name for m in list_bundled_models() for name in (m.name, *m.aliases)}
 
 

@@ -55,12 +55,28 @@ def test_t5_for_sft_points_at_seq2seq(tmp_path, capsys):
     assert "does not fit the run config" in assert_train_refuses(config, capsys)
 
 
-def test_a_vision_language_config_is_refused_without_loading_weights(tmp_path):
+def test_a_vision_language_config_is_refused_for_sft_without_loading_weights(tmp_path):
     from transformers import LlavaConfig
 
     config = write_config(tmp_path, model={"name": config_only_dir(tmp_path, LlavaConfig())})
     [(where, message)] = problems(config)
     assert where == "train.task" and "AutoModelForCausalLM" in message and "'llava'" in message
+    assert message.endswith("tasks that fit this model: vision_sft")
+
+
+def test_vision_sft_needs_the_models_image_processor(tmp_path):
+    from transformers import LlavaConfig
+
+    config = write_config(tmp_path, model={"name": config_only_dir(tmp_path, LlavaConfig())},
+                          data={"format": "vision_chat"}, train={"task": "vision_sft"})
+    found = dict(model_problems(load_run_config(config)))
+    assert "no image processor" in found["model.name"]
+
+
+def test_vision_sft_adapts_the_language_model_only_unless_told(tmp_path):
+    config = write_config(tmp_path, data={"format": "vision_chat"}, train={"task": "vision_sft"})
+    assert "vision_tower" in load_run_config(config).adapter["exclude_modules"]
+    assert load_run_config(config, ["adapter.exclude_modules=[lm_head]"]).adapter["exclude_modules"] == ["lm_head"]
 
 
 def test_a_decoder_only_model_is_refused_for_seq2seq(tmp_path):

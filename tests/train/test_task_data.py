@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from tiny_assets import tiny_bert_dir, write_jsonl
-from tiny_task_assets import tiny_whisper_dir, tone_wav
+from tiny_task_assets import color_rows, tiny_llava_dir, tiny_whisper_dir, tone_wav
 
 from peftkit.train import data
 from peftkit.train.config import RunConfig
@@ -38,9 +38,9 @@ def test_token_rows_need_one_tag_per_token(tmp_path):
     assert "row 2: field 'tokens' is a string (expected a list of strings)" in str(e.value)
 
 
-def cfg_for(task: str, model: str, fmt: str) -> RunConfig:
+def cfg_for(task: str, model: str, fmt: str, max_seq_len: int = 32) -> RunConfig:
     return RunConfig(model={"name": model}, adapter={"method": "lora"}, data={"train": "t.jsonl", "format": fmt},
-                     train={"task": task, "max_seq_len": 32})
+                     train={"task": task, "max_seq_len": max_seq_len})
 
 
 def test_word_tags_label_the_first_sub_word_only(tmp_path):
@@ -80,3 +80,24 @@ def test_speech_rows_name_unreadable_audio_and_wrong_rates(tmp_path):
 
 def test_the_new_formats_are_data_formats():
     assert {"seq2seq", "token_classification", "speech"} <= set(data.FORMATS)
+
+
+def test_vision_rows_learn_the_last_answer_and_name_bad_images(tmp_path):
+    task = TASKS["vision_sft"]
+    cfg = cfg_for("vision_sft", str(tiny_llava_dir(tmp_path)), "vision_chat", max_seq_len=64)
+    good = color_rows(tmp_path, 1)
+    (tmp_path / "images" / "text.png").write_text("not an image")
+    rows, source = rows_of(tmp_path, good + [{"images": ["images/text.png"], "messages": good[0]["messages"]},
+                                             {"images": "images/0.png", "messages": good[0]["messages"]}])
+    with pytest.raises(DataError, match=r"rows.jsonl row 3: field 'images' is a string"):
+        task.validate_rows(rows, cfg, source)
+    processor = task.load_processor(cfg)
+    with pytest.raises(DataError, match=r"rows.jsonl row 2: field 'images' has a file that cannot be read"):
+        task.examples(cfg, rows.select([0, 1]), processor, source)
+    [example], _ = task.examples(cfg, rows.select([0]), processor, source)
+    learned = [t for t in example["labels"] if t != -100]
+    assert processor.tokenizer.decode(learned) == "red<|im_end|>\n"
+    assert example["input_ids"].count(processor.tokenizer.convert_tokens_to_ids("<image>")) == 4
+    short = cfg_for("vision_sft", cfg.model.name, "vision_chat", max_seq_len=len(example["input_ids"]) - 1)
+    with pytest.raises(DataError, match="image tokens cannot be cut|raise max_seq_len"):
+        task.examples(short, rows.select([0]), processor, source)
