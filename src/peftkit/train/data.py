@@ -2,7 +2,8 @@
 
 Formats and fields: ``chat`` (``messages``), ``prompt_completion`` (``prompt``, ``completion``),
 ``text``, ``classification`` (a text and a label field), ``preference`` (``prompt``, ``chosen``,
-``rejected``).  Every problem names the file, the row and the field, before training starts.
+``rejected``), ``seq2seq`` (``source``, ``target``), ``token_classification`` (``tokens``, ``tags``),
+``speech`` (``audio``, a transcript field); ``vision_chat`` is checked by its task (docs/tasks.md).  Every problem names the file, the row and the field, before training starts.
 Rows count as a person finds them: the line of a JSONL file, the spreadsheet row of a CSV file
 (the header is row 1), else the N-th record.
 
