@@ -29,7 +29,8 @@ Problem = tuple[str, str]
 
 def load_model_config(name: str, revision: Optional[str] = None) -> Any:
     """The transformers config of a bundled name, local folder or hub id, without its weights.
-    Raises OSError / ValueError as ``from_pretrained`` does when there is none."""
+    Raises OSError / ValueError as ``from_pretrained`` does when there is none:
+    ``load_model_config("minilm-l6").model_type`` -> ``'bert'``."""
     from transformers import AutoConfig
 
     from ..models import _check_gguf, resolve_model
@@ -47,7 +48,8 @@ def _auto_class_knows(info: TaskInfo, config: Any) -> bool:
 
 
 def task_fit_problem(info: TaskInfo, config: Any) -> Optional[str]:
-    """Why a model with ``config`` cannot be trained with the task ``info`` (None when it can)."""
+    """Why a model with ``config`` cannot be trained with the task ``info`` (None when it can):
+    ``task_fit_problem(TASK_INFO["sft"], WhisperConfig())`` -> ``"the model is an encoder-decoder ..."``."""
     arch = getattr(config, "model_type", type(config).__name__)
     encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
     if info.encoder_decoder is False and encoder_decoder:
@@ -96,7 +98,8 @@ def _meta_model(info: TaskInfo, config: Any) -> Any:
 
 
 def target_problems(cfg: Any, info: TaskInfo, config: Any) -> list[Problem]:
-    """``adapter.target_modules`` and friends against the model's module names (meta device)."""
+    """``adapter.target_modules`` and friends against the model's module names (meta device):
+    ``target_problems(cfg, TASK_INFO["sft"], config)`` -> ``[("adapter.target_modules", "...")]``."""
     from ..config import TargetedConfig
     from ..targets import find_targets
 
@@ -132,7 +135,8 @@ def model_problems(cfg: Any) -> list[Problem]:
 
 
 def package_problems(cfg: Any) -> list[Problem]:
-    """Metric and audio libraries the run needs but that are not installed."""
+    """Metric and audio libraries the run needs but that are not installed:
+    ``package_problems(cfg)`` -> ``[("eval.metrics", "'bleu' of train.task 'seq2seq' needs the package sacrebleu: ...")]``."""
     from .tasks.metrics import missing_packages
 
     return [("eval.metrics" if metric != "loss" else "train.task",
@@ -142,7 +146,8 @@ def package_problems(cfg: Any) -> list[Problem]:
 
 
 def check_model(cfg: Any) -> None:
-    """Raise :class:`ConfigError` with every :func:`model_problems` of ``cfg``; nothing is loaded."""
+    """Raise :class:`ConfigError` with every :func:`model_problems` of ``cfg``; nothing is loaded:
+    ``check_model(load_run_config("run.yaml"))``."""
     problems = model_problems(cfg)
     if problems:
         raise ConfigError(f"The model {cfg.model.name!r} does not fit the run config:", problems)
@@ -150,7 +155,8 @@ def check_model(cfg: Any) -> None:
 
 def data_problems(cfg: Any) -> list[Problem]:
     """The data files' problems (missing fields, wrong types, empty files), checked as ``train`` checks
-    them before tokenizing; the first file with problems is reported, each bad row named."""
+    them before tokenizing; the first file with problems is reported, each bad row named:
+    ``data_problems(cfg)`` -> ``[("data.train", "train.jsonl row 7: field 'completion' is missing ...")]``."""
     from .data import DataError
     from .prepare import load_splits
 

@@ -55,8 +55,9 @@ TASK_INFO: dict[str, TaskInfo] = {info.name: info for info in (
              summary="audio file -> transcript (Whisper)"),
     TaskInfo("vision_sft", ("vision_chat",), "CAUSAL_LM", "AutoModelForImageTextToText", ("exact_match",),
              encoder_decoder=False, inputs=("text", "image"), summary="images + chat (LLaVA-style)",
-             # the language model only: the vision encoder and projector stay frozen
-             adapter_defaults=(("exclude_modules", r".*(vision_tower|vision_model|multi_modal_projector|visual|connector)(\..*)?"),)),
+             # the language model only: the vision encoders and projectors transformers' VLMs name so stay frozen
+             adapter_defaults=(("exclude_modules",
+                                r".*(vision_tower|vision_model|multi_modal_projector|visual|connector)(\..*)?"),)),
 )}
 
 TASKS = tuple(TASK_INFO)

@@ -24,7 +24,8 @@ ROUGE = ("rouge1", "rouge2", "rougeL")
 
 def missing_packages(task: str, metrics: Iterable[str]) -> list[tuple[str, str]]:
     """``(metric, pip package)`` for each metric of ``task`` whose library is not installed
-    (``loss`` of speech_to_text stands for the audio reader)."""
+    (``loss`` of speech_to_text stands for the audio reader):
+    ``missing_packages("seq2seq", ["bleu"])`` -> ``[]`` once sacrebleu is installed."""
     missing = []
     for metric in ["loss", *metrics]:
         module = _LIBRARIES.get((task, metric)) or _LIBRARIES.get(("*", metric))
@@ -34,7 +35,8 @@ def missing_packages(task: str, metrics: Iterable[str]) -> list[tuple[str, str]]
 
 
 def exact_match(predictions: list[str], references: list[str]) -> float:
-    """Share of predictions equal to their reference after trimming whitespace."""
+    """Share of predictions equal to their reference after trimming whitespace:
+    ``exact_match(["a ", "b"], ["a", "c"])`` -> ``0.5``."""
     hits = sum(p.strip() == r.strip() for p, r in zip(predictions, references))
     return hits / max(len(references), 1)
 
@@ -42,7 +44,8 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
 def text_scores(predictions: list[str], references: list[str], metrics: Iterable[str]) -> dict[str, float]:
     """Generated texts against their references: ``exact_match`` (share, 0-1), ``bleu`` and ``chrf``
     (sacrebleu's corpus scores, 0-100, its default tokenization), ``rouge1/2/L`` (rouge-score's mean
-    F-measure over the rows, 0-1, no stemming) and ``wer`` (jiwer's corpus word error rate)."""
+    F-measure over the rows, 0-1, no stemming) and ``wer`` (jiwer's corpus word error rate):
+    ``text_scores(["the cat"], ["the cat sat"], ["wer"])`` -> ``{"wer": 0.333...}``."""
     metrics = list(metrics)
     scores: dict[str, float] = {}
     if "exact_match" in metrics:
@@ -70,7 +73,8 @@ def text_scores(predictions: list[str], references: list[str], metrics: Iterable
 
 def entity_scores(predicted: list[list[str]], gold: list[list[str]], metrics: Iterable[str]) -> dict[str, float]:
     """Tag sequences scored as seqeval does by default (entities from IOB tags, conlleval rules):
-    micro ``precision``, ``recall``, ``f1``, and word-level ``accuracy``."""
+    micro ``precision``, ``recall``, ``f1``, and word-level ``accuracy``:
+    ``entity_scores([["B-PER", "O"]], [["B-PER", "O"]], ["f1"])`` -> ``{"f1": 1.0}``."""
     from seqeval import metrics as seq
 
     functions = {"precision": seq.precision_score, "recall": seq.recall_score, "f1": seq.f1_score,
