@@ -49,7 +49,9 @@ from .model import (
     PeftModelForTokenClassification,
     get_peft_model,
 )
+from . import quantized
 from .peft_api import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from .quantized.training import prepare_model_for_kbit_training
 from .registry import (
     LayerFactory,
     MethodSpec,
@@ -110,6 +112,8 @@ __all__ = [
     "get_peft_model",
     "get_peft_model_state_dict",
     "inject_adapter_in_model",
+    "prepare_model_for_kbit_training",
+    "quantized",
     "register_method",
     "registered_methods",
     "set_peft_model_state_dict",

@@ -57,7 +57,7 @@ def evaluate_adapter(path: str, config: Optional[str] = None, data_path: Optiona
                            f"is in its run.json (final_metrics) and eval_predictions.json")
     rows, source = _eval_rows(cfg)
     config = config or run_config_path(target)
-    peft_model, tokenizer = load_adapter_model(target, model=model, run_model=(cfg.model.name, config) if config else None,
+    peft_model, tokenizer = load_adapter_model(target, model=model, run_model=(cfg.model.name, config, cfg.model.quantization) if config else None,
                                                dtype=cfg.model.dtype,
                                                device=device, revision=cfg.model.revision)
     labels = _labels(target, cfg)
