@@ -86,7 +86,8 @@ def prune_by_magnitude(tensor: torch.Tensor, density: float) -> torch.Tensor:
 def prune_randomly(tensor: torch.Tensor, density: float, rescale: bool = True,
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """DARE's drop: each entry kept with probability ``density`` (a Bernoulli draw from torch's
-    global generator, or ``generator``), the kept ones divided by ``density`` when ``rescale``.
+    global generator, or ``generator``), the kept ones divided by ``density`` when ``rescale``
+    (``density=0``: all zeros).
 
     Example:
         >>> kept = prune_randomly(torch.ones(1000), 0.25, generator=torch.Generator().manual_seed(0))
@@ -98,7 +99,8 @@ def prune_randomly(tensor: torch.Tensor, density: float, rescale: bool = True,
         return tensor
     mask = torch.bernoulli(torch.full_like(tensor, density), generator=generator)
     kept = tensor * mask
-    return kept / density if rescale else kept
+    # density 0 drops everything: zeros (peft divides 0 by 0 and returns NaN)
+    return kept / density if rescale and density > 0 else kept
 
 
 def majority_sign_mask(stacked: torch.Tensor, method: SignMethod = "total") -> torch.Tensor:
