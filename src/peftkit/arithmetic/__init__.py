@@ -13,6 +13,7 @@ Example:
 """
 
 from .combine import CombinationReport, add_weighted_adapter
+from .convert import convert_to_lora, save_as_lora
 from .lowrank import LowRank, truncated_svd
 from .merge_utils import (
     dare_linear,
@@ -31,5 +32,5 @@ from .standalone import CombinedAdapter, combine_adapters
 __all__ = [
     "COMBINATION_TYPES", "CombinationReport", "CombinedAdapter", "LowRank", "add_weighted_adapter", "combine_adapters",
     "dare_linear", "dare_ties", "disjoint_mean", "magnitude_prune", "majority_sign_mask", "prune_by_magnitude",
-    "prune_randomly", "task_arithmetic", "ties", "truncated_svd",
+    "prune_randomly", "save_as_lora", "task_arithmetic", "ties", "truncated_svd", "convert_to_lora",
 ]

@@ -26,7 +26,7 @@ from ..errors import AdapterError
 from ..registry import get_method, method_for_config
 from . import plan as planning
 from .compute import (ModuleResult, ShapeMismatch, affine_params, cat_factors, combined_head, dense_lowrank,
-                      elementwise_factors, nominal_rank)
+                      elementwise_factors, nominal_rank, warn_dropped_biases)
 from .plan import ModuleParts, Options
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def lora_config(model: "PeftModel", plan: Plan, ranks: dict[str, int]) -> "PeftC
     data = first.model_dump() if isinstance(first, lora_cls) else {k: getattr(first, k) for k in shared}
     r = Counter(ranks.values()).most_common(1)[0][0] if ranks else 1
     odd = {key: rank for key, rank in sorted(ranks.items(), key=lambda kv: -len(kv[0])) if rank != r}
-    data.update(planning.result_fields(model, plan.adapters, list(ranks)), r=r, lora_alpha=r, rank_pattern=odd,
+    data.update(planning.result_fields(model, plan.adapters, list(ranks), lora_cls), r=r, lora_alpha=r, rank_pattern=odd,
                 alpha_pattern=dict(odd), use_rslora=False, use_dora=False, init_lora_weights=True)
     return lora_cls(**data)
 
@@ -117,7 +117,7 @@ def lora_config(model: "PeftModel", plan: Plan, ranks: dict[str, int]) -> "PeftC
 def affine_config(model: "PeftModel", plan: Plan) -> "PeftConfig":
     first = model.peft_config[plan.adapters[0]]
     data = first.model_dump()
-    data.update(planning.result_fields(model, plan.adapters, plan.keys))
+    data.update(planning.result_fields(model, plan.adapters, plan.keys, type(first)))
     return type(first)(**data)
 
 
@@ -190,15 +190,25 @@ def add_weighted_adapter(model: "PeftModel", adapters: Sequence[str], weights: S
     model.add_adapter(adapter_name, config)  # injected before any draw, as peft does: same seed, same DARE masks
     try:
         layers = dict(model._adapter_modules())
-        report = CombinationReport(plan.opts.combination_type)
-        for module in plan.modules:
-            holder = layers[module.key]
-            result = compute_module(model, plan, module, holder, ranks.get(module.key))
-            write_result(holder, adapter_name, result)
-            report.ranks[module.key], report.errors[module.key] = result.rank, result.error
-        write_heads(plan, adapter_name, layers)
+        report = fill(model, plan, layers, adapter_name, ranks)
     except BaseException:
         model.delete_adapter(adapter_name)
         raise
+    return report
+
+
+def fill(model: "PeftModel", plan: Plan, holders: dict[str, Any], adapter_name: str,
+         ranks: dict[str, int]) -> CombinationReport:
+    """Compute every module in model order (DARE's draws in peft's order) into ``holders``
+    (module path -> layer holding ``adapter_name``), saved modules last."""
+    report = CombinationReport(plan.opts.combination_type)
+    results = []
+    for module in plan.modules:
+        result = compute_module(model, plan, module, holders[module.key], ranks.get(module.key))
+        write_result(holders[module.key], adapter_name, result)
+        report.ranks[module.key], report.errors[module.key] = result.rank, result.error
+        results.append(result)
+    write_heads(plan, adapter_name, holders)
+    warn_dropped_biases(results)
     return report
 

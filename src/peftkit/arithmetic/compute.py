@@ -6,6 +6,7 @@ only asked what the layer protocol offers (``lowrank_factors``, ``delta_weight``
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -27,6 +28,7 @@ class ModuleResult:
     a: Optional[torch.Tensor] = None
     params: Optional[dict[str, torch.Tensor]] = None
     error: Optional[float] = None
+    bias: Optional[torch.Tensor] = None  # a bias change the result cannot hold (counted in ``error``)
 
     @property
     def rank(self) -> Optional[int]:
@@ -73,12 +75,30 @@ def elementwise_factors(key: str, parts: list[Part], merge: Callable, measure: b
 def dense_lowrank(key: str, parts: list[Part], opts: Options, rows_of: Callable[[torch.Tensor], torch.Tensor],
                   rank: Optional[int], energy: Optional[float] = None) -> ModuleResult:
     """The svd types: the parts' weight changes merged densely (in the base weight's layout, as
-    peft draws DARE's masks), as rows, then cut to ``rank`` (or ``energy``) by truncated SVD."""
+    peft draws DARE's masks), as rows, then cut to ``rank`` (or ``energy``) by truncated SVD.
+    A bias change some parts make (``delta_bias``: (IA)³ scaling a biased layer's outputs) is
+    merged too and kept in ``bias``; the error counts it as lost (see :func:`drop_bias`)."""
+    merge = opts.merge_fn()
     deltas = [p.layer.delta_weight(p.name) for p in parts]
-    merged = opts.merge_fn()(deltas, _weights(parts, deltas[0]))
+    merged = merge(deltas, _weights(parts, deltas[0]))
     low = truncated_svd(rows_of(merged), rank=rank, energy=energy, clamp=opts.svd_clamp,
                         full_matrices=opts.svd_full_matrices, driver=opts.svd_driver)
-    return ModuleResult(key, b=low.b, a=low.a, error=low.error)
+    result = ModuleResult(key, b=low.b, a=low.a, error=low.error)
+    biases = [getattr(p.layer, "delta_bias", lambda name: None)(p.name) for p in parts]
+    if any(b is not None for b in biases):
+        like = next(b for b in biases if b is not None)
+        result.bias = merge([torch.zeros_like(like) if b is None else b for b in biases], _weights(parts, like))
+        drop_bias(result, float(torch.linalg.norm(merged.double())))
+    return result
+
+
+def drop_bias(result: ModuleResult, weight_norm: float) -> None:
+    """A LoRA adapter here holds no bias: count the bias change as error, relative to the whole
+    change (weight and bias): ``sqrt(err_w^2 |dW|^2 + |db|^2) / sqrt(|dW|^2 + |db|^2)``."""
+    bias_norm = float(torch.linalg.norm(result.bias.double()))
+    total = (weight_norm ** 2 + bias_norm ** 2) ** 0.5
+    if total > 0:
+        result.error = ((result.error * weight_norm) ** 2 + bias_norm ** 2) ** 0.5 / total
 
 
 def affine_params(key: str, parts: list[Part], merge: Callable) -> ModuleResult:
@@ -114,3 +134,12 @@ def combined_head(wrapper: Any, parts: list[Part], merge: Callable) -> dict[str,
         offsets = [dict(wrapper.modules_to_save[p.name].named_parameters())[path] - base for p in parts]
         result[path] = base + merge(offsets, _weights(parts, base)).to(base.dtype)
     return result
+
+
+def warn_dropped_biases(results: list[ModuleResult]) -> None:
+    """Say which layers lose a bias change (the errors of the report count it)."""
+    dropped = [r.key for r in results if r.bias is not None and float(r.bias.abs().max()) > 0]
+    if dropped:
+        more = " ..." if len(dropped) > 5 else ""
+        warnings.warn(f"the adapters change the biases of {dropped[:5]}{more}, which a LoRA adapter does not hold: "
+                      "that part of the change is lost (counted in the report's errors)", stacklevel=3)

@@ -227,13 +227,14 @@ def unified_names(values: list[Any]) -> Any:
     return sorted({n for v in present for n in v})
 
 
-def result_fields(model: "PeftModel", adapters: list[str], keys: list[str]) -> dict[str, Any]:
-    """Fields every combined adapter gets: it adapts exactly ``keys`` (by full path, which peft
-    matches too), and saved modules and other module lists are the union of the sources'."""
+def result_fields(model: "PeftModel", adapters: list[str], keys: list[str], result_cls: type) -> dict[str, Any]:
+    """Fields every combined adapter (of config class ``result_cls``) gets: it adapts exactly
+    ``keys`` (by full path, which peft matches too), and saved modules and the other module lists
+    it has are the union of the sources'."""
     configs = [model.peft_config[n] for n in adapters]
     fields: dict[str, Any] = {"target_modules": list(keys), "exclude_modules": None,
                               "layers_to_transform": None, "layers_pattern": None}
-    for name in type(configs[0]).model_fields:
+    for name in result_cls.model_fields:
         if name.endswith("_modules") and name not in fields or name == "modules_to_save":
             fields[name] = unified_names([getattr(c, name, None) for c in configs])
     return fields

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import torch
 
 from .. import checkpoint
+from ..errors import AdapterError
 from ..layers import ModulesToSaveWrapper
 from ..registry import method_for_config
 from ..staging import staged_folder
-from .combine import (CombinationReport, Plan, affine_config, compute_module, lora_config, make_plan, planned_ranks,
-                      write_heads, write_result)
+from .combine import Plan, affine_config, fill, lora_config, make_plan, planned_ranks
 from .plan import Options
 
 if TYPE_CHECKING:
@@ -42,6 +42,10 @@ class CombinedAdapter:
     config: "PeftConfig"
     tensors: dict[str, torch.Tensor]
     report: Any
+
+    def __iter__(self):
+        """Unpacks as ``(config, state_dict)``, as ``peft.convert_to_lora`` returns."""
+        return iter((self.config, self.tensors))
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write ``adapter_config.json`` and ``adapter_model.safetensors`` into ``save_directory``
@@ -71,7 +75,11 @@ def build_holders(model: "PeftModel", config: "PeftConfig", keys: Sequence[str])
     holders = {}
     for key in keys:
         base = modules[key].get_base_layer()
-        holders[key] = spec.factory_for(base).build(base, HOLDER_NAME, config.model_copy(deep=True), key)
+        factory = spec.factory_for(base)
+        if factory is None:
+            raise AdapterError(f"module {key!r} is a {type(base).__name__}, which a {spec.peft_type} adapter cannot hold "
+                               f"(it adapts: {', '.join(f.label for f in spec.layer_factories)})")
+        holders[key] = factory.build(base, HOLDER_NAME, config.model_copy(deep=True), key)
     return holders
 
 
@@ -106,11 +114,6 @@ def combine_adapters(model: "PeftModel", adapters: Sequence[str], weights: Seque
     if hasattr(config, "bias"):
         config = type(config)(**{**config.model_dump(), "bias": "none"})
     holders = build_holders(model, config, plan.keys)
-    report = CombinationReport(plan.opts.combination_type)
-    for module in plan.modules:
-        result = compute_module(model, plan, module, holders[module.key], ranks.get(module.key))
-        write_result(holders[module.key], HOLDER_NAME, result)
-        report.ranks[module.key], report.errors[module.key] = result.rank, result.error
-    heads = {key: ModulesToSaveWrapper(wrapper.original_module, HOLDER_NAME) for key, wrapper, _ in plan.heads}
-    write_heads(plan, HOLDER_NAME, heads)
-    return CombinedAdapter(config, state_dict(config, {**holders, **heads}), report)
+    holders.update({key: ModulesToSaveWrapper(wrapper.original_module, HOLDER_NAME) for key, wrapper, _ in plan.heads})
+    report = fill(model, plan, holders, HOLDER_NAME, ranks)
+    return CombinedAdapter(config, state_dict(config, holders), report)
