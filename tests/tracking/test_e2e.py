@@ -49,6 +49,14 @@ def runs_of(root: Path) -> dict[int, Path]:
     return found
 
 
+def shortest_unique_prefix(run: Path) -> str:
+    """The shortest start of the run's name that no other run in its folder shares (runs of one sweep
+    can start within the same second, so the timestamp alone may fit two)."""
+    others = [p.name for p in run.parent.iterdir() if p != run]
+    return next(run.name[:n] for n in range(1, len(run.name) + 1)
+                if not any(o.startswith(run.name[:n]) for o in others))
+
+
 def info(run: Path) -> dict:
     return json.loads((run / "run.json").read_text())
 
@@ -134,7 +142,9 @@ def test_a_run_continued_from_another_runs_adapter_records_its_parent(sweep, cap
 def test_reproduce_runs_the_same_version_and_agrees(sweep, capsys):
     original = runs_of(sweep)[2]
     capsys.readouterr()
-    assert main(["runs", "reproduce", original.name[:15], "--dir", str(sweep / "runs")]) == 0
+    prefix = shortest_unique_prefix(original)
+    assert len(prefix) < len(original.name)  # a prefix, not the whole name, finds the run
+    assert main(["runs", "reproduce", prefix, "--dir", str(sweep / "runs")]) == 0
     out = capsys.readouterr().out
     (copy,) = [p for p in (sweep / "runs").iterdir() if p.is_dir() and (p / "run.json").exists()
                and info(p).get("reproduces") == original.name]
