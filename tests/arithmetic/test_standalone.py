@@ -55,3 +55,19 @@ def test_ia3_stays_ia3_with_linear():
     assert combined.config.peft_type == "IA3" and combined.report.combination_type == "linear"
     combined.load_into(model, "ab")
     assert relative_error(changes(model, "ab"), weighted_changes(model, ["a", "b"], [1.0, -0.25])) < 1e-6
+
+
+def test_adalora_combines_by_svd_into_lora_and_refuses_in_place():
+    """AdaLoRA's change is ``B diag(E) A``: the svd types take it from ``delta_weight``; the result is
+    LoRA, which an AdaLoRA model cannot hold, so ``add_weighted_adapter`` says where to go instead."""
+    make = lambda: pk.AdaLoraConfig(init_r=3, target_r=2, total_step=10, target_modules=LINEAR.targets)  # noqa: E731
+    model = build(pk, LINEAR.model().double(), {"a": make(), "b": make()})
+    weights = [0.8, -0.3]
+    combined = combine_adapters(model, ["a", "b"], weights, combination_type="svd", svd_rank=16)
+    assert combined.config.peft_type == "LORA" and combined.report.max_error < 1e-9
+    holder = pk.get_peft_model(LINEAR.model().double(), pk.LoraConfig(r=1, target_modules=LINEAR.targets))
+    combined.load_into(holder, "ab")
+    expected = weighted_changes(model, ["a", "b"], weights)
+    assert relative_error(changes(holder, "ab"), expected) < 1e-6
+    with pytest.raises(pk.AdapterError, match="combine_adapters"):
+        model.add_weighted_adapter(["a", "b"], weights, "ab", combination_type="svd", svd_rank=16)

@@ -106,7 +106,10 @@ def lora_config(model: "PeftModel", plan: Plan, ranks: dict[str, int]) -> "PeftC
     first = model.peft_config[plan.adapters[0]]
     lora_cls = get_method(RESULT_METHOD).config_cls
     shared = ("task_type", "base_model_name_or_path", "revision", "inference_mode")
-    data = first.model_dump() if isinstance(first, lora_cls) else {k: getattr(first, k) for k in shared}
+    if isinstance(first, lora_cls):  # a subclass (AdaLoRA) keeps only the fields LoRA has
+        data = {k: v for k, v in first.model_dump().items() if k in lora_cls.model_fields}
+    else:
+        data = {k: getattr(first, k) for k in shared}
     r = Counter(ranks.values()).most_common(1)[0][0] if ranks else 1
     odd = {key: rank for key, rank in sorted(ranks.items(), key=lambda kv: -len(kv[0])) if rank != r}
     data.update(planning.result_fields(model, plan.adapters, list(ranks), lora_cls), r=r, lora_alpha=r, rank_pattern=odd,

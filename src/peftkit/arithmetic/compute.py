@@ -41,7 +41,7 @@ def _weights(parts: list[Part], like: torch.Tensor) -> torch.Tensor:
 
 def nominal_rank(configs: list[Any]) -> Optional[int]:
     """The largest rank any of the configs gives a module (``r`` and ``rank_pattern``), or None."""
-    ranks = [max([c.r, *getattr(c, "rank_pattern", {}).values()]) for c in configs if isinstance(getattr(c, "r", None), int)]
+    ranks = [max([c.r, *(getattr(c, "rank_pattern", None) or {}).values()]) for c in configs if isinstance(getattr(c, "r", None), int)]
     return max(ranks) if ranks else None
 
 
