@@ -4,6 +4,8 @@ results where peft can swap; refusals that leave the model unchanged."""
 
 from __future__ import annotations
 
+import shutil
+
 import peft
 import pytest
 import torch
@@ -184,3 +186,28 @@ def test_prepare_checks_its_arguments_and_when_it_is_called(tmp_path):
     assert model.peft_config["default"].r == 8
     with pytest.raises(pk.AdapterError, match="PeftModel"):
         prepare_model_for_compiled_hotswap(LINEAR.model())
+
+
+@pytest.mark.slow  # inductor compiles C++ for the toy model: ~12 s on the 2-core machine
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor needs a C++ compiler on CPU")
+def test_inductor_compiled_model_swaps_to_another_rank_and_alpha_without_recompiling():
+    def adapter(seed: int, **config):
+        model = pk.get_peft_model(LINEAR.model(), pk.LoraConfig(target_modules=LINEAR.targets, **config))
+        with torch.no_grad():
+            randomize_lora_weights(model, seed=seed, std=0.3)
+        return model
+
+    x = LINEAR.inputs()
+    incoming = adapter(1, r=4, lora_alpha=3, use_rslora=True)
+    model = adapter(0, r=2, lora_alpha=4)
+    with torch.no_grad():
+        before = model(x)
+        want = incoming(x)
+    prepare_model_for_compiled_hotswap(model, target_rank=4)
+    compiled = torch.compile(model)
+    torch._dynamo.reset()
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        torch.testing.assert_close(compiled(x), before)
+        hotswap_adapter_from_state_dict(compiled, pk.get_peft_model_state_dict(incoming), "default",
+                                        incoming.peft_config["default"])
+        torch.testing.assert_close(compiled(x), want)  # error_on_recompile: a recompile would raise here
