@@ -174,7 +174,8 @@ def hotswap_adapter_from_state_dict(model: nn.Module, state_dict: dict[str, torc
                                     config: PeftConfig, parameter_prefix: str = "lora_", source: str = "state_dict") -> None:
     """:func:`hotswap_adapter` from tensors already in memory: ``state_dict`` as saved
     (``base_model.model.<module>.lora_A.weight``; keys with the adapter name inserted, as ``peft``'s
-    function takes them, work too) and the incoming adapter's ``config``.
+    function takes them, work too) and the incoming adapter's ``config``. ``parameter_prefix`` is
+    accepted for ``peft``'s signature (the layers themselves say which tensors are LoRA factors).
 
     Example:
         >>> hotswap_adapter_from_state_dict(model, tensors, "default", LoraConfig(r=8, lora_alpha=16))  # doctest: +SKIP
