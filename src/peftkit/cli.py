@@ -234,7 +234,9 @@ def _add_adapter_commands(sub) -> None:
                                    "(safetensors) with the tokenizer; checks the reloaded logits against the adapter model.")
     _adapter_args(p, dtype=False)
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must be new or empty)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the saved weights (merged in float32)")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="dtype of the saved weights (merged in float32); default float32, and bfloat16 for a QLoRA run "
+                        "(its quantized base is dequantized and merged there: lossless)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-check", action="store_true", help="skip reloading the merged folder to compare logits")
     p.set_defaults(func=_merge)

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from .errors import AdapterError
 from .layers import AdapterLayer
+from .registry import base_layer_kinds
 from .tree import set_module
 
 
@@ -38,6 +39,8 @@ class MergeMixin:
                             raise AdapterError(
                                 f"merging adapter {name!r} into {layer.key!r} gives NaN/inf weights; nothing was merged"
                             )
+        for kind in base_layer_kinds():  # may refuse (quantized bases: too much rounding); nothing is merged yet
+            kind.check_merge(self, layers, names)
         self._untie_before_merge(layers, names)
         for layer in layers:
             layer.merge(names)

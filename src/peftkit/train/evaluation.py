@@ -54,7 +54,7 @@ def evaluate_adapter(path: str, config: Optional[str] = None, data_path: Optiona
     cfg = _run_config(target, config, data_path, metrics, list(overrides), model)
     rows, source = _eval_rows(cfg)
     config = config or run_config_path(target)
-    peft_model, tokenizer = load_adapter_model(target, model=model, run_model=(cfg.model.name, config) if config else None,
+    peft_model, tokenizer = load_adapter_model(target, model=model, run_model=(cfg.model.name, config, cfg.model.quantization) if config else None,
                                                dtype=cfg.model.dtype,
                                                device=device, revision=cfg.model.revision)
     labels = _labels(target, cfg)

@@ -24,6 +24,7 @@ from ..registry import method_for_config
 from ..tracking.lineage import load_initial_weights
 from ..tracking.trackers import log_metrics
 from . import runs, state
+from .optimizers import build_optimizer
 from .prepare import Prepared, PreparedData, prepare
 from .tasks import TASKS, classification_scores, exact_match, generate_answers, mean_loss
 
@@ -86,11 +87,6 @@ def _interrupt_flag() -> Iterator[dict]:
             signal.signal(signal.SIGINT, previous)
         except ValueError:
             pass
-
-
-def _optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
 def _total_steps(cfg: Any, batches_per_epoch: int) -> int:
@@ -159,7 +155,7 @@ def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator
     # state a checkpoint restores (dropout masks after a resume depend on it)
     loader = DataLoader(prep.train_examples, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=prep.collate,
                         generator=torch.Generator())
-    raw_optimizer = _optimizer(model, cfg)
+    raw_optimizer = build_optimizer(model, cfg)
     model, optimizer, loader = accelerator.prepare(model, raw_optimizer, loader)
     # Steps count optimizer updates on this process's shard of the data (len(loader) after
     # prepare). The scheduler is not given to accelerate, which would step it once per process

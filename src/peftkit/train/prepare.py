@@ -15,6 +15,7 @@ from ..compat import enable_activation_checkpointing
 from ..errors import ConfigError
 from ..model import PeftModel, get_peft_model
 from ..models import load_model, load_tokenizer
+from ..quantized.training import prepare_model_for_kbit_training
 from . import data
 
 
@@ -129,11 +130,14 @@ def prepare(cfg: Any, main_process: bool = True, prepared_data: Optional[Prepare
                      label2id={n: i for i, n in enumerate(d.label_names)})
     with _model_errors(cfg, "model"):
         model = load_model(cfg.model.name, task_type=cfg.model.task_type, dtype=cfg.model.dtype,
-                           revision=cfg.model.revision, **extra)
+                           revision=cfg.model.revision, quantization=cfg.model.quantization, **extra)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = d.tokenizer.pad_token_id  # classifiers find the last real token through it
-    if cfg.train.gradient_checkpointing:
+    if cfg.model.quantization is not None:  # QLoRA: peft's preparation (float32 norms and head, checkpointing)
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    elif cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model, use_reentrant=False)
+    if cfg.train.gradient_checkpointing:
         model.config.use_cache = False
     peft_model = get_peft_model(model, cfg.adapter_config())
     return Prepared(**vars(d), model=peft_model)
