@@ -175,6 +175,13 @@ def _merge(args: argparse.Namespace) -> int:
                                           check=not args.no_check, device=args.device))
 
 
+def _combine(args: argparse.Namespace) -> int:
+    """Combine trained adapters as a combine.yaml says; the result is a new run."""
+    from .train.combine import combine_from_file
+
+    return _guarded(lambda: combine_from_file(args.config, evaluate=args.eval))
+
+
 def _adapter_args(p: argparse.ArgumentParser, dtype: bool = True) -> None:
     p.add_argument("path", metavar="RUN_OR_ADAPTER", help="a run folder (runs/<id>, its final adapter/) or an adapter folder")
     p.add_argument("--model", help="base model (bundled name, local path or HF id); default: the run config's "
@@ -234,6 +241,14 @@ def _add_adapter_commands(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-check", action="store_true", help="skip reloading the merged folder to compare logits")
     p.set_defaults(func=_merge)
+
+    p = sub.add_parser("combine", help="combine trained adapters (weights, ties, dare, svd...) into a new run",
+                       description="Read COMBINE.yaml (adapters, weights, combination_type, density, svd_rank, output) "
+                                   "and write the weighted combination as a new run whose lineage lists every parent; "
+                                   "see docs/adapter-arithmetic.md.")
+    p.add_argument("config", metavar="COMBINE.yaml", help="the combination to make")
+    p.add_argument("--eval", action="store_true", help="score the result on each parent run's eval data")
+    p.set_defaults(func=_combine)
 
 
 def build_parser() -> argparse.ArgumentParser:
