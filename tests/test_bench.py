@@ -27,7 +27,7 @@ EXPECTED_ROWS = {
     "b1": ["peft dropout=0.0", "peftkit dropout=0.0", "peft dropout=0.05", "peftkit dropout=0.05"],
     "b3": ["one", "mixed 4", "mixed 32"],
     "b4": ["prefill", "decode"],
-    "b5": ["load adapter", "set_adapter x2", "merge+unmerge"],
+    "b5": ["load adapter", "set_adapter x2", "merge+unmerge", "hotswap"],
     "b6": ["peftkit dropout=0.05, peft's dropout"],
     "b8": ["float32", "bfloat16", "nf4", "bnb int8", "torchao int8"],
 }

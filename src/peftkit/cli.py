@@ -112,10 +112,11 @@ def _print_summary(run_dir: str, examples: int = 3) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    """Check a run config without running it; every problem is listed (exit code 2 if any)."""
-    from .train.config import validate_file
+    """Check a run config, its model (config only, no weights) and its data without running it; every
+    problem is listed (exit code 2 if any)."""
+    from .train.model_check import validate_run
 
-    problems = validate_file(args.config, args.overrides)
+    problems = validate_run(args.config, args.overrides)
     if not problems:
         print(f"{args.config}: OK")
         return 0
@@ -172,6 +173,13 @@ def _merge(args: argparse.Namespace) -> int:
 
     return _guarded(lambda: merge_adapter(args.path, args.out, model=args.model, dtype=args.dtype, force=args.force,
                                           check=not args.no_check, device=args.device))
+
+
+def _combine(args: argparse.Namespace) -> int:
+    """Combine trained adapters as a combine.yaml says; the result is a new run."""
+    from .train.combine import combine_from_file
+
+    return _guarded(lambda: combine_from_file(args.config, evaluate=args.eval))
 
 
 def _adapter_args(p: argparse.ArgumentParser, dtype: bool = True) -> None:
@@ -234,6 +242,14 @@ def _add_adapter_commands(sub) -> None:
     p.add_argument("--no-check", action="store_true", help="skip reloading the merged folder to compare logits")
     p.set_defaults(func=_merge)
 
+    p = sub.add_parser("combine", help="combine trained adapters (weights, ties, dare, svd...) into a new run",
+                       description="Read COMBINE.yaml (adapters, weights, combination_type, density, svd_rank, output) "
+                                   "and write the weighted combination as a new run whose lineage lists every parent; "
+                                   "see docs/adapter-arithmetic.md.")
+    p.add_argument("config", metavar="COMBINE.yaml", help="the combination to make")
+    p.add_argument("--eval", action="store_true", help="score the result on each parent run's eval data")
+    p.set_defaults(func=_combine)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="peftkit", description="Parameter-efficient fine-tuning, peft-compatible.")
@@ -257,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "parent); without CONFIG, RUN's own config is used")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("validate", help="check a run config and list every problem (exit code 2 if any)")
+    p = sub.add_parser("validate", help="check a run config against its model (config only, no weights) and data; list every problem (exit code 2 if any)")
     p.add_argument("config", help="run config (YAML)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, checked too")
     p.set_defaults(func=_validate)

@@ -215,11 +215,13 @@ def load_tokenizer(name: str | os.PathLike, **kwargs):
 
 
 def load_model(name: str | os.PathLike, task_type="CAUSAL_LM",
-               dtype: str | torch.dtype = "float32", quantization=None, **from_pretrained_kwargs):
+               dtype: str | torch.dtype = "float32", quantization=None, auto_class: str | None = None,
+               **from_pretrained_kwargs):
     """Load a model with the Auto class matching a peft task type.
 
     ``task_type``: CAUSAL_LM, SEQ_CLS, SEQ_2_SEQ_LM, TOKEN_CLS, QUESTION_ANS or
-    FEATURE_EXTRACTION (the bare ``AutoModel``).  ``dtype``: float32 (default), bfloat16,
+    FEATURE_EXTRACTION (the bare ``AutoModel``); ``auto_class`` names another transformers Auto
+    class instead (``"AutoModelForSpeechSeq2Seq"``).  ``dtype``: float32 (default), bfloat16,
     float16, auto, or a ``torch.dtype``.  ``quantization``: a frozen base in 4 or 8 bits for QLoRA,
     as a :class:`peftkit.quantized.QuantizationConfig` or its fields in a dict (a transformers
     ``BitsAndBytesConfig`` passed as ``quantization_config`` works too). Folders and hub ids load
@@ -231,7 +233,12 @@ def load_model(name: str | os.PathLike, task_type="CAUSAL_LM",
     >>> model = load_model("gpt2", dtype="bfloat16")  # a hub id: needs network  # doctest: +SKIP
     >>> model = load_model("smollm2", quantization={"backend": "bnb", "bits": 4})  # doctest: +SKIP
     """
-    auto_class = _auto_class(task_type)
+    if auto_class is not None:
+        import transformers
+
+        auto_class = getattr(transformers, auto_class)
+    else:
+        auto_class = _auto_class(task_type)
     torch_dtype = _torch_dtype(dtype)
     resolved = resolve_model(name)
     _check_gguf(resolved)

@@ -186,7 +186,7 @@ BAD = [
             eval={"metrics": ["exact_match"]}), "eval.metrics", "only for train.task sft"),
     ("generation metric without eval data", merged(MINIMAL, eval={"metrics": ["exact_match"]}), "eval.metrics",
      "set data.eval or data.eval_fraction"),
-    ("unknown metric", merged(MINIMAL, eval={"metrics": ["loss", "bleu"]}), "eval.metrics[1]", "got 'bleu'"),
+    ("unknown metric", merged(MINIMAL, eval={"metrics": ["loss", "perplexity"]}), "eval.metrics[1]", "got 'perplexity'"),
     ("tracker listed twice", merged(MINIMAL, tracking={"backends": ["mlflow", "mlflow"]}), "tracking.backends",
      "lists a backend twice"),
     ("adapter.from not a string", merged(MINIMAL, adapter={"method": "lora", "from": 3}), "adapter.from",
@@ -209,7 +209,7 @@ def test_bad_config_names_the_field(tmp_path, config, path, words):
 def test_every_problem_is_reported_at_once(tmp_path):
     config = merged(MINIMAL, model={"dtype": "fp33"}, adapter={"r": 0, "lora_alfa": 3},
                     data={"train": "nope.jsonl", "format": "classification"},
-                    train={"batch_size": 0, "learning_rate": 1.0}, eval={"metrics": ["bleu"]}, trian={})
+                    train={"batch_size": 0, "learning_rate": 1.0}, eval={"metrics": ["perplexity"]}, trian={})
     with pytest.raises(ConfigError) as e:
         load_run_config(write(tmp_path, config))
     paths = [p for p, _ in e.value.problems]

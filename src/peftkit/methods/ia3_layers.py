@@ -87,6 +87,24 @@ class IA3Layer(AdapterLayer):
     def _vector(self, adapter_name: str) -> torch.Tensor:
         return self.ia3_l[adapter_name].flatten()
 
+    # ------------------------------------------------------------------ adapter arithmetic
+    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """``W * (scale - 1)``: the change merging makes to the base weight (not to its bias, see
+        :meth:`delta_bias`)."""
+        weight = self.base_layer.weight
+        return weight * (self.weight_scale(adapter_name).to(weight.dtype) - 1)
+
+    def delta_bias(self, adapter_name: str) -> Optional[torch.Tensor]:
+        """``bias * (scale - 1)`` for an output-scaling adapter on a layer with a bias, else None."""
+        if not self._scales_bias(adapter_name):
+            return None
+        return self.base_layer.bias * (self._bias_scale(adapter_name) - 1)
+
+    def identity_parameters(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """The values at which the adapter changes nothing (ones). The change is linear in the
+        distance from them, so a weighted sum of those distances is the weighted sum of changes."""
+        return {path: torch.ones_like(p) for path, p in self.adapter_parameters(adapter_name)}
+
     # ------------------------------------------------------------------ forward
     def _scales(self, names: list[str], feedforward: bool) -> Optional[torch.Tensor]:
         """Product of the vectors of ``names`` that scale the input (or the output), or None."""

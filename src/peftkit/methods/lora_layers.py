@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import TargetError
+from ..errors import AdapterError, TargetError
 from ..kernels import multi_lora
 from ..kernels.lora_linear import fast_path_applies, lora_linear
 from ..kernels.dora import dora_fast_path_applies, dora_linear
@@ -152,6 +152,34 @@ class LoraLayer(DoraMixin, AdapterLayer):
     def lowrank_weight(self, adapter_name: str) -> torch.Tensor:
         """``scaling * B A`` in the base weight's layout (plain LoRA's merge delta)."""
 
+    # ---- the adapter as a product of (units, K) rows: adapter arithmetic (peftkit.arithmetic) and hotswap
+    def lowrank_parameters(self, adapter_name: str) -> tuple[nn.Parameter, nn.Parameter]:
+        """The stored A and B tensors; the rank is A's first axis and B's second in every layer type."""
+        params = [p for _, p in self.adapter_parameters(adapter_name)]
+        return params[0], params[1]
+
+    def lowrank_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """``(B, A, scaling)`` with B, A as ``(units, r)`` and ``(r, K)`` rows (``weight_rows`` of the
+        delta is ``scaling * B @ A``), or None for a DoRA adapter, whose change is not that product."""
+        if adapter_name in self.lora_magnitude_vector:
+            return None
+        try:
+            _, a, b = self.dora_rows(adapter_name)
+        except NotImplementedError:  # a layer type without a row layout
+            return None
+        return b, a, self.scaling[adapter_name]
+
+    def set_lowrank_factors(self, adapter_name: str, b: torch.Tensor, a: torch.Tensor) -> None:
+        """Write ``(units, r)`` / ``(r, K)`` rows into the adapter's B and A (same rank as stored)."""
+        stored_a, stored_b = self.lowrank_parameters(adapter_name)
+        with torch.no_grad():
+            stored_a.copy_(a.reshape(stored_a.shape))
+            stored_b.copy_(b.reshape(stored_b.shape))
+
+    def weight_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor in ``base_layer.weight``'s layout as ``(units, K)`` rows (inverse of ``dora_weight_layout``)."""
+        raise AdapterError(f"{type(self).__name__} ({self.key!r}) has no row layout for adapter arithmetic")
+
 
 class LoraLinear(LoraLayer):
     """LoRA on ``nn.Linear``, or on GPT-2's ``Conv1D`` with ``fan_in_fan_out=True``."""
@@ -270,6 +298,9 @@ class LoraLinear(LoraLayer):
     def dora_weight_layout(self, rows: torch.Tensor) -> torch.Tensor:
         return rows.t() if self.fan_in_fan_out else rows
 
+    def weight_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.t() if self.fan_in_fan_out else tensor
+
     def dora_base(self, x: torch.Tensor) -> torch.Tensor:
         w = self.base_weight()
         return F.linear(x, (w.t() if self.fan_in_fan_out else w).to(x.dtype))
@@ -331,6 +362,9 @@ class LoraEmbedding(LoraLayer):
     def dora_weight_layout(self, rows: torch.Tensor) -> torch.Tensor:
         return rows.t()
 
+    def weight_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.t()
+
     def dora_base(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_layer(x)
 
@@ -370,6 +404,9 @@ class LoraConv(LoraLayer):
 
     def dora_weight_layout(self, rows: torch.Tensor) -> torch.Tensor:
         return rows.reshape(self.base_layer.weight.shape)
+
+    def weight_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.flatten(1)
 
     def dora_base(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_layer._conv_forward(x, self.base_layer.weight.to(x.dtype), None)

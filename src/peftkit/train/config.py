@@ -27,6 +27,7 @@ from ..quantized.loading import QuantizationConfig
 from ..registry import MethodSpec, registered_methods
 from . import runs
 from .optimizers import OPTIMIZERS, optimizer_problem
+from .tasks.catalog import METRICS, TASK_INFO, TASKS, tasks_for_metric
 from .yaml_io import MAX_BYTES, Dumper, Loader, load_yaml
 
 Problem = tuple[str, str]
@@ -35,10 +36,11 @@ PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Name = Annotated[str, Field(min_length=1)]
 
-TASK_FORMATS = {"sft": ("chat", "prompt_completion", "text"), "classification": ("classification",),
-                "dpo": ("preference",)}
-TASK_TYPES = {"sft": "CAUSAL_LM", "classification": "SEQ_CLS", "dpo": "CAUSAL_LM"}
-METRIC_TASKS = {"accuracy": ("classification",), "f1": ("classification",), "exact_match": ("sft",)}
+# Each task's formats, model task type and metrics come from the task catalog (peftkit.train.tasks.catalog).
+TASK_FORMATS = {name: info.formats for name, info in TASK_INFO.items()}
+TASK_TYPES = {name: info.task_type for name, info in TASK_INFO.items()}
+METRIC_TASKS = {metric: tasks_for_metric(metric) for metric in METRICS if metric != "loss"}
+FORMATS = tuple(dict.fromkeys(f for formats in TASK_FORMATS.values() for f in formats))
 # Adapter fields the run fills in from the model section; a second copy in `adapter` could disagree.
 RUN_OWNED = ("task_type", "base_model_name_or_path", "revision", "inference_mode")
 # Keys of the adapter section that are the run's, not the method config's: which method, and an
@@ -71,7 +73,7 @@ class DataSection(_Section):
     """Where the examples are and how they are laid out."""
     train: Name
     eval: Optional[Name] = None
-    format: Literal["chat", "prompt_completion", "text", "classification", "preference"]
+    format: Literal[FORMATS]  # the fields each format reads: docs/tasks.md
     text_field: Name = "text"
     label_field: Name = "label"
     eval_fraction: Optional[Annotated[float, Field(ge=0, lt=1)]] = None
@@ -79,7 +81,7 @@ class DataSection(_Section):
 
 class TrainSection(_Section):
     """The optimisation: task, length, batch, optimiser, schedule, precision, checkpoints."""
-    task: Literal["sft", "classification", "dpo"] = "sft"
+    task: Literal[TASKS] = "sft"  # see docs/tasks.md
     epochs: PosInt = 1
     max_steps: Optional[PosInt] = None
     batch_size: PosInt = 8
@@ -106,7 +108,7 @@ class TrainSection(_Section):
 
 class EvalSection(_Section):
     """What to measure on the eval data."""
-    metrics: list[Literal["loss", "exact_match", "accuracy", "f1"]] = ["loss"]
+    metrics: list[Literal[METRICS]] = ["loss"]
     max_new_tokens: PosInt = 64
     num_examples: Optional[PosInt] = None
     at_start: bool = False  # also score the untouched base model before the first step
@@ -252,6 +254,11 @@ class _Validation:
         if not self.problems and self.parts["model"].task_type is None:  # inferred from the task
             model, task = self.parts["model"], self.parts["train"].task
             self.parts["model"] = model.model_copy(update={"task_type": TASK_TYPES[task]})
+        if not self.problems:  # what the task fills in (vision_sft: the vision tower stays frozen)
+            adapter = self.parts["adapter"]
+            for key, value in TASK_INFO[self.parts["train"].task].adapter_defaults:
+                if key in adapter and adapter[key] is None:
+                    adapter[key] = value
 
     @staticmethod
     def unknown_key(key: str, section: str, choices: Iterable[str]) -> str:

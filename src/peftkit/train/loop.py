@@ -26,7 +26,7 @@ from ..tracking.trackers import log_metrics
 from . import runs, state
 from .optimizers import build_optimizer
 from .prepare import Prepared, PreparedData, prepare
-from .tasks import TASKS, classification_scores, exact_match, generate_answers, mean_loss
+from .tasks import TASKS, ModelTask, classification_scores, exact_match, generate_answers, mean_loss
 
 
 class TrainingError(PeftkitError, RuntimeError):
@@ -123,10 +123,12 @@ def evaluate(prep: Prepared, model: Any, cfg: Any, accelerator: Any) -> dict[str
     task = TASKS[cfg.train.task]
     if "loss" in cfg.eval.metrics:
         results["eval_loss"] = mean_loss(model, batches, task.loss, cfg.train.dpo_beta)
-    if {"accuracy", "f1"} & set(cfg.eval.metrics):
+    if isinstance(task, ModelTask):  # the task scores itself
+        results.update({f"eval_{k}": v for k, v in task.scores(model, prep, cfg, batches).items()})
+    elif {"accuracy", "f1"} & set(cfg.eval.metrics):
         scores = classification_scores(model, batches, len(prep.label_names))
         results.update({f"eval_{k}": v for k, v in scores.items() if k in cfg.eval.metrics})
-    if "exact_match" in cfg.eval.metrics and prep.eval_prompts:
+    elif "exact_match" in cfg.eval.metrics and prep.eval_prompts:
         prep.predictions = generate_answers(model, prep.tokenizer, prep.eval_prompts, cfg.eval.max_new_tokens)
         results["eval_exact_match"] = exact_match(prep.predictions, prep.eval_references)
     model.train()

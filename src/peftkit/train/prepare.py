@@ -17,6 +17,8 @@ from ..model import PeftModel, get_peft_model
 from ..models import load_model, load_tokenizer
 from ..quantized.training import prepare_model_for_kbit_training
 from . import data
+from .tasks import ModelTask, model_task
+from .tasks.catalog import TASK_INFO
 
 
 @dataclass
@@ -41,12 +43,20 @@ class Prepared(PreparedData):
 def load_splits(cfg: Any) -> tuple[Any, Optional[Any]]:
     """Load and validate the train (and eval) rows; every bad row names its file, row and field."""
     fields = dict(text_field=cfg.data.text_field, label_field=cfg.data.label_field)
+    task = model_task(cfg.train.task)
+
+    def validate(rows: Any, source: str) -> None:
+        if task is not None:
+            task.validate_rows(rows, cfg, source)
+        else:
+            data.validate_rows(rows, cfg.data.format, source, **fields)
+
     train = data.load_rows(cfg.data.train)
-    data.validate_rows(train, cfg.data.format, cfg.data.train, **fields)
+    validate(train, cfg.data.train)
     evaluation = None
     if cfg.data.eval:
         evaluation = data.load_rows(cfg.data.eval)
-        data.validate_rows(evaluation, cfg.data.format, cfg.data.eval, **fields)
+        validate(evaluation, cfg.data.eval)
     elif cfg.data.eval_fraction:
         train, evaluation = data.eval_split(train, cfg.data.eval_fraction, cfg.train.seed)
     if evaluation is not None and cfg.eval.num_examples:
@@ -102,6 +112,8 @@ def prepare_data(cfg: Any) -> PreparedData:
     """Load, check and tokenize the data for ``cfg`` (no model is loaded); raises
     :class:`~peftkit.train.data.DataError` naming the file, row and field of a bad row."""
     train_rows, eval_rows = load_splits(cfg)
+    if model_task(cfg.train.task):
+        return _prepare_task_data(cfg, model_task(cfg.train.task), train_rows, eval_rows)
     with _model_errors(cfg, "tokenizer"):
         tokenizer = load_tokenizer(cfg.model.name, revision=cfg.model.revision)
     pad_id = data.ensure_pad_token(tokenizer)
@@ -116,6 +128,19 @@ def prepare_data(cfg: Any) -> PreparedData:
                         label_names, prompts, refs)
 
 
+def _prepare_task_data(cfg: Any, task: ModelTask, train_rows: Any, eval_rows: Any) -> PreparedData:
+    """:func:`prepare_data` for a task that brings its own processor, examples and collator."""
+    with _model_errors(cfg, "processor"):
+        processor = task.load_processor(cfg)
+    train_examples, label_names = task.examples(cfg, train_rows, processor, cfg.data.train)
+    eval_examples, prompts, refs = [], [], []
+    if eval_rows is not None:
+        source = cfg.data.eval or cfg.data.train
+        eval_examples, _ = task.examples(cfg, eval_rows, processor, source, label_names or None)
+        prompts, refs = task.eval_texts(cfg, eval_rows)
+    return PreparedData(processor, train_examples, eval_examples, task.collate(processor), label_names, prompts, refs)
+
+
 def prepare(cfg: Any, main_process: bool = True, prepared_data: Optional[PreparedData] = None) -> Prepared:
     """Build the model with its adapter for ``cfg``, with the data from :func:`prepare_data` (made
     here unless given).
@@ -125,14 +150,19 @@ def prepare(cfg: Any, main_process: bool = True, prepared_data: Optional[Prepare
     """
     d = prepared_data or prepare_data(cfg)
     extra = {}
+    task = model_task(cfg.train.task)
     if cfg.train.task == "classification":
         extra = dict(num_labels=len(d.label_names), id2label=dict(enumerate(d.label_names)),
                      label2id={n: i for i, n in enumerate(d.label_names)})
-    with _model_errors(cfg, "model"):
+    elif task is not None:
+        extra = task.model_kwargs(d.label_names)
+    with _model_errors(cfg, "model"):  # the task's own Auto class: never a silent fallback to another
         model = load_model(cfg.model.name, task_type=cfg.model.task_type, dtype=cfg.model.dtype,
-                           revision=cfg.model.revision, quantization=cfg.model.quantization, **extra)
+                           revision=cfg.model.revision, quantization=cfg.model.quantization,
+                           auto_class=TASK_INFO[cfg.train.task].auto_class, **extra)
+    tokenizer = getattr(d.tokenizer, "tokenizer", d.tokenizer)  # a speech or vision processor holds one
     if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = d.tokenizer.pad_token_id  # classifiers find the last real token through it
+        model.config.pad_token_id = tokenizer.pad_token_id  # classifiers find the last real token through it
     if cfg.model.quantization is not None:  # QLoRA: peft's preparation (float32 norms and head, checkpointing)
         prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     elif cfg.train.gradient_checkpointing:
