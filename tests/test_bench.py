@@ -27,9 +27,12 @@ EXPECTED_ROWS = {
     "b1": ["peft dropout=0.0", "peftkit dropout=0.0", "peft dropout=0.05", "peftkit dropout=0.05"],
     "b3": ["one", "mixed 4", "mixed 32"],
     "b4": ["prefill", "decode"],
-    "b5": ["load adapter", "set_adapter x2", "merge+unmerge"],
+    "b5": ["load adapter", "set_adapter x2", "merge+unmerge", "hotswap"],
     "b6": ["peftkit dropout=0.05, peft's dropout"],
+    "b8": ["float32", "bfloat16", "nf4", "bnb int8", "torchao int8"],
 }
+# optional packages a benchmark needs: it is skipped where they are not installed (make test-oldest)
+NEEDS = {"b8": ("bitsandbytes", "torchao")}
 
 
 def tiny_setup() -> "common.Setup":
@@ -46,6 +49,8 @@ def test_every_benchmark_is_listed():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_ROWS))
 def test_benchmark_checks_and_prints_its_table(name, capsys):
+    for package in NEEDS.get(name, ()):
+        pytest.importorskip(package)
     importlib.import_module(run_script.BENCHMARKS[name]).run(tiny_setup(), 0, 1)
     out = capsys.readouterr().out
     for row in EXPECTED_ROWS[name]:

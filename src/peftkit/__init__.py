@@ -49,7 +49,10 @@ from .model import (
     PeftModelForTokenClassification,
     get_peft_model,
 )
+from .hotswap import hotswap_adapter, hotswap_adapter_from_state_dict, prepare_model_for_compiled_hotswap
+from . import quantized
 from .peft_api import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from .quantized.training import prepare_model_for_kbit_training
 from .registry import (
     LayerFactory,
     MethodSpec,
@@ -109,7 +112,12 @@ __all__ = [
     "get_method",
     "get_peft_model",
     "get_peft_model_state_dict",
+    "hotswap_adapter",
+    "hotswap_adapter_from_state_dict",
+    "prepare_model_for_compiled_hotswap",
     "inject_adapter_in_model",
+    "prepare_model_for_kbit_training",
+    "quantized",
     "register_method",
     "registered_methods",
     "set_peft_model_state_dict",

@@ -114,9 +114,10 @@ def _print_summary(run_dir: str, failures: int = 5) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    """Check a run config without running it; every problem is listed (exit code 2 if any).
-    ``--explain KEY`` prints what a key means instead (its type, default and allowed values)."""
-    from .train.config import validate_file
+    """Check a run config, its model (config only, no weights) and its data without running it; every
+    problem is listed (exit code 2 if any). ``--explain KEY`` prints what a key means instead (its
+    type, default and allowed values)."""
+    from .train.model_check import validate_run
 
     if args.explain:
         return _explain(args.explain)
@@ -124,7 +125,7 @@ def _validate(args: argparse.Namespace) -> int:
         print("error: give a run config to check (peftkit validate run.yaml), or --explain KEY", file=sys.stderr)
         return 2
 
-    problems = validate_file(args.config, args.overrides)
+    problems = validate_run(args.config, args.overrides)
     if not problems:
         print(f"{args.config}: OK")
         return 0
@@ -217,6 +218,13 @@ def _merge(args: argparse.Namespace) -> int:
                                           check=not args.no_check, device=args.device))
 
 
+def _combine(args: argparse.Namespace) -> int:
+    """Combine trained adapters as a combine.yaml says; the result is a new run."""
+    from .train.combine import combine_from_file
+
+    return _guarded(lambda: combine_from_file(args.config, evaluate=args.eval))
+
+
 def _adapter_args(p: argparse.ArgumentParser, dtype: bool = True) -> None:
     p.add_argument("path", metavar="RUN_OR_ADAPTER", help="a run folder (runs/<id>, its final adapter/) or an adapter folder")
     p.add_argument("--model", help="base model (bundled name, local path or HF id); default: the run config's "
@@ -281,10 +289,20 @@ def _add_adapter_commands(sub) -> None:
                                    "(safetensors) with the tokenizer; checks the reloaded logits against the adapter model.")
     _adapter_args(p, dtype=False)
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must be new or empty)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the saved weights (merged in float32)")
+    p.add_argument("--dtype", default=None, choices=DTYPES,
+                   help="dtype of the saved weights (merged in float32); default float32, and bfloat16 for a QLoRA run "
+                        "(its quantized base is dequantized and merged there: lossless)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
     p.add_argument("--no-check", action="store_true", help="skip reloading the merged folder to compare logits")
     p.set_defaults(func=_merge)
+
+    p = sub.add_parser("combine", help="combine trained adapters (weights, ties, dare, svd...) into a new run",
+                       description="Read COMBINE.yaml (adapters, weights, combination_type, density, svd_rank, output) "
+                                   "and write the weighted combination as a new run whose lineage lists every parent; "
+                                   "see docs/adapter-arithmetic.md.")
+    p.add_argument("config", metavar="COMBINE.yaml", help="the combination to make")
+    p.add_argument("--eval", action="store_true", help="score the result on each parent run's eval data")
+    p.set_defaults(func=_combine)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "parent); without CONFIG, RUN's own config is used")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("validate", help="check a run config and list every problem (exit code 2 if any)")
+    p = sub.add_parser("validate", help="check a run config against its model (config only, no weights) and data; list every problem (exit code 2 if any)")
     p.add_argument("config", nargs="?", help="run config (YAML)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, checked too")
     p.add_argument("--explain", action="append", metavar="KEY", help="print what a run-config key (train.lr, "
@@ -324,9 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="for schema: the Markdown reference instead of JSON")
     p.set_defaults(func=_config)
     _add_adapter_commands(sub)
+    from .serve.cli import add_parser as add_serve_parser
     from .tracking.commands import add_parser as add_runs_parser
 
     add_runs_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

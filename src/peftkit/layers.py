@@ -84,6 +84,9 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
     adapter_param_names: tuple[str, ...] = ()
     # Plain dict attributes that hold per-adapter settings (rank, scaling, ...).
     adapter_setting_names: tuple[str, ...] = ()
+    # Attributes that merging and unmerging change besides the base weights (copied and put back
+    # when a merge is only tried out: see peftkit.quantized); methods with more state extend it.
+    merge_bookkeeping: tuple[str, ...] = ("merged_adapters",)
     mergeable: bool = True
 
     def __init__(self, base_layer: nn.Module, key: str = ""):
@@ -108,6 +111,25 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
     def delta_weight(self, adapter_name: str) -> torch.Tensor:
         """The change to ``base_layer.weight`` (same layout) that merging this adapter makes."""
         raise AdapterError(f"{type(self).__name__} adapters cannot be merged into the base weights")
+
+    # ------------------------------------------------------------------ the base weight, as methods read it
+    # Methods read the base layer's weight only through these two (and write it only by merging), so a
+    # base that stores its weight differently (quantized: peftkit.quantized) overrides them and every
+    # method works on it unchanged.
+    def base_weight(self) -> torch.Tensor:
+        """The base layer's weight as a dense tensor in the base module's layout (a quantized base
+        gives a fresh dequantized copy: read it, do not keep it)."""
+        return self.base_layer.weight
+
+    def base_weight_info(self) -> tuple[torch.Size, torch.dtype, torch.device]:
+        """Shape, dtype and device of :meth:`base_weight` without reading its values (the dtype is the
+        one the base computes in: adapters are created from it, see ``adapter_dtype``)."""
+        w = self.base_layer.weight
+        return w.shape, w.dtype, w.device
+
+    def set_base_weight(self, weight: torch.Tensor) -> None:
+        """Overwrite the base weight (initialisations that move part of it into the adapter: PiSSA, OLoRA)."""
+        self.base_layer.weight.data.copy_(weight.to(self.base_layer.weight.dtype))
 
     # ------------------------------------------------------------------ shared behaviour
     @property

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from .errors import AdapterError
 from .layers import AdapterLayer
+from .registry import base_layer_kinds
 from .tree import set_module
 
 
@@ -38,6 +39,8 @@ class MergeMixin:
                             raise AdapterError(
                                 f"merging adapter {name!r} into {layer.key!r} gives NaN/inf weights; nothing was merged"
                             )
+        for kind in base_layer_kinds():  # may refuse (quantized bases: too much rounding); nothing is merged yet
+            kind.check_merge(self, layers, names)
         self._untie_before_merge(layers, names)
         for layer in layers:
             layer.merge(names)
@@ -54,6 +57,29 @@ class MergeMixin:
                 warnings.warn(f"{layer.key!r} shares its weight with another module (tied embeddings); merging unties it")
                 if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
                     model.config.tie_word_embeddings = False  # saved merged models must not re-tie on load
+
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str,
+                             combination_type: Optional[str] = None, svd_rank: Optional[int] = None,
+                             svd_clamp: Optional[float] = None, svd_full_matrices: bool = True,
+                             svd_driver: Optional[str] = None, density: Optional[float] = None,
+                             majority_sign_method: str = "total"):
+        """Add ``adapter_name``, the weighted combination of ``adapters`` (``peft``'s arguments);
+        negative weights subtract. ``combination_type``: ``svd`` (the default for LoRA), ``cat``
+        (exact), ``linear``, ``ties``, ``dare_linear``, ``dare_ties``, ``magnitude_prune``, or an
+        ``*_svd`` variant of the last four; for (IA)³ the default is ``linear`` (exact). ``svd_rank``
+        (default: the largest source rank), ``svd_clamp``, ``svd_full_matrices``, ``svd_driver``
+        shape the svd types; ``density`` and ``majority_sign_method`` the pruning types. Returns a
+        :class:`~peftkit.arithmetic.CombinationReport` (rank and relative error per module). The
+        new adapter is inactive: ``set_adapter(adapter_name)`` to use it. Where peftkit and peft
+        differ, and why: docs/adapter-arithmetic.md.
+
+        Example:
+            >>> model.add_weighted_adapter(["a", "b"], [1.0, -0.5], "a_minus_b", combination_type="cat")  # doctest: +SKIP
+        """
+        from .arithmetic.combine import add_weighted_adapter
+
+        return add_weighted_adapter(self, adapters, weights, adapter_name, combination_type, svd_rank, svd_clamp,
+                                    svd_full_matrices, svd_driver, density, majority_sign_method)
 
     def unmerge_adapter(self) -> None:
         """Take merged adapters out of the base weights again."""

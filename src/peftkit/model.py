@@ -24,7 +24,7 @@ from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper, RowAdapter
 from .merge import MergeMixin
 from .model_io import SaveLoadMixin
 from .names import adapter_name_list, check_adapter_name, short_repr
-from .registry import MethodSpec, method_for_config
+from .registry import MethodSpec, base_layer_kinds, method_for_config, refusal
 from .targets import (
     TASK_HEADS,
     find_targets,
@@ -196,6 +196,8 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         if isinstance(config, TargetedConfig):
             targets = find_targets(model, config)
             self._check_factories(spec, targets)
+            for kind in base_layer_kinds():  # e.g. switch off a quantized backend's inference-only tricks
+                kind.prepare_model(model)
             resolved = resolve_target_modules(model, config)
             config.target_modules = resolved
             init_config.target_modules = resolved
@@ -233,9 +235,11 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
                 continue
             if isinstance(module, AdapterLayer) or spec.factory_for(module) is None:
                 supported = ", ".join(f.label for f in spec.layer_factories)
+                reason = refusal(module)
                 raise TargetError(
-                    f"module {key!r} is a {type(module).__name__}, which {spec.peft_type} cannot adapt "
-                    f"(supported: {supported}). Narrow target_modules or add it to exclude_modules."
+                    f"module {key!r} is a {type(module).__name__}, which {spec.peft_type} cannot adapt"
+                    + (f": {reason}" if reason else "")
+                    + f" (supported: {supported}). Narrow target_modules or add it to exclude_modules."
                 )
 
     def _wrap(self, spec: MethodSpec, key: str, adapter_name: str, config: PeftConfig) -> None:

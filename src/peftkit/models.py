@@ -215,19 +215,63 @@ def load_tokenizer(name: str | os.PathLike, **kwargs):
 
 
 def load_model(name: str | os.PathLike, task_type="CAUSAL_LM",
-               dtype: str | torch.dtype = "float32", **from_pretrained_kwargs):
+               dtype: str | torch.dtype = "float32", quantization=None, auto_class: str | None = None,
+               **from_pretrained_kwargs):
     """Load a model with the Auto class matching a peft task type.
 
     ``task_type``: CAUSAL_LM, SEQ_CLS, SEQ_2_SEQ_LM, TOKEN_CLS, QUESTION_ANS or
-    FEATURE_EXTRACTION (the bare ``AutoModel``).  ``dtype``: float32 (default), bfloat16,
-    float16, auto, or a ``torch.dtype``.  Other keyword arguments go to ``from_pretrained``.
+    FEATURE_EXTRACTION (the bare ``AutoModel``); ``auto_class`` names another transformers Auto
+    class instead (``"AutoModelForSpeechSeq2Seq"``).  ``dtype``: float32 (default), bfloat16,
+    float16, auto, or a ``torch.dtype``.  ``quantization``: a frozen base in 4 or 8 bits for QLoRA,
+    as a :class:`peftkit.quantized.QuantizationConfig` or its fields in a dict (a transformers
+    ``BitsAndBytesConfig`` passed as ``quantization_config`` works too). Folders and hub ids load
+    quantized through transformers; GGUF checkpoints, which transformers will not load with a
+    quantization config, are quantized in place after loading. Other keyword arguments go to
+    ``from_pretrained``.
 
     >>> model = load_model("minilm-l6", task_type="SEQ_CLS", num_labels=2)  # doctest: +SKIP
     >>> model = load_model("gpt2", dtype="bfloat16")  # a hub id: needs network  # doctest: +SKIP
+    >>> model = load_model("smollm2", quantization={"backend": "bnb", "bits": 4})  # doctest: +SKIP
     """
-    auto_class = _auto_class(task_type)
+    if auto_class is not None:
+        import transformers
+
+        auto_class = getattr(transformers, auto_class)
+    else:
+        auto_class = _auto_class(task_type)
     torch_dtype = _torch_dtype(dtype)
     resolved = resolve_model(name)
     _check_gguf(resolved)
-    return _load(resolved, name, auto_class.from_pretrained, dtype=torch_dtype,
-                 **from_pretrained_kwargs)
+    spec, in_place = _quantization_plan(quantization, resolved, torch_dtype, from_pretrained_kwargs)
+    model = _load(resolved, name, auto_class.from_pretrained, dtype=torch_dtype, **from_pretrained_kwargs)
+    if spec is None:
+        return model
+    from .quantized import guard_model
+    from .quantized.loading import quantize_model
+
+    if in_place:
+        quantize_model(model, spec)
+    guard_model(model)  # bitsandbytes' CPU repacking would break training
+    return model
+
+
+def _quantization_plan(quantization, resolved: ResolvedModel, torch_dtype, kwargs: dict):
+    """``(QuantizationConfig or None, quantize in place after loading?)``; for loads through
+    transformers, sets ``kwargs["quantization_config"]``."""
+    if quantization is None and kwargs.get("quantization_config") is None:
+        return None, False
+    from .quantized.loading import QuantizationConfig
+
+    if quantization is None:  # a transformers config given as usual
+        if not resolved.gguf_file:
+            return QuantizationConfig.model_construct(), False  # transformers quantizes; we only guard
+        spec = QuantizationConfig.from_transformers(kwargs.pop("quantization_config"))
+    else:
+        if kwargs.get("quantization_config") is not None:
+            raise ValueError("give either quantization= or quantization_config=, not both")
+        spec = quantization if isinstance(quantization, QuantizationConfig) else QuantizationConfig(**quantization)
+    model_dtype = torch.float32 if torch_dtype == "auto" else torch_dtype
+    if resolved.gguf_file or spec.backend == "torchao":
+        return spec, True
+    kwargs["quantization_config"] = spec.to_transformers(model_dtype)
+    return spec, False

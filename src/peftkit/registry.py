@@ -29,11 +29,35 @@ ENTRY_POINT_GROUP = "peftkit.methods"
 @dataclass(frozen=True)
 class LayerFactory:
     """Wraps one kind of module. ``matches(module)`` selects it; ``build(module, name, config, key)``
-    returns the adapter layer holding ``module`` as ``base_layer`` with adapter ``name`` added."""
+    returns the adapter layer holding ``module`` as ``base_layer`` with adapter ``name`` added.
+
+    ``quantized``: the factory is made for a quantized layer (see :mod:`peftkit.quantized`). A module
+    that a registered :class:`BaseLayerKind` claims (a bitsandbytes ``Linear4bit`` is also an
+    ``nn.Linear``) is only ever offered to such factories, and plain modules only to the others, so
+    a plain ``nn.Linear`` factory never adapts a packed weight as if it were dense."""
 
     label: str
     matches: Callable[[nn.Module], bool]
     build: Callable[[nn.Module, str, "PeftConfig", str], "AdapterLayer"]
+    quantized: bool = False
+
+
+@dataclass(frozen=True)
+class BaseLayerKind:
+    """Hooks for a kind of *base layer* that needs care whatever the method (quantized linears,
+    registered by :mod:`peftkit.quantized`). Generic code calls them without knowing what they are for.
+
+    ``claims(module)``: the module belongs to this kind (only ``quantized`` factories may wrap it);
+    ``refusal(module)``: why no factory can adapt a claimed module, and what to do instead (None: it
+    can be adapted); ``prepare_model(model)``: runs on a model before adapters are injected into it;
+    ``check_merge(peft_model, layers, adapter_names)``: runs before anything is merged, and may raise
+    to refuse the merge (the model is then unchanged)."""
+
+    name: str
+    claims: Callable[[nn.Module], bool]
+    refusal: Callable[[nn.Module], Optional[str]] = lambda module: None
+    prepare_model: Callable[[nn.Module], None] = lambda model: None
+    check_merge: Callable[..., None] = lambda peft_model, layers, adapter_names: None
 
 
 @dataclass
@@ -96,12 +120,38 @@ class MethodSpec:
     key_prefix: str = "base_model.model."
 
     def factory_for(self, module: nn.Module) -> Optional[LayerFactory]:
-        """The first factory that accepts ``module``, or None."""
-        return next((f for f in self.layer_factories if f.matches(module)), None)
+        """The first factory that accepts ``module``, or None (a quantized module only matches
+        factories marked ``quantized``; see :class:`LayerFactory`)."""
+        special = any(kind.claims(module) for kind in base_layer_kinds())
+        return next((f for f in self.layer_factories if f.quantized == special and f.matches(module)), None)
 
 
 _METHODS: dict[str, MethodSpec] = {}
+_BASE_LAYER_KINDS: dict[str, BaseLayerKind] = {}
 _plugins_loaded = False
+
+
+def register_base_layer_kind(kind: BaseLayerKind) -> BaseLayerKind:
+    """Add (or replace, by name) hooks for a kind of base layer; see :class:`BaseLayerKind`."""
+    _BASE_LAYER_KINDS[kind.name] = kind
+    return kind
+
+
+def base_layer_kinds() -> list[BaseLayerKind]:
+    """Every registered kind of base layer (built-in: quantized linears)."""
+    _load_plugins()
+    return list(_BASE_LAYER_KINDS.values())
+
+
+def refusal(module: nn.Module) -> Optional[str]:
+    """Why no method can adapt ``module`` and what to do instead, when a base-layer kind knows;
+    else None."""
+    for kind in base_layer_kinds():
+        if kind.claims(module):
+            reason = kind.refusal(module)
+            if reason:
+                return reason
+    return None
 
 
 def register_method(spec: MethodSpec, *, replace: bool = False) -> MethodSpec:
@@ -125,7 +175,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from . import methods  # noqa: F401  (built-ins register on import)
+    from . import methods, quantized  # noqa: F401  (built-ins register on import)
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:

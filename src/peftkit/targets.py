@@ -94,7 +94,7 @@ def pattern_value(patterns: dict, key: str, default):
     return default
 
 
-def _output_head_names(model: nn.Module, task_type: Optional[TaskType]) -> set[str]:
+def output_head_names(model: nn.Module, task_type: Optional[TaskType]) -> set[str]:
     """The LM head (and, for classifiers, the classification head): 'all-linear' leaves them alone."""
     heads: list[nn.Module] = []
     get_out = getattr(model, "get_output_embeddings", None)
@@ -124,7 +124,7 @@ def resolve_target_modules(model: nn.Module, config: TargetedConfig) -> Optional
         fill_defaults(model)
     targets = config.target_modules
     if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
-        skip = _output_head_names(model, config.task_type)
+        skip = output_head_names(model, config.task_type)
         return [key for key, m in iter_plain_modules(model) if _is_linear(m) and key not in skip]
     if targets is None:
         # a method may define its own default (BitFit: every module with a bias; LN tuning: the norms)

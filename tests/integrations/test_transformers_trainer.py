@@ -203,3 +203,21 @@ def test_label_smoothing_shifts_labels_for_a_causal_lm_as_for_peft(tmp_path):
         logits = ours(input_ids=batch["input_ids"])
     unshifted = smoother(logits, batch["labels"], shift_labels=False)
     assert (our_loss - unshifted).abs() > 1e-3  # the plain Trainer's result for a peftkit model
+
+
+def test_qlora_model_loaded_by_transformers_trains(tmp_path):
+    """transformers refuses to train a quantized model it sees no adapters on; AdapterTrainer lets
+    it see a peftkit model's (a plain Trainer raises "purely quantized models")."""
+    from peftkit.models import load_model
+
+    pytest.importorskip("bitsandbytes")
+    tiny_llama().save_pretrained(tmp_path / "base")
+    base = load_model(tmp_path / "base", quantization={"backend": "bnb", "bits": 4, "compute_dtype": "float32"})
+    assert base.hf_quantizer is not None  # loaded quantized by transformers itself
+    model = pk.get_peft_model(base, pk.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    before = adapter(model)
+    trainer = AdapterTrainer(model=model, args=training_args(tmp_path / "out", steps=2), train_dataset=dataset())
+    trainer.train()
+    trainer.save_model(tmp_path / "saved")
+    assert set(os.listdir(tmp_path / "saved")) >= ADAPTER_FILES
+    assert any(not torch.equal(v, before[k]) for k, v in adapter(model).items())

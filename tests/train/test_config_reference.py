@@ -88,7 +88,8 @@ def test_explain_one_key_a_section_and_an_unknown_key():
 def test_cli_validate_explain_and_config_schema(capsys):
     assert main(["validate", "--explain", "data.format", "--explain", "eval.at_start"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("data.format: one of: chat, prompt_completion, text, classification, preference, or null")
+    assert out.startswith("data.format: one of: chat, prompt_completion, text, classification, preference, seq2seq, "
+                          "token_classification, speech, vision_chat, or null")
     assert "eval.at_start: true/false, default false" in out
     assert main(["config", "schema"]) == 0
     assert json.loads(capsys.readouterr().out) == json_schema()

@@ -478,3 +478,14 @@ def test_smollm2_assistant_mask_is_the_answer_and_end_of_turn():
     prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     start = ex["labels"].index(next(t for t in ex["labels"] if t != IGNORE))
     assert tokenizer.decode(ex["input_ids"][:start]) == prompt
+
+
+def test_iso_dates_in_json_stay_text(tmp_path):
+    """arrow's JSON reader would read "2024-03-01" as a date; the rows keep the text as written."""
+    from peftkit.train.data import load_rows, validate_rows
+
+    path = tmp_path / "dates.jsonl"
+    path.write_text('{"source": "1 March 2024", "target": "2024-03-01"}\n{"source": "2 May 1999", "target": "1999-05-02"}\n')
+    rows = load_rows(path)
+    assert rows["target"] == ["2024-03-01", "1999-05-02"]
+    validate_rows(rows, "seq2seq", str(path))

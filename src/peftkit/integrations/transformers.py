@@ -10,6 +10,9 @@ cannot be resumed from or reloaded as the best model. No public hook changes eit
 hands everything else to Trainer unchanged. They are private names: the mixin checks at
 construction that Trainer still has them with the arguments it expects, and fails loudly if not.
 
+Trainer refuses a quantized model unless it recognises adapters on it (a ``peft.PeftModel``, or
+``_hf_peft_config_loaded``); the mixin sets that flag on a peftkit model, so QLoRA trains too.
+
 With ``label_smoothing_factor``, Trainer shifts the labels only for models whose class name (or
 that of ``peft``'s base model) is a causal LM's; a peftkit model is named ``PeftModel``, so a
 causal LM's smoothed loss would score every token against the wrong label. The mixin tells the
@@ -71,6 +74,11 @@ class AdapterTrainerMixin:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         check_trainer_hooks(type(self))
+        model = kwargs.get("model", args[0] if args else None)
+        if isinstance(model, PeftModel):
+            # transformers refuses to train a quantized model "without adapters" unless the model says
+            # it has some (``_hf_peft_config_loaded``: its flag for attached adapters) or is a peft.PeftModel
+            model._hf_peft_config_loaded = True
         super().__init__(*args, **kwargs)
         model = self._peftkit_model()
         if getattr(self, "label_smoother", None) is not None and model is not None and is_causal_lm(model):

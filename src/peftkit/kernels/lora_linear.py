@@ -11,6 +11,10 @@ What it saves over the composed modules (``peft``'s and peftkit's plain path):
 
 It is used for one active adapter on ``nn.Linear`` when input, weight and adapter share a dtype
 and autocast is off; everything else takes the plain path (see ``LoraLinear.forward``).
+
+On a quantized base the weight is a *source* (``dense()`` dequantizes it into a fresh tensor, see
+:class:`peftkit.quantized.layers.DequantizedWeight`): it is dequantized in forward and again in
+backward, never kept, so the node saves no more than on a dense base.
 """
 
 from __future__ import annotations
@@ -41,16 +45,23 @@ def saved_mask(ctx, x: torch.Tensor, keep: Optional[torch.Tensor]) -> Optional[t
     return keep_mask(x.shape, ctx.p, ctx.seed, x.dtype, x.device)
 
 
+def _dense(weight):
+    """A weight tensor as is; a weight source (quantized base) dequantized into a fresh tensor."""
+    return weight if isinstance(weight, torch.Tensor) else weight.dense()
+
+
 class LoraLinearFunction(torch.autograd.Function):
     """Forward and backward of base linear + LoRA in one node of the autograd graph."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, keep: Optional[torch.Tensor],
                 p: float, seed: Optional[int]):
-        out, h = _forward(x, weight, bias, lora_a, lora_b, scaling, keep, p)
-        # a mask drawn from a seed is drawn again in backward rather than kept
-        ctx.save_for_backward(x, weight, lora_a, lora_b, h, keep if seed is None else None)
-        ctx.scaling, ctx.p, ctx.has_bias, ctx.seed = scaling, p, bias is not None, seed
+        source = None if isinstance(weight, torch.Tensor) else weight
+        out, h = _forward(x, _dense(weight), bias, lora_a, lora_b, scaling, keep, p)
+        # a mask drawn from a seed is drawn again in backward rather than kept; a weight source
+        # is dequantized again rather than kept
+        ctx.save_for_backward(x, weight if source is None else None, lora_a, lora_b, h, keep if seed is None else None)
+        ctx.scaling, ctx.p, ctx.has_bias, ctx.seed, ctx.source = scaling, p, bias is not None, seed, source
         return out
 
     @staticmethod
@@ -64,7 +75,7 @@ class LoraLinearFunction(torch.autograd.Function):
         gb = g @ lora_b  # (tokens, r)
         grad_x = grad_a = grad_b = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = g @ weight
+            grad_x = g @ (weight if ctx.source is None else ctx.source.dense())
             if keep is None:
                 grad_x.addmm_(gb, lora_a, alpha=s)
             else:
@@ -103,11 +114,11 @@ def lora_linear(x, weight, bias, lora_a, lora_b, scaling: float, p: float = 0.0,
     Example:
         >>> y = lora_linear(x, layer.weight, layer.bias, A.weight, B.weight, 2.0, p=0.05, training=True)  # doctest: +SKIP
     """
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, lora_a, lora_b))
+    grad = torch.is_grad_enabled() and any(getattr(t, "requires_grad", False) for t in (x, weight, bias, lora_a, lora_b))
     keep, seed = dropout_inputs(x, p, training, keep, grad)
     if not grad:
         # inference: the same maths without an autograd node (its fixed cost shows in decoding)
-        return _forward(x, weight, bias, lora_a, lora_b, scaling, keep, p)[0]
+        return _forward(x, _dense(weight), bias, lora_a, lora_b, scaling, keep, p)[0]
     return LoraLinearFunction.apply(x, weight, bias, lora_a, lora_b, scaling, keep, p, seed)
 
 

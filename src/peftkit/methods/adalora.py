@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from pydantic import field_validator
 
+from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
 from .adalora_allocator import RankAllocator
 from .adalora_layers import AdaLoraLinear
@@ -262,11 +263,12 @@ def _load_run_state(peft_model: "PeftModel", adapter_name: str, tensors: dict[st
         _allocators(peft_model)[adapter_name].load_state_tensors(allocator_state)
 
 
-def _linear_factory(module: nn.Module, name: str, config: AdaLoraConfig, key: str) -> AdaLoraLinear:
+def _linear_factory(module: nn.Module, name: str, config: AdaLoraConfig, key: str,
+                    cls: type = AdaLoraLinear) -> AdaLoraLinear:
     fan_in_fan_out = is_conv1d(module)  # as for LoRA: the layer decides, the model's config records it
     if config.fan_in_fan_out != fan_in_fan_out:
         config.fan_in_fan_out = fan_in_fan_out
-    return AdaLoraLinear(module, name, config, key, fan_in_fan_out=fan_in_fan_out)
+    return cls(module, name, config, key, fan_in_fan_out=fan_in_fan_out)
 
 
 ADALORA = register_method(
@@ -275,6 +277,7 @@ ADALORA = register_method(
         config_cls=AdaLoraConfig,
         layer_cls=AdaLoraLinear,
         layer_factories=[
+            *quantized_factories(AdaLoraLinear, _linear_factory),
             LayerFactory("nn.Linear", lambda m: isinstance(m, nn.Linear), _linear_factory),
             LayerFactory("transformers Conv1D", is_conv1d, _linear_factory),
         ],

@@ -55,8 +55,8 @@ class AdaLoraLinear(AdapterLayer):
 
     @property
     def in_out(self) -> tuple[int, int]:
-        w = self.base_layer.weight
-        return (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        shape = self.base_weight_info()[0]
+        return (shape[0], shape[1]) if self.fan_in_fan_out else (shape[1], shape[0])
 
     def add_adapter(self, adapter_name: str, config: "AdaLoraConfig", key: str) -> None:
         """``init_r`` triplets, or as many as a saved ``rank_pattern`` kept for this module."""
@@ -73,8 +73,8 @@ class AdaLoraLinear(AdapterLayer):
             nn.init.normal_(a, std=0.02)
             nn.init.zeros_(e)
             nn.init.normal_(b, std=0.02)
-        weight = self.base_layer.weight
-        kind = dict(device=weight.device, dtype=adapter_dtype(weight))
+        _, base_dtype, device = self.base_weight_info()
+        kind = dict(device=device, dtype=adapter_dtype(base_dtype))
         self.lora_A[adapter_name] = nn.Parameter(a.to(**kind))
         self.lora_E[adapter_name] = nn.Parameter(e.to(**kind))
         self.lora_B[adapter_name] = nn.Parameter(b.to(**kind))

@@ -186,7 +186,7 @@ def merge_norm(layer: "LoraLayer", name: str) -> torch.Tensor:
 @torch.no_grad()
 def dora_delta_weight(layer: "LoraLayer", name: str) -> torch.Tensor:
     """``W' - W`` for merging ``name`` into the current weight (``safe_merge`` checks it)."""
-    weight = layer.base_layer.weight
+    weight = layer.base_weight()
     return layer.dora_weight_layout(_merged_rows(layer, name, merge_norm(layer, name), 1.0)) - weight.float()
 
 

@@ -14,6 +14,7 @@ from pydantic import field_validator
 
 from ..config import TargetedConfig, _normalise_names
 from ..errors import TargetError
+from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
 from ..targets import iter_plain_modules
 from .ia3_layers import IA3Conv, IA3Layer, IA3Linear
@@ -114,13 +115,13 @@ class IA3Config(TargetedConfig):
         return data
 
 
-def _build_layer(module: nn.Module, name: str, config: IA3Config, key: str) -> IA3Layer:
+def _build_layer(module: nn.Module, name: str, config: IA3Config, key: str, cls: type = IA3Linear) -> IA3Layer:
     if isinstance(module, (nn.Conv2d, nn.Conv3d)):
         return IA3Conv(module, name, config, key)
     fan_in_fan_out = is_conv1d(module)  # follows the layer; the config records it, as peft's does
     if config.fan_in_fan_out != fan_in_fan_out:
         config.fan_in_fan_out = fan_in_fan_out
-    return IA3Linear(module, name, config, key, fan_in_fan_out=fan_in_fan_out)
+    return cls(module, name, config, key, fan_in_fan_out=fan_in_fan_out)
 
 
 def _record_modules_for_peft(peft_model: Any, adapter_name: str, config: IA3Config) -> None:
@@ -150,6 +151,7 @@ IA3 = register_method(
         config_cls=IA3Config,
         layer_cls=IA3Layer,
         layer_factories=[
+            *quantized_factories(IA3Linear, _build_layer),
             LayerFactory("nn.Linear", lambda m: isinstance(m, nn.Linear), _build_layer),
             LayerFactory("transformers Conv1D", is_conv1d, _build_layer),
             LayerFactory("nn.Conv2d/Conv3d", lambda m: isinstance(m, (nn.Conv2d, nn.Conv3d)), _build_layer),

@@ -78,14 +78,32 @@ class IA3Layer(AdapterLayer):
         shape = self.vector_shape(is_feedforward)
         # ones: the identity; init_ia3_weights=False draws N(0, 1) as peft does (for tests)
         values = torch.ones(shape) if config.init_ia3_weights else torch.randn(shape)
-        weight = self.base_layer.weight
-        self.ia3_l[adapter_name] = nn.Parameter(values.to(device=weight.device, dtype=adapter_dtype(weight)))
+        _, dtype, device = self.base_weight_info()
+        self.ia3_l[adapter_name] = nn.Parameter(values.to(device=device, dtype=adapter_dtype(dtype)))
 
     def delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
         raise AdapterError("(IA)³ rescales activations; it has no additive delta")
 
     def _vector(self, adapter_name: str) -> torch.Tensor:
         return self.ia3_l[adapter_name].flatten()
+
+    # ------------------------------------------------------------------ adapter arithmetic
+    def delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """``W * (scale - 1)``: the change merging makes to the base weight (not to its bias, see
+        :meth:`delta_bias`)."""
+        weight = self.base_layer.weight
+        return weight * (self.weight_scale(adapter_name).to(weight.dtype) - 1)
+
+    def delta_bias(self, adapter_name: str) -> Optional[torch.Tensor]:
+        """``bias * (scale - 1)`` for an output-scaling adapter on a layer with a bias, else None."""
+        if not self._scales_bias(adapter_name):
+            return None
+        return self.base_layer.bias * (self._bias_scale(adapter_name) - 1)
+
+    def identity_parameters(self, adapter_name: str) -> dict[str, torch.Tensor]:
+        """The values at which the adapter changes nothing (ones). The change is linear in the
+        distance from them, so a weighted sum of those distances is the weighted sum of changes."""
+        return {path: torch.ones_like(p) for path, p in self.adapter_parameters(adapter_name)}
 
     # ------------------------------------------------------------------ forward
     def _scales(self, names: list[str], feedforward: bool) -> Optional[torch.Tensor]:
@@ -189,9 +207,19 @@ class IA3Linear(IA3Layer):
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: "IA3Config", key: str,
                  fan_in_fan_out: bool = False):
         self.fan_in_fan_out = fan_in_fan_out
-        w = base_layer.weight
-        self.in_features, self.out_features = (w.shape[0], w.shape[1]) if fan_in_fan_out else (w.shape[1], w.shape[0])
         super().__init__(base_layer, adapter_name, config, key)
+
+    @property
+    def in_features(self) -> int:
+        return self._in_out()[0]
+
+    @property
+    def out_features(self) -> int:
+        return self._in_out()[1]
+
+    def _in_out(self) -> tuple[int, int]:
+        shape = self.base_weight_info()[0]  # the logical shape, also of a quantized base
+        return (shape[0], shape[1]) if self.fan_in_fan_out else (shape[1], shape[0])
 
     def vector_shape(self, feedforward: bool) -> tuple[int, ...]:
         return (1, self.in_features) if feedforward else (self.out_features, 1)

@@ -44,12 +44,12 @@ class LoHaLayer(LycorisLayer):
         return True  # peft's LoHa always divides by the fraction of rows kept
 
     def create_tensors(self, adapter_name: str, r: int, config: LycorisConfig) -> dict[str, torch.Tensor]:
-        base = self.base_layer
-        out_features = base.weight.shape[0]
-        in_features = base.weight[0].numel()  # in (Linear) or in/groups * kernel (convolutions)
+        base, shape = self.base_layer, self.base_weight_info()[0]
+        out_features = shape[0]
+        in_features = math.prod(shape[1:])  # in (Linear) or in/groups * kernel (convolutions)
         if uses_effective_conv(base, config):
             kernel = tuple(base.kernel_size) + (1,) * (2 - len(base.kernel_size))  # Conv1d: (k, 1)
-            in_channels = base.weight.shape[1]
+            in_channels = shape[1]
             shapes = {"hada_w1_a": (r, out_features), "hada_w1_b": (r, in_channels),
                       "hada_w2_a": (r, out_features), "hada_w2_b": (r, in_channels),
                       "hada_t1": (r, r, *kernel), "hada_t2": (r, r, *kernel)}
@@ -71,7 +71,7 @@ class LoHaLayer(LycorisLayer):
             second = rebuild_cp(self.hada_t2[adapter_name], w2_a, w2_b)
         else:
             first, second = w1_a @ w1_b, w2_a @ w2_b
-        return (first * second * self.scaling[adapter_name]).reshape(self.base_layer.weight.shape)
+        return (first * second * self.scaling[adapter_name]).reshape(self.base_weight_info()[0])
 
     def linear_delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
         w1_a, w1_b, w2_a, w2_b = self._factors(adapter_name)

@@ -81,10 +81,10 @@ class LoKrLayer(LycorisLayer):
         return config.rank_dropout_scale
 
     def create_tensors(self, adapter_name: str, r: int, config: LoKrConfig) -> dict[str, torch.Tensor]:
-        base = self.base_layer
-        out_l, out_k = factorization(base.weight.shape[0], config.decompose_factor)
-        in_m, in_n = factorization(base.weight.shape[1], config.decompose_factor)  # in / groups for convs
-        kernel = tuple(base.weight.shape[2:])
+        base, shape = self.base_layer, self.base_weight_info()[0]
+        out_l, out_k = factorization(shape[0], config.decompose_factor)
+        in_m, in_n = factorization(shape[1], config.decompose_factor)  # in / groups for convs
+        kernel = tuple(shape[2:])
         shapes: dict[str, tuple[int, ...]] = {}
         if config.decompose_both and r < max(out_l, in_m) / 2:
             shapes.update(lokr_w1_a=(out_l, r), lokr_w1_b=(r, in_m))
@@ -124,7 +124,7 @@ class LoKrLayer(LycorisLayer):
         # torch.kron on these exact shapes, then a reshape to the kernel: peft's layout, so that
         # checkpoints mean the same thing in both libraries
         weight = torch.kron(w1, w2.contiguous()) * self.scaling[adapter_name]
-        return weight.reshape(self.base_layer.weight.shape)
+        return weight.reshape(self.base_weight_info()[0])
 
     def linear_delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
         w1 = self._w1(adapter_name) * self.scaling[adapter_name]

@@ -11,6 +11,7 @@ import torch.nn as nn
 from pydantic import field_validator
 
 from ..config import ANY_VALUE, PeftConfig, TargetedConfig, finite_number, mapping_values
+from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
 from .lora_conversion import convert_mutated_init
 from .lora_layers import LoraConv, LoraEmbedding, LoraLayer, LoraLinear, is_conv1d
@@ -114,13 +115,13 @@ class LoraConfig(TargetedConfig):
         return convert_mutated_init(self, trained, initial_config, initial, where)
 
 
-def _linear_factory(module: nn.Module, name: str, config: LoraConfig, key: str) -> LoraLayer:
+def _linear_factory(module: nn.Module, name: str, config: LoraConfig, key: str, cls: type = LoraLinear) -> LoraLayer:
     # nn.Linear stores (out, in); GPT-2's Conv1D stores (in, out): fan_in_fan_out follows the layer,
     # and the (model-owned copy of the) config records it, as peft's saved configs do.
     fan_in_fan_out = is_conv1d(module)
     if config.fan_in_fan_out != fan_in_fan_out:
         config.fan_in_fan_out = fan_in_fan_out
-    return LoraLinear(module, name, config, key, fan_in_fan_out=fan_in_fan_out)
+    return cls(module, name, config, key, fan_in_fan_out=fan_in_fan_out)
 
 
 LORA = register_method(
@@ -129,6 +130,7 @@ LORA = register_method(
         config_cls=LoraConfig,
         layer_cls=LoraLayer,
         layer_factories=[
+            *quantized_factories(LoraLinear, _linear_factory),
             LayerFactory("nn.Linear", lambda m: isinstance(m, nn.Linear), _linear_factory),
             LayerFactory("transformers Conv1D", is_conv1d, _linear_factory),
             LayerFactory("nn.Embedding", lambda m: isinstance(m, nn.Embedding), LoraEmbedding),

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import TargetError
+from ..errors import AdapterError, TargetError
 from ..kernels import multi_lora
 from ..kernels.lora_linear import fast_path_applies, lora_linear
 from ..kernels.dora import dora_fast_path_applies, dora_linear
@@ -34,12 +34,14 @@ def is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None
 
 
-def adapter_dtype(base_weight: torch.Tensor) -> torch.dtype:
-    """Adapters on half-precision bases are kept in float32 (as ``peft`` does by default): their
-    updates are tiny relative to the weights and vanish in bf16."""
-    if base_weight.dtype in (torch.float16, torch.bfloat16):
+def adapter_dtype(base: torch.Tensor | torch.dtype) -> torch.dtype:
+    """The dtype of adapters on a base weight (or base compute dtype) ``base``: float32 on
+    half-precision bases (as ``peft`` does by default: updates are tiny relative to the weights and
+    vanish in bf16), and on quantized or integer ones."""
+    dtype = base if isinstance(base, torch.dtype) else base.dtype
+    if dtype in (torch.float16, torch.bfloat16):
         return torch.float32
-    return base_weight.dtype if base_weight.is_floating_point() else torch.float32
+    return dtype if dtype.is_floating_point else torch.float32
 
 
 class LoraLayer(DoraMixin, AdapterLayer):
@@ -72,7 +74,8 @@ class LoraLayer(DoraMixin, AdapterLayer):
         self.use_rslora[adapter_name] = config.use_rslora
         self.scaling[adapter_name] = self.configured_scaling(adapter_name)
         self.lora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
-        weight = self.base_layer.weight
+        _, base_dtype, device = self.base_weight_info()
+        dtype = adapter_dtype(base_dtype)
         with torch.no_grad():
             self.create_tensors(adapter_name, r)
             self.init_tensors(adapter_name, config.init_lora_weights)
@@ -82,11 +85,11 @@ class LoraLayer(DoraMixin, AdapterLayer):
                     continue
                 entry = holder[adapter_name]
                 if isinstance(entry, nn.Parameter):
-                    holder[adapter_name] = nn.Parameter(entry.to(device=weight.device, dtype=adapter_dtype(weight)))
+                    holder[adapter_name] = nn.Parameter(entry.to(device=device, dtype=dtype))
                 else:
-                    entry.to(device=weight.device, dtype=adapter_dtype(weight))
+                    entry.to(device=device, dtype=dtype)
             if config.use_dora:  # the magnitude starts at the adapted weight's norm: outputs unchanged
-                init_magnitude(self, adapter_name, adapter_dtype(weight))
+                init_magnitude(self, adapter_name, dtype)
 
     def configured_scaling(self, adapter_name: str) -> float:
         """``lora_alpha / r`` (rsLoRA: ``/ sqrt(r)``): the scaling the adapter's config gives."""
@@ -149,6 +152,34 @@ class LoraLayer(DoraMixin, AdapterLayer):
     def lowrank_weight(self, adapter_name: str) -> torch.Tensor:
         """``scaling * B A`` in the base weight's layout (plain LoRA's merge delta)."""
 
+    # ---- the adapter as a product of (units, K) rows: adapter arithmetic (peftkit.arithmetic) and hotswap
+    def lowrank_parameters(self, adapter_name: str) -> tuple[nn.Parameter, nn.Parameter]:
+        """The stored A and B tensors; the rank is A's first axis and B's second in every layer type."""
+        params = [p for _, p in self.adapter_parameters(adapter_name)]
+        return params[0], params[1]
+
+    def lowrank_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """``(B, A, scaling)`` with B, A as ``(units, r)`` and ``(r, K)`` rows (``weight_rows`` of the
+        delta is ``scaling * B @ A``), or None for a DoRA adapter, whose change is not that product."""
+        if adapter_name in self.lora_magnitude_vector:
+            return None
+        try:
+            _, a, b = self.dora_rows(adapter_name)
+        except NotImplementedError:  # a layer type without a row layout
+            return None
+        return b, a, self.scaling[adapter_name]
+
+    def set_lowrank_factors(self, adapter_name: str, b: torch.Tensor, a: torch.Tensor) -> None:
+        """Write ``(units, r)`` / ``(r, K)`` rows into the adapter's B and A (same rank as stored)."""
+        stored_a, stored_b = self.lowrank_parameters(adapter_name)
+        with torch.no_grad():
+            stored_a.copy_(a.reshape(stored_a.shape))
+            stored_b.copy_(b.reshape(stored_b.shape))
+
+    def weight_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor in ``base_layer.weight``'s layout as ``(units, K)`` rows (inverse of ``dora_weight_layout``)."""
+        raise AdapterError(f"{type(self).__name__} ({self.key!r}) has no row layout for adapter arithmetic")
+
 
 class LoraLinear(LoraLayer):
     """LoRA on ``nn.Linear``, or on GPT-2's ``Conv1D`` with ``fan_in_fan_out=True``."""
@@ -166,20 +197,28 @@ class LoraLinear(LoraLayer):
         # through nn.Module.__getattr__ costs ~1.2 us, which adds up to ~15% of a CPU decode step
         # (one call per adapted layer per token). The dicts are what __getattr__ reads anyway.
         modules = self._modules
-        base = modules["base_layer"]
         drop = modules["lora_dropout"]._modules[name]
         p = drop.p if isinstance(drop, nn.Dropout) else 0.0
         a = modules["lora_A"]._modules[name]._parameters["weight"]
         b = modules["lora_B"]._modules[name]._parameters["weight"]
         if name in modules["lora_magnitude_vector"]._modules:
+            base = modules["base_layer"]
             if self._dora_fast_path_applies(x, name, base):
                 return dora_linear(x, self.dora_rows(name)[0], base.bias, a, b, self.lora_magnitude_vector[name].weight,
                                    weight_norm(self, name), self.scaling[name], p, self.training)
-        elif type(base) is nn.Linear and not self.fan_in_fan_out:
-            weight = base._parameters["weight"]
-            if fast_path_applies(x, weight, a):
-                return lora_linear(x, weight, base._parameters["bias"], a, b, self.scaling[name], p, self.training)
+        else:
+            fused = self.fused_weight()
+            if fused is not None and fast_path_applies(x, fused[0], a):
+                return lora_linear(x, fused[0], fused[1], a, b, self.scaling[name], p, self.training)
         return super().forward(x)
+
+    def fused_weight(self):
+        """``(weight, bias)`` for the fused kernel when the base is a plain ``nn.Linear``, else None
+        (quantized bases give a dequantizing weight source instead: peftkit.quantized.layers)."""
+        base = self._modules["base_layer"]
+        if type(base) is nn.Linear and not self.fan_in_fan_out:
+            return base._parameters["weight"], base._parameters["bias"]
+        return None
 
     def _dora_fast_path_applies(self, x: torch.Tensor, name: str, base: nn.Module) -> bool:
         """DoRA's fused node covers ``nn.Linear`` and GPT-2's ``Conv1D`` (fp32 adapters on a half
@@ -210,8 +249,8 @@ class LoraLinear(LoraLayer):
 
     @property
     def in_out(self) -> tuple[int, int]:
-        w = self.base_layer.weight
-        return (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        shape = self.base_weight_info()[0]
+        return (shape[0], shape[1]) if self.fan_in_fan_out else (shape[1], shape[0])
 
     def create_tensors(self, adapter_name: str, r: int) -> None:
         in_features, out_features = self.in_out
@@ -228,8 +267,7 @@ class LoraLinear(LoraLayer):
         """PiSSA (principal singular vectors) or OLoRA (QR) initialisation. The adapter starts as
         the top-r part of W and the base keeps the residual, so outputs are unchanged at start but
         the base weights are modified: save the adapter with the residual base, as with peft."""
-        base = self.base_layer.weight
-        w = base.detach().float()
+        w = self.base_weight().detach().float()
         w = w.T if self.fan_in_fan_out else w  # (out, in)
         r, scale = self.r[adapter_name], self.scaling[adapter_name]
         if init == "olora":
@@ -248,20 +286,23 @@ class LoraLinear(LoraLayer):
         self.lora_A[adapter_name].weight.copy_(a)
         self.lora_B[adapter_name].weight.copy_(b)
         residual = w - scale * (b @ a)
-        base.data.copy_((residual.T if self.fan_in_fan_out else residual).to(base.dtype))
+        self.set_base_weight(residual.T if self.fan_in_fan_out else residual)
         self._dora_norms.clear()  # .data writes do not bump the weight's version
 
     supports_dora = True
 
     def dora_rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        w = self.base_layer.weight
+        w = self.base_weight()
         return (w.t() if self.fan_in_fan_out else w), self.lora_A[name].weight, self.lora_B[name].weight
 
     def dora_weight_layout(self, rows: torch.Tensor) -> torch.Tensor:
         return rows.t() if self.fan_in_fan_out else rows
 
+    def weight_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.t() if self.fan_in_fan_out else tensor
+
     def dora_base(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.base_layer.weight
+        w = self.base_weight()
         return F.linear(x, (w.t() if self.fan_in_fan_out else w).to(x.dtype))
 
     def lowrank_weight(self, adapter_name: str) -> torch.Tensor:
@@ -321,6 +362,9 @@ class LoraEmbedding(LoraLayer):
     def dora_weight_layout(self, rows: torch.Tensor) -> torch.Tensor:
         return rows.t()
 
+    def weight_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.t()
+
     def dora_base(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_layer(x)
 
@@ -360,6 +404,9 @@ class LoraConv(LoraLayer):
 
     def dora_weight_layout(self, rows: torch.Tensor) -> torch.Tensor:
         return rows.reshape(self.base_layer.weight.shape)
+
+    def weight_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.flatten(1)
 
     def dora_base(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_layer._conv_forward(x, self.base_layer.weight.to(x.dtype), None)

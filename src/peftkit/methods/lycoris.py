@@ -19,6 +19,7 @@ from pydantic import field_validator
 
 from ..config import TargetedConfig, finite_number, mapping_values
 from ..layers import AdapterLayer
+from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory
 from ..targets import pattern_value
 from .lora_layers import adapter_dtype
@@ -127,11 +128,11 @@ class LycorisLayer(AdapterLayer):
         self.rank_dropout[adapter_name] = config.rank_dropout
         self.rank_dropout_scale[adapter_name] = self.rescales_rank_dropout(config)
         self.module_dropout[adapter_name] = config.module_dropout
-        weight = self.base_layer.weight
+        _, base_dtype, device = self.base_weight_info()
         with torch.no_grad():
             tensors = self.create_tensors(adapter_name, r, config)
         for attr, tensor in tensors.items():
-            getattr(self, attr)[adapter_name] = nn.Parameter(tensor.to(device=weight.device, dtype=adapter_dtype(weight)))
+            getattr(self, attr)[adapter_name] = nn.Parameter(tensor.to(device=device, dtype=adapter_dtype(base_dtype)))
 
     # ------------------------------------------------------------------ subclasses implement these
     @abc.abstractmethod
@@ -189,6 +190,7 @@ class LycorisLayer(AdapterLayer):
 def lycoris_factories(layer_cls: type[LycorisLayer]) -> list[LayerFactory]:
     """The layer types LoHa and LoKr adapt, as in peft: ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``."""
     return [
+        *quantized_factories(layer_cls),
         LayerFactory("nn.Linear", lambda m: isinstance(m, nn.Linear), layer_cls),
         LayerFactory("nn.Conv1d/Conv2d", lambda m: isinstance(m, (nn.Conv1d, nn.Conv2d)), layer_cls),
     ]

@@ -22,6 +22,7 @@ from pydantic import field_validator
 
 from ..config import PeftConfig, TargetedConfig, finite_number
 from ..layers import AdapterLayer
+from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
 from .lora_layers import adapter_dtype, is_conv1d
 
@@ -143,11 +144,11 @@ class VeraLinear(AdapterLayer):
 
     @property
     def in_out(self) -> tuple[int, int]:
-        w = self.base_layer.weight
-        return (w.shape[0], w.shape[1]) if self.fan_in_fan_out else (w.shape[1], w.shape[0])
+        shape = self.base_weight_info()[0]
+        return (shape[0], shape[1]) if self.fan_in_fan_out else (shape[1], shape[0])
 
     def add_adapter(self, adapter_name: str, config: VeraConfig, key: str) -> None:
-        weight = self.base_layer.weight
+        _, base_dtype, device = self.base_weight_info()
         out_features = self.in_out[1]
         self.r[adapter_name] = config.r
         self.vera_dropout[adapter_name] = nn.Dropout(config.vera_dropout) if config.vera_dropout > 0 else nn.Identity()
@@ -155,7 +156,7 @@ class VeraLinear(AdapterLayer):
             lambda_b, lambda_d = torch.zeros(out_features), torch.full((config.r,), config.d_initial)
         else:  # non-trivial values from the start (tests, as peft's init_weights=False)
             lambda_b, lambda_d = torch.ones(out_features), torch.randn(config.r)
-        kind = dict(device=weight.device, dtype=adapter_dtype(weight))
+        kind = dict(device=device, dtype=adapter_dtype(base_dtype))
         self.vera_lambda_b[adapter_name] = nn.Parameter(lambda_b.to(**kind))
         self.vera_lambda_d[adapter_name] = nn.Parameter(lambda_d.to(**kind))
 
@@ -190,8 +191,8 @@ def _on_add(peft_model: "PeftModel", adapter_name: str, config: VeraConfig) -> N
     in_max = max(layer.in_out[0] for layer in layers)
     out_max = max(layer.in_out[1] for layer in layers)
     vera_A, vera_B = make_projections(config.projection_prng_key, config.r, in_max, out_max)
-    weight = layers[0].base_layer.weight
-    kind = dict(device=weight.device, dtype=adapter_dtype(weight))
+    _, base_dtype, device = layers[0].base_weight_info()
+    kind = dict(device=device, dtype=adapter_dtype(base_dtype))
     for attr in ("vera_A", "vera_B"):
         if attr not in holder._modules:
             holder.add_module(attr, BufferDict())
@@ -215,12 +216,12 @@ def _model_tensors(peft_model: "PeftModel", adapter_name: str) -> dict[str, torc
     return dict(zip(PROJECTION_KEYS, (holder.vera_A[adapter_name], holder.vera_B[adapter_name])))
 
 
-def _linear_factory(module: nn.Module, name: str, config: VeraConfig, key: str) -> VeraLinear:
+def _linear_factory(module: nn.Module, name: str, config: VeraConfig, key: str, cls: type = VeraLinear) -> VeraLinear:
     # as for LoRA: the layer decides fan_in_fan_out and the model's copy of the config records it
     fan_in_fan_out = is_conv1d(module)
     if config.fan_in_fan_out != fan_in_fan_out:
         config.fan_in_fan_out = fan_in_fan_out
-    return VeraLinear(module, name, config, key, fan_in_fan_out=fan_in_fan_out)
+    return cls(module, name, config, key, fan_in_fan_out=fan_in_fan_out)
 
 
 VERA = register_method(
@@ -229,6 +230,7 @@ VERA = register_method(
         config_cls=VeraConfig,
         layer_cls=VeraLinear,
         layer_factories=[
+            *quantized_factories(VeraLinear, _linear_factory),
             LayerFactory("nn.Linear", lambda m: isinstance(m, nn.Linear), _linear_factory),
             LayerFactory("transformers Conv1D", is_conv1d, _linear_factory),
         ],

@@ -166,5 +166,10 @@ def _find(lookup: Any, run_id: str, path: Optional[str]) -> Optional[Run]:
 
 
 def children(runs: list[Run], run: Run) -> list[Run]:
-    """The runs that started from ``run``'s adapter."""
-    return [r for r in runs if r.info.get("parent") == run.id]
+    """The runs that started from ``run``'s adapter, or combined it with others (``parents``)."""
+    return [r for r in runs if r.info.get("parent") == run.id or run.id in parent_ids(r)]
+
+
+def parent_ids(run: Run) -> list[str]:
+    """Every parent run of a combination (``peftkit combine``), in order; [] for other runs."""
+    return [p["run"] for p in run.info.get("parents") or [] if isinstance(p, dict) and p.get("run")]

@@ -122,6 +122,7 @@ def show_text(catalog: Any, run: Run, groups: dict[str, VersionGroup]) -> str:
                     f"{fmt_duration(run.duration())}"),
         ("resumed", resumed), ("steps", str(run.summary.get("steps", 0))), ("results", results), ("best", best),
         ("lineage", lineage_text(catalog, run)), ("parent adapter", info.get("parent_adapter") or ""),
+        ("combines", _combination_text(info)),
         ("children", kids), ("reproduces", info.get("reproduces") or ""),
         ("sweep", f"{sweep['id']}  point {sweep.get('index', 0) + 1}/{sweep.get('size', '?')}: {point}" if sweep else ""),
         ("data", data), ("python", f"{env.get('python', '-')} on {env.get('os', '-')}"), ("device", env.get("device", "")),
@@ -129,6 +130,17 @@ def show_text(catalog: Any, run: Run, groups: dict[str, VersionGroup]) -> str:
         ("config", os.path.join(run.path, "config.yaml") + "  (--config prints it)"),
     ]
     return _pairs_text(pairs)
+
+
+def _combination_text(info: dict[str, Any]) -> str:
+    """``peftkit combine``'s parents with their weights, and how they were combined."""
+    parents = [p for p in info.get("parents") or [] if isinstance(p, dict)]
+    if not parents:
+        return ""
+    how = info.get("combination") or {}
+    error = how.get("max_relative_error")
+    head = f"{how.get('type', '?')}" + (f", largest relative error {error:.3g}" if isinstance(error, float) else "")
+    return head + "".join(f"\n  {fmt_value(p.get('weight'))} x {p.get('run') or p.get('adapter')}" for p in parents)
 
 
 def _trackers_line(trackers: dict[str, Any]) -> str:

@@ -107,18 +107,20 @@ def run_config_path(target: Target) -> Optional[str]:
     return os.path.join(target.run_dir, "config.yaml") if target.run_dir else None
 
 
-def run_model(target: Target) -> Optional[tuple[str, str]]:
-    """``(model.name, config path)`` from the run's config.yaml; None without a readable one (the
-    adapter's own ``base_model_name_or_path`` is used then)."""
+def run_model(target: Target) -> Optional[tuple[str, str, Any]]:
+    """``(model.name, config path, model.quantization)`` from the run's config.yaml (the base is loaded
+    as the run trained on it: quantized for a QLoRA run); None without a readable one (the adapter's own
+    ``base_model_name_or_path`` is used then)."""
     path = run_config_path(target)
     if path is None:
         return None
     from .config import load_run_config
 
     try:
-        return load_run_config(path).model.name, path
-    except (PeftkitError, OSError):  # e.g. its data files are gone: only model.name was wanted
+        model = load_run_config(path).model
+    except (PeftkitError, OSError):  # e.g. its data files are gone: only the model section was wanted
         return None
+    return model.name, path, model.quantization
 
 
 def run_setting(run_dir: Optional[str], section: str, key: str) -> Any:
@@ -132,9 +134,9 @@ def run_setting(run_dir: Optional[str], section: str, key: str) -> Any:
 
 
 def base_model_source(target: Target, model: Optional[str] = None,
-                      run_model: Optional[tuple[str, str]] = None) -> tuple[str, str]:
+                      run_model: Optional[tuple[str, str, Any]] = None) -> tuple[str, str]:
     """``(name, where it came from)``: ``--model``, the run config's ``model.name`` (``run_model`` is
-    ``(name, config path)``), or the adapter's ``base_model_name_or_path``."""
+    ``(name, config path, quantization)``), or the adapter's ``base_model_name_or_path``."""
     if model:
         return model, "--model"
     if run_model:
@@ -167,9 +169,12 @@ def pick_device(device: Optional[str] = None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_adapter_model(target: Target, model: Optional[str] = None, run_model: Optional[tuple[str, str]] = None,
-                       dtype: str = "float32", device: Optional[str] = None, revision: Optional[str] = None):
-    """The base model with the adapter loaded (inference mode), and its tokenizer; ``(model, tokenizer)``."""
+def load_adapter_model(target: Target, model: Optional[str] = None, run_model: Optional[tuple[str, str, Any]] = None,
+                       dtype: str = "float32", device: Optional[str] = None, revision: Optional[str] = None,
+                       dequantize: bool = False):
+    """The base model with the adapter loaded (inference mode), and its tokenizer; ``(model, tokenizer)``.
+    A QLoRA run's base is quantized as in training (``model.quantization`` of its config), or, with
+    ``dequantize``, loaded that way and then dequantized to ``dtype`` (the lossless merge base)."""
     from ..model import PeftModel
     from ..models import load_model, load_tokenizer
     from .data import ensure_pad_token
@@ -190,7 +195,12 @@ def load_adapter_model(target: Target, model: Optional[str] = None, run_model: O
     try:
         with phase(f"loading {name} with the adapter {target.adapter_dir}"):
             tokenizer = load_tokenizer(name, **({"revision": revision} if revision else {}))
-            base = load_model(name, task_type=target.task_type, dtype=dtype, **extra)
+            quantization = run_model[2] if run_model and len(run_model) > 2 else None
+            base = load_model(name, task_type=target.task_type, dtype=dtype, quantization=quantization, **extra)
+            if quantization is not None and dequantize:
+                from ..quantized.loading import dequantize_model
+
+                dequantize_model(base, dtype)
     except (OSError, ImportError, ValueError) as e:  # FileNotFoundError, hub errors, missing package
         raise CommandError(f"base model {name!r} ({where}) cannot be loaded: {_first_line(e)}; "
                            "pass --model NAME_OR_PATH to use another") from None

@@ -23,10 +23,13 @@ from ..config import PeftConfig
 from ..errors import ConfigError, CorruptFileError
 from ..names import short_repr
 from ..untrusted import decode_utf8, read_bytes
+from ..quantized.loading import QuantizationConfig
+from ..registry import MethodSpec, registered_methods
 from . import runs
 from .config_descriptions import FORMAT_FIELDS, run_owned_message
+from .optimizers import OPTIMIZERS, optimizer_problem
+from .tasks.catalog import METRICS, TASK_INFO, TASKS, tasks_for_metric
 from .yaml_io import MAX_BYTES, Dumper, Loader, load_yaml
-from ..registry import MethodSpec, registered_methods
 
 Problem = tuple[str, str]
 PathLike = Union[str, os.PathLike]
@@ -34,10 +37,11 @@ PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Name = Annotated[str, Field(min_length=1)]
 
-TASK_FORMATS = {"sft": ("chat", "prompt_completion", "text"), "classification": ("classification",),
-                "dpo": ("preference",)}
-TASK_TYPES = {"sft": "CAUSAL_LM", "classification": "SEQ_CLS", "dpo": "CAUSAL_LM"}
-METRIC_TASKS = {"accuracy": ("classification",), "f1": ("classification",), "exact_match": ("sft",)}
+# Each task's formats, model task type and metrics come from the task catalog (peftkit.train.tasks.catalog).
+TASK_FORMATS = {name: info.formats for name, info in TASK_INFO.items()}
+TASK_TYPES = {name: info.task_type for name, info in TASK_INFO.items()}
+METRIC_TASKS = {metric: tasks_for_metric(metric) for metric in METRICS if metric != "loss"}
+FORMATS = tuple(dict.fromkeys(f for formats in TASK_FORMATS.values() for f in formats))
 # Adapter fields the run fills in from the model section; a second copy in `adapter` could disagree.
 RUN_OWNED = ("task_type", "base_model_name_or_path", "revision", "inference_mode")
 # Keys of the adapter section that are the run's, not the method config's: which method, and an
@@ -61,14 +65,18 @@ class ModelSection(_Section):
     task_type: Optional[Literal["CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS",
                                 "FEATURE_EXTRACTION"]] = None  # inferred from train.task when unset
     revision: Optional[str] = None
+    # A frozen base in 4 or 8 bits (QLoRA): {backend: bnb, bits: 4, quant_type: nf4, double_quant: true,
+    # compute_dtype: bfloat16}, {backend: bnb, bits: 8} or {backend: torchao, bits: 8}; see peftkit.quantized
+    quantization: Optional[QuantizationConfig] = None
 
 
 class DataSection(_Section):
     """Where the examples are and how they are laid out."""
     train: Name
     eval: Optional[Name] = None
-    # left out: filled in from train.task where it reads one format (classification, dpo)
-    format: Optional[Literal["chat", "prompt_completion", "text", "classification", "preference"]] = None
+    # left out: filled in from train.task where it reads one format (all but sft); the fields each
+    # format reads: docs/tasks.md
+    format: Optional[Literal[FORMATS]] = None
     text_field: Name = "text"
     label_field: Name = "label"
     eval_fraction: Optional[Annotated[float, Field(ge=0, lt=1)]] = None
@@ -76,7 +84,7 @@ class DataSection(_Section):
 
 class TrainSection(_Section):
     """The optimisation: task, length, batch, optimiser, schedule, precision, checkpoints."""
-    task: Literal["sft", "classification", "dpo"] = "sft"
+    task: Literal[TASKS] = "sft"  # see docs/tasks.md
     epochs: PosInt = 1
     max_steps: Optional[PosInt] = None
     batch_size: PosInt = 8
@@ -98,11 +106,12 @@ class TrainSection(_Section):
     _no = field_validator("mixed_precision", mode="before")(lambda v: "no" if v is False else v)  # YAML 1.1: no=false
     max_grad_norm: Optional[PosFloat] = 1.0
     dpo_beta: PosFloat = 0.1
+    optimizer: Literal[tuple(OPTIMIZERS)] = "adamw"  # see peftkit.train.optimizers
 
 
 class EvalSection(_Section):
     """What to measure on the eval data."""
-    metrics: list[Literal["loss", "exact_match", "accuracy", "f1"]] = ["loss"]
+    metrics: list[Literal[METRICS]] = ["loss"]
     max_new_tokens: PosInt = 64
     num_examples: Optional[PosInt] = None
     at_start: bool = False  # also score the untouched base model before the first step
@@ -222,6 +231,19 @@ def _find_method(name: str) -> MethodSpec:
     return methods[str(name).upper().replace("-", "_")]
 
 
+def _model_at(cls: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The pydantic model holding the field at ``loc`` inside section ``cls`` (``model.quantization.bits``
+    is a field of the quantization config, not of the model section)."""
+    for part in loc[:-1]:
+        field = cls.model_fields.get(str(part))
+        annotations = getattr(field.annotation, "__args__", (field.annotation,)) if field else ()
+        inner = next((a for a in annotations if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if inner is None:
+            break
+        cls = inner
+    return cls
+
+
 class _Validation:
     """Collects every problem of a raw config. ``parts``: each section validated, or (with errors) a
     draft with the bad keys at their defaults; ``bad``: those keys, which cross-section checks skip."""
@@ -243,6 +265,11 @@ class _Validation:
         if not self.problems and self.parts["model"].task_type is None:  # inferred from the task
             model, task = self.parts["model"], self.parts["train"].task
             self.parts["model"] = model.model_copy(update={"task_type": TASK_TYPES[task]})
+        if not self.problems:  # what the task fills in (vision_sft: the vision tower stays frozen)
+            adapter = self.parts["adapter"]
+            for key, value in TASK_INFO[self.parts["train"].task].adapter_defaults:
+                if key in adapter and adapter[key] is None:
+                    adapter[key] = value
 
     @staticmethod
     def unknown_key(key: str, section: str, choices: Iterable[str]) -> str:
@@ -254,7 +281,7 @@ class _Validation:
 
     def message(self, err: dict[str, Any], section: str) -> str:
         """pydantic's error as a sentence a person can act on, with the offending value."""
-        cls, kind, got = SECTIONS[section], err["type"], err.get("input")
+        cls, kind, got = _model_at(SECTIONS[section], err["loc"]), err["type"], err.get("input")
         if kind == "extra_forbidden":
             return self.unknown_key(str(err["loc"][-1]), section, cls.model_fields)
         if kind == "missing":
@@ -262,6 +289,8 @@ class _Validation:
             return "required" + (f"; one of {', '.join(choices)}" if all(isinstance(c, str) for c in choices) else "")
         if kind == "literal_error":
             choices = re.findall(r"'([^']*)'", err["ctx"]["expected"])
+            if not choices:  # numbers: "4 or 8"
+                return f"must be {err['ctx']['expected']}, got {short_repr(got)}"
             return f"must be one of {', '.join(choices)}, got {short_repr(got)}{_did_you_mean(short_repr(got), choices)}"
         special = {"model_type": "must be a mapping (indented key: value lines)",
                    "string_pattern_mismatch": "must be a plain folder name (no '/', not '.' or '..')"}
@@ -352,6 +381,8 @@ class _Validation:
         if task and get("model.task_type") not in (None, TASK_TYPES[task]):
             add(("model.task_type", f"{get('model.task_type')} does not fit train.task {task!r}; use {TASK_TYPES[task]}"
                                     " or leave it out"))
+        if get("train.optimizer") and (problem := optimizer_problem(get("train.optimizer"))):
+            add(("train.optimizer", problem))
         for metric in metrics:
             if task and task not in METRIC_TASKS.get(metric, (task,)):
                 add(("eval.metrics", f"{metric!r} is only for train.task {' / '.join(METRIC_TASKS[metric])}"))
@@ -467,6 +498,9 @@ def dump_yaml(cfg: RunConfig, path: PathLike) -> None:
 
 # Sections that say where a run's outputs go, not what is trained: left out of the config version.
 UNVERSIONED = ("output", "tracking")
+# Fields added after runs already existed: at these defaults they are left out of the version, so a
+# run made before they existed keeps its version (and still agrees with its re-runs).
+LATER_DEFAULTS = {("model", "quantization"): None, ("train", "optimizer"): "adamw"}
 
 
 def config_hash(cfg: Union[RunConfig, dict[str, Any]]) -> str:
@@ -477,6 +511,9 @@ def config_hash(cfg: Union[RunConfig, dict[str, Any]]) -> str:
     ``config_hash(cfg)`` -> ``'3f2a9c0d1b7e'``."""
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig(**cfg)
     data = {k: v for k, v in resolved_dict(cfg).items() if k not in UNVERSIONED}
+    for (section, key), default in LATER_DEFAULTS.items():
+        if data[section].get(key, default) == default:
+            data[section].pop(key, None)
     if data["adapter"].get("from"):
         from ..tracking.lineage import versioned_source
 

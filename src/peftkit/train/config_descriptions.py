@@ -23,6 +23,10 @@ DESCRIPTIONS = {
     "model.task_type": "Model class to load (`CAUSAL_LM` -> AutoModelForCausalLM, `SEQ_CLS` -> a classifier); "
                        "leave it out: `train.task` picks it.",
     "model.revision": "Git revision (branch, tag or commit) of a hub model.",
+    "model.quantization": "Hold the frozen base quantized (QLoRA): `{backend: bnb, bits: 4, quant_type: nf4, "
+                          "double_quant: true, compute_dtype: float32}`, bitsandbytes 8-bit (`bits: 8`) or torchao "
+                          "int8 weight-only (`backend: torchao, bits: 8`); `skip_modules` stay unquantized. "
+                          "Needs `pip install 'peftkit[quantization]'`; see docs/quantization.md.",
     # adapter (run keys and common method keys)
     "adapter.method": "Which PEFT method: `lora` (DoRA with `use_dora: true`), `ia3`, `adalora`, `prompt_tuning`... "
                       "Case and `-`/`_` do not matter.",
@@ -77,6 +81,8 @@ DESCRIPTIONS = {
     "train.logging_steps": "Log loss, learning rate and tokens/s every N steps.",
     "train.seed": "Seed of data order, dropout, initialisation and a new classifier head.",
     "train.gradient_checkpointing": "Recompute activations in backward: less memory, ~30% slower.",
+    "train.optimizer": "`adamw` (torch), `adamw_8bit` (bitsandbytes 8-bit states), `paged_adamw` / "
+                       "`paged_adamw_8bit` (bitsandbytes, GPU only) or `adafactor` (transformers').",
     "train.mixed_precision": "`bf16` or `fp16` autocast (on GPU); `no` computes in model.dtype.",
     "train.max_grad_norm": "Clip the gradient norm to this; null turns clipping off.",
     "train.dpo_beta": "DPO's beta: how far the policy may move from the base model.",
@@ -99,6 +105,10 @@ DESCRIPTIONS = {
     "format.text": "`text` (plain language-model training, no prompt)",
     "format.classification": "`text` and `label` (names set by text_field / label_field)",
     "format.preference": "`prompt`, `chosen` and `rejected` strings",
+    "format.seq2seq": "`source` and `target` strings",
+    "format.token_classification": "`tokens` (a list of words) and `tags` (one tag per word)",
+    "format.speech": "an audio file path (wav/flac, relative to the data file) and its transcript",
+    "format.vision_chat": "image paths and `messages`; the last assistant turn is the answer",
 }
 
 EXAMPLE = """

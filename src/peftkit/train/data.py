@@ -2,7 +2,8 @@
 
 Formats and fields: ``chat`` (``messages``), ``prompt_completion`` (``prompt``, ``completion``),
 ``text``, ``classification`` (a text and a label field), ``preference`` (``prompt``, ``chosen``,
-``rejected``).  Every problem names the file, the row and the field, before training starts.
+``rejected``), ``seq2seq`` (``source``, ``target``), ``token_classification`` (``tokens``, ``tags``),
+``speech`` (``audio``, a transcript field); ``vision_chat`` is checked by its task (docs/tasks.md).  Every problem names the file, the row and the field, before training starts.
 Rows count as a person finds them: the line of a JSONL file, the spreadsheet row of a CSV file
 (the header is row 1), else the N-th record.
 
@@ -26,7 +27,8 @@ __all__ = ["FORMATS", "DataError", "Examples", "load_rows", "validate_rows", "en
            "tokenize_sft", "tokenize_classification", "tokenize_preference", "pack", "collate",
            "eval_split"]
 
-FORMATS = ("chat", "prompt_completion", "text", "classification", "preference")
+FORMATS = ("chat", "prompt_completion", "text", "classification", "preference", "seq2seq",
+           "token_classification", "speech")
 IGNORE = -100  # the label transformers' losses skip
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _ROLES = ("system", "user", "assistant")
@@ -108,8 +110,12 @@ def _load_file(path: str, source: str, suffix: str, split: str, cache_dir):
         kwargs = {"features": datasets.Features({c: datasets.Value("string") for c in header}),
                   "keep_default_na": False, "na_values": [""]}
     try:
-        return datasets.load_dataset(_BUILDERS[suffix], data_files={split: path}, split=split,
-                                     cache_dir=cache_dir, **kwargs)
+        ds = datasets.load_dataset(_BUILDERS[suffix], data_files={split: path}, split=split,
+                                   cache_dir=cache_dir, **kwargs)
+        if _BUILDERS[suffix] == "json" and any("timestamp" in repr(f) or "date" in repr(f) for f in ds.features.values()):
+            # arrow's JSON reader turns text such as "2024-03-01" into dates: keep the strings as written
+            ds = datasets.Dataset.from_list(_json_records(source))
+        return ds
     except Exception as err:  # arrow, pandas and datasets raise many types: find the bad row
         why = " (blank lines, and a field whose type changes between rows?)" \
             if _json_records(source) else ""  # this raises at a line that is not JSON
@@ -203,7 +209,8 @@ def validate_rows(ds, fmt: str, source, *, text_field: str = "text", label_field
     """
     fields = {"chat": ["messages"], "prompt_completion": ["prompt", "completion"],
               "text": ["text"], "classification": [text_field, label_field],
-              "preference": ["prompt", "chosen", "rejected"]}.get(fmt)
+              "preference": ["prompt", "chosen", "rejected"], "seq2seq": ["source", "target"],
+              "token_classification": ["tokens", "tags"], "speech": ["audio", text_field]}.get(fmt)
     if fields is None:
         raise ValueError(f"unknown data format {fmt!r}; use one of {', '.join(FORMATS)}")
     columns = ds.column_names
@@ -222,14 +229,40 @@ def validate_rows(ds, fmt: str, source, *, text_field: str = "text", label_field
         batch = table[start:start + 1000] if raw is None else \
             {f: [r.get(f) for r in raw[start:start + 1000]] for f in fields}
         for i, values in enumerate(zip(*(batch[f] for f in fields)), start):
-            for name, value in zip(fields, values):
-                msg = (_check_chat(value) if fmt == "chat" else _check_label(value, name, kinds)
-                       if fmt == "classification" and name == label_field else
-                       None if isinstance(value, str) else
-                       f"field {name!r} is {_describe(value)} (expected a string)")
+            row = dict(zip(fields, values))
+            for name, value in row.items():
+                msg = _check_field(fmt, name, value, row, label_field, kinds)
                 problems += [(i, name, msg)] if msg else []
     if problems:
         _fail(source, problems, f"{fmt} rows")
+
+
+def _check_field(fmt: str, name: str, value, row: dict, label_field: str, kinds: dict) -> str | None:
+    """What is wrong with one field of one row (None when nothing is)."""
+    if fmt == "chat":
+        return _check_chat(value)
+    if fmt == "classification" and name == label_field:
+        return _check_label(value, name, kinds)
+    if fmt == "token_classification":
+        return _check_words(value, name, row.get("tokens"))
+    if not isinstance(value, str):
+        return f"field {name!r} is {_describe(value)} (expected a string)"
+    if fmt in ("seq2seq", "speech") and not value.strip():
+        return f"field {name!r} is empty (expected some text)"
+    return None
+
+
+def _check_words(value, name: str, tokens) -> str | None:
+    """``tokens`` and ``tags``: non-empty lists of strings, one tag per token."""
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if value == [] else _describe(value)
+        return f"field {name!r} is {got} (expected a list of strings)"
+    odd = next((i for i, v in enumerate(value) if not isinstance(v, str)), None)
+    if odd is not None:
+        return f"field '{name}[{odd}]' is {_describe(value[odd])} (expected a string)"
+    if name == "tags" and isinstance(tokens, list) and len(tokens) != len(value):
+        return f"field 'tags' has {len(value)} tags for {len(tokens)} tokens (expected one tag per token)"
+    return None
 
 
 def _describe(value) -> str:

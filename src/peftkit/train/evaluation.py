@@ -54,9 +54,12 @@ def evaluate_adapter(path: str, config: Optional[str] = None, data_path: Optiona
     out_path = out_path or os.path.join(target.run_dir or target.adapter_dir, RESULTS_NAME)
     _check_writable(out_path)  # before the model is loaded and the data scored
     cfg = _run_config(target, config, data_path, metrics, list(overrides), model)
+    if cfg.train.task not in DEFAULT_METRICS:  # seq2seq, token_classification, speech_to_text
+        raise CommandError(f"peftkit eval does not score train.task {cfg.train.task!r} yet; the run's own evaluation "
+                           f"is in its run.json (final_metrics) and eval_predictions.json")
     rows, source = _eval_rows(cfg)
     config = config or run_config_path(target)
-    peft_model, tokenizer = load_adapter_model(target, model=model, run_model=(cfg.model.name, config) if config else None,
+    peft_model, tokenizer = load_adapter_model(target, model=model, run_model=(cfg.model.name, config, cfg.model.quantization) if config else None,
                                                dtype=cfg.model.dtype,
                                                device=device, revision=cfg.model.revision)
     labels = _labels(target, cfg)

@@ -5,6 +5,11 @@ loads with neither peftkit nor ``peft`` installed.
 The folder is written to a temporary sibling and renamed into place only after the reloaded model's
 logits were checked against the adapter model's, so a failed merge leaves nothing half-written.
 
+A QLoRA run (``model.quantization`` in its config) is exported the lossless way, by default in
+bfloat16: its base is loaded quantized as in training, dequantized (the adapter was trained against
+exactly those weights), and the adapter merged there in float32. Merging into the 4-bit weights
+instead would re-quantize them and lose most of the adapter (see :mod:`peftkit.quantized.merging`).
+
 >>> report = merge_adapter("runs/20261122-192453-quickstart-12785c", "out/merged")  # doctest: +SKIP
 >>> report["max_abs_diff"] < 1e-4                                                    # doctest: +SKIP
 True
@@ -29,14 +34,22 @@ PROBE = "The quick brown fox jumps over the lazy dog. 0123456789 {\"name\": \"Ad
 # (measured on SmolLM2-135M with an r=16 all-linear adapter: 1.8e-4, logits up to ~25)
 
 
-def merge_adapter(path: str, out_dir: str, model: Optional[str] = None, dtype: str = "float32", force: bool = False,
-                  check: bool = True, device: Optional[str] = None, out: Optional[TextIO] = None) -> dict[str, Any]:
-    """Merge the adapter of a run (or an adapter folder) into its base model and save it to ``out_dir``."""
+def merge_adapter(path: str, out_dir: str, model: Optional[str] = None, dtype: Optional[str] = None,
+                  force: bool = False, check: bool = True, device: Optional[str] = None,
+                  out: Optional[TextIO] = None) -> dict[str, Any]:
+    """Merge the adapter of a run (or an adapter folder) into its base model and save it to ``out_dir``
+    in ``dtype`` (default: float32, bfloat16 for a QLoRA run)."""
     out = out or sys.stdout
     target = locate(path)
     _check_out_dir(out_dir, target.adapter_dir, force)
-    peft_model, tokenizer = load_adapter_model(target, model=model, run_model=run_model(target), dtype="float32",
-                                               device=device)
+    source = run_model(target)
+    quantized = bool(source and source[2] is not None)
+    dtype = dtype or ("bfloat16" if quantized else "float32")
+    peft_model, tokenizer = load_adapter_model(target, model=model, run_model=source, dtype="float32",
+                                               device=device, dequantize=True)
+    if quantized:
+        print(f"{target.adapter_dir} was trained on a {source[2].bits}-bit base: merging into its dequantized "
+              f"weights (lossless) and writing {dtype}", file=out)
     probe = tokenizer([PROBE], return_tensors="pt").to(peft_model.device)
     with torch.no_grad():
         expected = _logits(peft_model, probe)

@@ -25,9 +25,10 @@ from ..registry import method_for_config
 from ..tracking.lineage import load_initial_weights
 from ..tracking.trackers import log_metrics
 from . import runs, state
+from .optimizers import build_optimizer
 from .prepare import Prepared, PreparedData, prepare
 from .prompting import write_style
-from .tasks import TASKS, classification_scores, exact_match, generate_answers, mean_loss
+from .tasks import TASKS, ModelTask, classification_scores, exact_match, generate_answers, mean_loss
 
 
 class TrainingError(PeftkitError, RuntimeError):
@@ -90,11 +91,6 @@ def _interrupt_flag() -> Iterator[dict]:
             pass
 
 
-def _optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-
-
 def _total_steps(cfg: Any, batches_per_epoch: int) -> int:
     if cfg.train.max_steps:
         return cfg.train.max_steps
@@ -131,10 +127,12 @@ def evaluate(prep: Prepared, model: Any, cfg: Any, accelerator: Any, what: str =
     main = accelerator.is_main_process
     if "loss" in cfg.eval.metrics:
         results["eval_loss"] = mean_loss(model, bar(batches, f"{what}: loss", enabled=main), task.loss, cfg.train.dpo_beta)
-    if {"accuracy", "f1"} & set(cfg.eval.metrics):
+    if isinstance(task, ModelTask):  # the task scores itself
+        results.update({f"eval_{k}": v for k, v in task.scores(model, prep, cfg, batches).items()})
+    elif {"accuracy", "f1"} & set(cfg.eval.metrics):
         scores = classification_scores(model, bar(batches, f"{what}: classify", enabled=main), len(prep.label_names))
         results.update({f"eval_{k}": v for k, v in scores.items() if k in cfg.eval.metrics})
-    if "exact_match" in cfg.eval.metrics and prep.eval_prompts:
+    elif "exact_match" in cfg.eval.metrics and prep.eval_prompts:
         prep.predictions = generate_answers(model, prep.tokenizer, prep.eval_prompts, cfg.eval.max_new_tokens,
                                             progress=f"{what}: generate" if main else None)
         results["eval_exact_match"] = exact_match(prep.predictions, prep.eval_references)
@@ -164,7 +162,7 @@ def train(cfg: Any, run_dir: str, resume_from: Optional[str] = None, accelerator
     # state a checkpoint restores (dropout masks after a resume depend on it)
     loader = DataLoader(prep.train_examples, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=prep.collate,
                         generator=torch.Generator())
-    raw_optimizer = _optimizer(model, cfg)
+    raw_optimizer = build_optimizer(model, cfg)
     model, optimizer, loader = accelerator.prepare(model, raw_optimizer, loader)
     # Steps count optimizer updates on this process's shard of the data (len(loader) after
     # prepare). The scheduler is not given to accelerate, which would step it once per process

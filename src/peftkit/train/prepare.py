@@ -16,8 +16,11 @@ from ..errors import ConfigError
 from ..model import PeftModel, get_peft_model
 from ..models import load_model, load_tokenizer
 from ..progress import phase, quiet_libraries
+from ..quantized.training import prepare_model_for_kbit_training
 from . import data
 from .prompting import PromptStyle, style_of
+from .tasks import ModelTask, model_task
+from .tasks.catalog import TASK_INFO
 
 
 @dataclass
@@ -43,12 +46,20 @@ class Prepared(PreparedData):
 def load_splits(cfg: Any) -> tuple[Any, Optional[Any]]:
     """Load and validate the train (and eval) rows; every bad row names its file, row and field."""
     fields = dict(text_field=cfg.data.text_field, label_field=cfg.data.label_field)
+    task = model_task(cfg.train.task)
+
+    def validate(rows: Any, source: str) -> None:
+        if task is not None:
+            task.validate_rows(rows, cfg, source)
+        else:
+            data.validate_rows(rows, cfg.data.format, source, **fields)
+
     train = data.load_rows(cfg.data.train)
-    data.validate_rows(train, cfg.data.format, cfg.data.train, **fields)
+    validate(train, cfg.data.train)
     evaluation = None
     if cfg.data.eval:
         evaluation = data.load_rows(cfg.data.eval)
-        data.validate_rows(evaluation, cfg.data.format, cfg.data.eval, **fields)
+        validate(evaluation, cfg.data.eval)
     elif cfg.data.eval_fraction:
         train, evaluation = data.eval_split(train, cfg.data.eval_fraction, cfg.train.seed)
     if evaluation is not None and cfg.eval.num_examples:
@@ -105,6 +116,8 @@ def prepare_data(cfg: Any) -> PreparedData:
     :class:`~peftkit.train.data.DataError` naming the file, row and field of a bad row."""
     with quiet_libraries():  # datasets' "Generating train split" bars
         train_rows, eval_rows = load_splits(cfg)
+    if model_task(cfg.train.task):
+        return _prepare_task_data(cfg, model_task(cfg.train.task), train_rows, eval_rows)
     with _model_errors(cfg, "tokenizer"), quiet_libraries():
         tokenizer = load_tokenizer(cfg.model.name, revision=cfg.model.revision)
     pad_id = data.ensure_pad_token(tokenizer)
@@ -119,6 +132,19 @@ def prepare_data(cfg: Any) -> PreparedData:
                         label_names, prompts, refs, style_of(cfg.data.format, train_rows, tokenizer))
 
 
+def _prepare_task_data(cfg: Any, task: ModelTask, train_rows: Any, eval_rows: Any) -> PreparedData:
+    """:func:`prepare_data` for a task that brings its own processor, examples and collator."""
+    with _model_errors(cfg, "processor"):
+        processor = task.load_processor(cfg)
+    train_examples, label_names = task.examples(cfg, train_rows, processor, cfg.data.train)
+    eval_examples, prompts, refs = [], [], []
+    if eval_rows is not None:
+        source = cfg.data.eval or cfg.data.train
+        eval_examples, _ = task.examples(cfg, eval_rows, processor, source, label_names or None)
+        prompts, refs = task.eval_texts(cfg, eval_rows)
+    return PreparedData(processor, train_examples, eval_examples, task.collate(processor), label_names, prompts, refs)
+
+
 def prepare(cfg: Any, main_process: bool = True, prepared_data: Optional[PreparedData] = None) -> Prepared:
     """Build the model with its adapter for ``cfg``, with the data from :func:`prepare_data` (made
     here unless given).
@@ -128,16 +154,25 @@ def prepare(cfg: Any, main_process: bool = True, prepared_data: Optional[Prepare
     """
     d = prepared_data or prepare_data(cfg)
     extra = {}
+    task = model_task(cfg.train.task)
     if cfg.train.task == "classification":
         extra = dict(num_labels=len(d.label_names), id2label=dict(enumerate(d.label_names)),
                      label2id={n: i for i, n in enumerate(d.label_names)})
+    elif task is not None:
+        extra = task.model_kwargs(d.label_names)
+    # the task's own Auto class: never a silent fallback to another
     with _model_errors(cfg, "model"), phase(f"loading model {cfg.model.name}", enabled=main_process):
         model = load_model(cfg.model.name, task_type=cfg.model.task_type, dtype=cfg.model.dtype,
-                           revision=cfg.model.revision, **extra)
+                           revision=cfg.model.revision, quantization=cfg.model.quantization,
+                           auto_class=TASK_INFO[cfg.train.task].auto_class, **extra)
+    tokenizer = getattr(d.tokenizer, "tokenizer", d.tokenizer)  # a speech or vision processor holds one
     if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = d.tokenizer.pad_token_id  # classifiers find the last real token through it
-    if cfg.train.gradient_checkpointing:
+        model.config.pad_token_id = tokenizer.pad_token_id  # classifiers find the last real token through it
+    if cfg.model.quantization is not None:  # QLoRA: peft's preparation (float32 norms and head, checkpointing)
+        prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    elif cfg.train.gradient_checkpointing:
         enable_activation_checkpointing(model, use_reentrant=False)
+    if cfg.train.gradient_checkpointing:
         model.config.use_cache = False
     peft_model = get_peft_model(model, cfg.adapter_config())
     return Prepared(**vars(d), model=peft_model)

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Optional
 
 from . import runs, state
 from .config import RunConfig, config_hash, dump_yaml, load_run_config, resolved_dict
+from .model_check import check_model
 
 
 def start_run(cfg: RunConfig, parent: Any = None, processes: int = 1, extra: Optional[dict] = None) -> str:
@@ -78,6 +79,7 @@ def train_from_config(config_path: Optional[str], overrides: Iterable[str] = (),
         parent = None
     else:
         cfg = load_run_config(config_path, overrides)
+        check_model(cfg)  # the task fits the model, the targets exist: before any folder or weight
         run_dir, checkpoint = None, None
         parent = resolve_parent(cfg)
     trackers.check_backends(cfg.tracking.backends)

@@ -55,7 +55,7 @@ def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
     for idx, state in sd["state"].items():
-        for name, value in state.items():
+        for name, value in _flat(state):
             if torch.is_tensor(value):
                 tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous().clone()
             else:
@@ -63,14 +63,27 @@ def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
+def _flat(state: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``(name, value)`` pairs of one parameter's optimizer state; a nested dict (bitsandbytes'
+    8-bit optimizers pack their quantized moments into one) gives ``outer/inner`` names."""
+    items = []
+    for name, value in state.items():
+        if isinstance(value, dict):
+            items += _flat(value, f"{prefix}{name}/")
+        else:
+            items.append((f"{prefix}{name}", value))
+    return items
+
+
 def _load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
+    for key, value in [*tensors.items(), *meta["scalars"].items()]:
         idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
-    for key, value in meta["scalars"].items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
+        node = state.setdefault(int(idx), {})
+        *outer, name = name.split("/")
+        for part in outer:
+            node = node.setdefault(part, {})
+        node[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 

@@ -1,7 +1,11 @@
-"""What each task trains on and how it is scored: ``sft``, ``classification`` and ``dpo``.
+"""What each task trains on and how it is scored.
 
 A task turns a collated batch into a loss, and scores a model on evaluation data. The training
-loop knows nothing else about tasks; adding one means adding a :class:`Task` to ``TASKS``.
+loop knows nothing else about tasks. ``sft``, ``classification`` and ``dpo`` are :class:`Task` s
+whose data handling lives in ``peftkit.train.data``; the others (``seq2seq``,
+``token_classification``, ``speech_to_text``, ``vision_sft``) are :class:`~peftkit.train.tasks.base.ModelTask` s
+that bring their own, one module each. What the config and the model checks know of every task
+(formats, model class, metrics) is in :mod:`peftkit.train.tasks.catalog`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,14 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
+
+from .base import ModelTask
+from .base import unwrap as _unwrap
+from .metrics import exact_match
+from .seq2seq import Seq2SeqTask
+from .speech import SpeechToTextTask
+from .token_classification import TokenClassificationTask
+from .vision import VisionSftTask
 
 
 def sequence_logprob(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -65,11 +77,6 @@ def _eval_mode(model: Any) -> Iterator[None]:
             m.training = training
 
 
-def _unwrap(model: Any) -> Any:
-    """The PeftModel inside a DDP / accelerate wrapper."""
-    return getattr(model, "module", model)
-
-
 @torch.no_grad()
 def mean_loss(model: Any, batches: Iterable[dict[str, torch.Tensor]], loss_fn: Callable, beta: float) -> float:
     losses = [float(loss_fn(model, batch, beta)[0]) for batch in batches]
@@ -98,7 +105,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tok
                      progress: Optional[str] = None) -> list[str]:
     """Greedy completions of already-templated prompt strings (left padding for generation); a
     progress bar titled ``progress`` counts the batches (none without it)."""
-    from ..progress import bar
+    from ...progress import bar
 
     answers: list[str] = []
     side = tokenizer.padding_side
@@ -117,12 +124,6 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_tok
     return answers
 
 
-def exact_match(predictions: list[str], references: list[str]) -> float:
-    """Share of predictions equal to their reference after trimming whitespace."""
-    hits = sum(p.strip() == r.strip() for p, r in zip(predictions, references))
-    return hits / max(len(references), 1)
-
-
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -133,4 +134,18 @@ TASKS = {
     "sft": Task("sft", sft_loss),
     "classification": Task("classification", classification_loss),
     "dpo": Task("dpo", dpo_loss),
+    "seq2seq": Seq2SeqTask(),
+    "token_classification": TokenClassificationTask(),
+    "speech_to_text": SpeechToTextTask(),
+    "vision_sft": VisionSftTask(),
 }
+
+
+def model_task(name: str) -> Optional[ModelTask]:
+    """The task ``name`` when it brings its own data handling (None for sft, classification, dpo)."""
+    task = TASKS.get(name)
+    return task if isinstance(task, ModelTask) else None
+
+
+__all__ = ["TASKS", "Task", "ModelTask", "model_task", "exact_match", "generate_answers", "mean_loss",
+           "classification_scores", "sequence_logprob", "sft_loss", "dpo_loss", "classification_loss"]
