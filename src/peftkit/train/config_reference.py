@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import typing
-from typing import Any, Optional
+from typing import Any
 
 from ..config import PeftType
 from ..errors import ConfigError
@@ -107,11 +107,11 @@ def explain(key: str) -> str:
         return "\n".join([f"{key}: {SECTION_TEXT[key]}", ""] + [f"  {k.ljust(width)}  {kind}, {d}" for k, kind, d in rows])
     found = keys.get(key) or keys.get(key.replace("adapter.", "adapter.lora.", 1))
     if found is None:
-        from .config import SYNONYMS, _did_you_mean
+        from .config_checks import SYNONYMS, did_you_mean
 
         section, _, name = key.rpartition(".")
         synonym = f"{section}.{SYNONYMS.get(name)}" if section else None
-        hint = f"; did you mean '{synonym}'?" if synonym in keys else _did_you_mean(key, list(keys))
+        hint = f"; did you mean '{synonym}'?" if synonym in keys else did_you_mean(key, list(keys))
         raise ConfigError("Unknown run-config key:", [(key, f"not a run-config key{hint}; "
                                                             "peftkit config schema --markdown lists them all")])
     kind, default, text = found
