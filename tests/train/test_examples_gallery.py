@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from tiny_assets import tiny_bert_dir, tiny_model_dir
-from tiny_task_assets import tiny_llava_dir, tiny_t5_dir, tiny_whisper_dir
+from tiny_task_assets import skip_without_task_extras, tiny_llava_dir, tiny_t5_dir, tiny_whisper_dir
 
 from peftkit.cli import main
 from peftkit.models import list_bundled_models
@@ -17,11 +17,7 @@ from peftkit.train.model_check import validate_run
 from peftkit.train.tasks.catalog import TASKS
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-pytest.importorskip("sacrebleu")
-pytest.importorskip("rouge_score")
-pytest.importorskip("seqeval")
-pytest.importorskip("jiwer")
-pytest.importorskip("soundfile")
+skip_without_task_extras()
 
 REPO = Path(__file__).resolve().parents[2]
 GALLERY = sorted((REPO / "examples" / "tasks").glob("*.yaml"))

@@ -12,17 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tiny_assets import assert_loads_in_peftkit_and_peft, read_metrics, the_run
-from tiny_task_assets import write_task_config
+from tiny_task_assets import skip_without_task_extras, write_task_config
 
 from peftkit.cli import main
 from peftkit.train import loop
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
-pytest.importorskip("sacrebleu")
-pytest.importorskip("rouge_score")
-pytest.importorskip("seqeval")
-pytest.importorskip("jiwer")
-pytest.importorskip("soundfile")
+skip_without_task_extras()
 
 TASKS = ("seq2seq", "token_classification", "speech_to_text", "vision_sft")
 

@@ -9,11 +9,20 @@ import struct
 import wave
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from tiny_assets import tiny_bert_dir, tiny_tokenizer, write_jsonl
 
 SPEECH_RATE = 16000
+# The `tasks` extra: the tasks' scorers and the audio reader.
+TASK_EXTRAS = ("sacrebleu", "rouge_score", "seqeval", "jiwer", "soundfile")
+
+
+def skip_without_task_extras() -> None:
+    """Skip the calling test module where the `tasks` extra is not installed."""
+    for module in TASK_EXTRAS:
+        pytest.importorskip(module)
 
 
 def tiny_t5_dir(root: Path) -> Path:
