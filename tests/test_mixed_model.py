@@ -234,6 +234,11 @@ def test_merge_unmerge_disable_and_unload():
     for key, value in weights.items():
         torch.testing.assert_close(restored[key], value, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(model(X2), out, rtol=1e-5, atol=1e-6)
+    only = copy.deepcopy(model)
+    only.set_adapter(["loha", "adalora"])
+    expected = only(X2)
+    only.set_adapter(["lora", "loha", "adalora", "lokr"])
+    torch.testing.assert_close(only.merge_and_unload(adapter_names=["loha", "adalora"])(X2), expected, rtol=1e-4, atol=1e-5)
     unloaded = copy.deepcopy(model).unload()
     assert type(unloaded.lin0) is nn.Linear and type(unloaded.lin1) is nn.Linear
     torch.testing.assert_close(unloaded(X2), base_out)
