@@ -273,6 +273,31 @@ def test_mixed_batch_rows_use_adapters_of_different_methods():
         torch.testing.assert_close(out[i:i + 1], singles[name], rtol=1e-5, atol=1e-6)
 
 
+# ---------------------------------------------------------------------------------- combining (beyond peft)
+@torch.no_grad()
+def test_weighted_combinations_across_stacked_layers(tmp_path):
+    model = _peftkit_mixed()
+    model.add_adapter("lora2", pk.LoraConfig(r=3, target_modules=["lin0", "lin1"], init_lora_weights=False))
+    assert len(layer_stack(model.get_base_model().lin0)) == 4  # lora2 got its own layer over LoKr's
+    model.set_adapter(["lora", "lora2"])
+    both = model(X2)
+    report = model.add_weighted_adapter(["lora", "lora2"], [1.0, 1.0], "cat", combination_type="cat")
+    assert report.max_error == 0.0
+    model.set_adapter("cat")
+    torch.testing.assert_close(model(X2), both, rtol=1e-5, atol=1e-6)
+
+    model.set_adapter(["lora", "loha"])  # LoRA + LoHa: their weight changes summed, as one LoRA adapter
+    expected = model(X2)
+    model.add_weighted_adapter(["lora", "loha"], [1.0, 1.0], "as_lora", combination_type="svd", svd_rank=8)
+    model.set_adapter("as_lora")
+    torch.testing.assert_close(model(X2), expected, rtol=1e-4, atol=1e-5)
+    model.save_pretrained(tmp_path, selected_adapters=["as_lora"])
+    theirs = peft.PeftModel.from_pretrained(_fresh(), str(tmp_path / "as_lora"), "as_lora")
+    torch.testing.assert_close(theirs(X2), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(pk.AdapterError, match="needs adapters of one method"):
+        model.add_weighted_adapter(["lora", "loha"], [1.0, 1.0], "x", combination_type="linear")
+
+
 # ---------------------------------------------------------------------------------- deleting
 def test_delete_keeps_the_rest_and_falls_back_as_peft_does():
     model = _peftkit_mixed()
@@ -303,8 +328,6 @@ def test_methods_that_cannot_mix_are_refused_before_anything_changes():
     assert list(mixed.peft_config) == ["default"]
     with pytest.raises(ValueError, match=r"Adapter\(s\) \['nope'\] not found, available adapters: \['default'\]"):
         mixed.set_adapter(["default", "nope"])
-    with pytest.raises(pk.AdapterError, match="combines adapters of one method"):
-        mixed.add_weighted_adapter(["default"], [1.0], "x")
     single = pk.get_peft_model(_fresh(), pk.LoraConfig(target_modules=["lin0"]))
     with pytest.raises(pk.AdapterError, match="mixed=True"):  # a plain PeftModel points to the mixed one
         single.add_adapter("loha", pk.LoHaConfig(target_modules=["lin0"]))
@@ -319,3 +342,61 @@ def test_dora_over_another_method_is_refused_and_rolled_back():
     first = pk.get_peft_model(_fresh(), pk.LoraConfig(target_modules=["lin0"], use_dora=True), "dora", mixed=True)
     first.add_adapter("loha", pk.LoHaConfig(target_modules=["lin0"]))  # DoRA innermost: its weight is the module's
     assert [type(layer).__name__ for layer in layer_stack(first.get_base_model().lin0)] == ["LoHaLayer", "LoraLinear"]
+
+
+# ---------------------------------------------------------------------------------- transformers models
+def test_tiny_llama_five_methods_generate_train_and_merge():
+    from tiny_models import example_inputs, tiny_llama
+
+    batch = example_inputs("llama", with_labels=False)
+    base_model = tiny_llama().eval()
+    with torch.no_grad():
+        base_logits = base_model(**batch).logits
+        base_tokens = base_model.generate(**batch, max_new_tokens=4, do_sample=False)
+    torch.manual_seed(0)
+    model = pk.get_peft_model(base_model, pk.LoraConfig(task_type="CAUSAL_LM", init_lora_weights=False), "lora", mixed=True)
+    model.add_adapter("loha", pk.LoHaConfig(task_type="CAUSAL_LM", target_modules=["q_proj", "v_proj"], init_weights=False))
+    model.add_adapter("adalora", pk.AdaLoraConfig(task_type="CAUSAL_LM", init_lora_weights=False, total_step=1))
+    model.add_adapter("lokr", pk.LoKrConfig(task_type="CAUSAL_LM", target_modules="all-linear", init_weights=False))
+    model.add_adapter("ia3", pk.IA3Config(task_type="CAUSAL_LM", init_ia3_weights=False))
+    names = ["lora", "loha", "adalora", "lokr", "ia3"]
+    model.set_adapter(names)
+    q_proj = model.get_base_model().model.layers[0].self_attn.q_proj
+    assert [type(layer).__name__ for layer in layer_stack(q_proj)] == ["LoKrLayer", "AdaLoraLinear", "LoHaLayer", "LoraLinear"]
+
+    loss = model(**batch, labels=batch["input_ids"]).loss  # every active adapter trains
+    loss.backward()
+    for name in names:
+        grads = [p.grad for n, p in model.named_parameters() if f".{name}." in n or n.endswith(f".{name}")]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), name
+    assert all(p.grad is None for n, p in model.named_parameters() if not any(f".{x}" in n for x in names))
+
+    model.eval()
+    with torch.no_grad():
+        logits = model(**batch).logits
+        assert not torch.allclose(logits, base_logits, atol=1e-3)
+        model.generate(**batch, max_new_tokens=4, do_sample=False)
+        with model.disable_adapter():
+            assert torch.equal(model.generate(**batch, max_new_tokens=4, do_sample=False), base_tokens)
+        merged = model.merge_and_unload()
+        torch.testing.assert_close(merged(**batch).logits, logits, rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, pk.AdapterLayer) for m in merged.modules())
+
+
+@torch.no_grad()
+def test_gpt2_conv1d_layers_stack_and_unsupported_ones_are_named():
+    from tiny_models import example_inputs, tiny_gpt2
+
+    batch = example_inputs("gpt2", with_labels=False)
+    torch.manual_seed(0)
+    model = pk.get_peft_model(tiny_gpt2().eval(), pk.LoraConfig(target_modules=["c_attn"], init_lora_weights=False),
+                              "lora", mixed=True)
+    model.add_adapter("ia3", pk.IA3Config(target_modules=["c_attn"], feedforward_modules=[], init_ia3_weights=False))
+    model.add_adapter("adalora", pk.AdaLoraConfig(target_modules=["c_attn"], init_lora_weights=False, total_step=1))
+    model.set_adapter(["lora", "ia3", "adalora"])
+    logits = model(**batch).logits
+    with pytest.raises(pk.TargetError, match="'transformer.h.0.attn.c_attn' is a Conv1D, which LOHA cannot adapt"):
+        model.add_adapter("loha", pk.LoHaConfig(target_modules=["c_attn"]))
+    assert "loha" not in model.peft_config
+    merged = model.merge_and_unload()
+    torch.testing.assert_close(merged(**batch).logits, logits, rtol=1e-4, atol=1e-4)

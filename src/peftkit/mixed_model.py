@@ -87,6 +87,10 @@ class PeftMixedModel(PeftModel):
         for name in _BASE_MODEL_METHODS:  # peft's spelling: peft_model.base_model.merge_adapter(...)
             self.base_model.__dict__[name] = getattr(self, name)
 
+    # add_weighted_adapter may add a result of another method than the sources' (svd of LoHa adapters
+    # gives a LoRA adapter): a mixed model holds it (peft's mixed model refuses add_weighted_adapter)
+    _nests_methods = True
+
     @classmethod
     def _class_for_task(cls, task_type: Any) -> type["PeftMixedModel"]:
         return cls  # one class whatever the task, as in peft
@@ -177,11 +181,3 @@ class PeftMixedModel(PeftModel):
             active = [n for n in self.peft_config if n in fallback]
         self._active = active
         self._apply_trainability()
-
-    def add_weighted_adapter(self, *args: Any, **kwargs: Any) -> None:
-        """Not available on a mixed model (nor in ``peft``): a combination is defined between adapters
-        of one method."""
-        raise AdapterError(
-            "add_weighted_adapter combines adapters of one method; a PeftMixedModel holds several methods. Load the "
-            "adapters to combine into a PeftModel (PeftModel.from_pretrained + load_adapter) and combine them there"
-        )
