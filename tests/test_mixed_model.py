@@ -400,3 +400,32 @@ def test_gpt2_conv1d_layers_stack_and_unsupported_ones_are_named():
     assert "loha" not in model.peft_config
     merged = model.merge_and_unload()
     torch.testing.assert_close(merged(**batch).logits, logits, rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_hotswap_reaches_a_lora_adapter_under_another_method(tmp_path):
+    model = _peftkit_mixed()  # lin0: LoKr over LoHa over LoRA
+    torch.manual_seed(5)
+    other = pk.get_peft_model(_fresh(), pk.LoraConfig(r=4, lora_alpha=8, target_modules=["lin0", "lin1"],
+                                                      init_lora_weights=False))
+    other.save_pretrained(tmp_path)
+    pk.hotswap_adapter(model, str(tmp_path), adapter_name="lora")
+    model.set_adapter("lora")
+    torch.testing.assert_close(model(X2), other(X2))
+
+
+def test_from_pretrained_refuses_an_unmixable_adapter_and_inference_mode_freezes(tmp_path):
+    from tiny_models import tiny_llama
+
+    prompt = pk.get_peft_model(tiny_llama(), pk.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2))
+    prompt.save_pretrained(tmp_path / "prompt")
+    base = tiny_llama()
+    with pytest.raises(ValueError, match="'PROMPT_TUNING' is not compatible with the `PeftMixedModel`"):
+        pk.PeftMixedModel.from_pretrained(base, tmp_path / "prompt")
+    assert not any(isinstance(m, pk.AdapterLayer) for m in base.modules())
+
+    model = _peftkit_mixed()
+    model.set_adapter(["lora", "loha"])
+    assert all(p.requires_grad for n, p in model.named_parameters() if ".lora." in n or ".loha" in n)
+    model.set_adapter(["lora", "loha"], inference_mode=True)
+    assert not any(p.requires_grad for p in model.parameters())

@@ -155,10 +155,13 @@ class PeftMixedModel(PeftModel):
         if any(layer.merged_adapters for layer in self._adapter_layers()):
             warnings.warn("Adapter cannot be set when the model is merged. Unmerging the model first.")
             self.unmerge_adapter()
-        for spec in {method_for_config(self.peft_config[n]).peft_type: method_for_config(self.peft_config[n]) for n in names}.values():
-            mine = [n for n in names if self.peft_config[n].peft_type == spec.peft_type]
-            if spec.max_active_adapters is not None and len(mine) > spec.max_active_adapters:
-                raise AdapterError(f"{spec.peft_type} allows {spec.max_active_adapters} active adapter(s) at a time, got {mine}")
+        by_method: dict[str, list[str]] = {}
+        for name in names:
+            by_method.setdefault(self.peft_config[name].peft_type, []).append(name)
+        for mine in by_method.values():  # a method's own limit holds among its adapters
+            limit = method_for_config(self.peft_config[mine[0]]).max_active_adapters
+            if limit is not None and len(mine) > limit:
+                raise AdapterError(f"{self.peft_config[mine[0]].peft_type} allows {limit} active adapter(s) at a time, got {mine}")
         self._active = names
         self._apply_trainability()
         if inference_mode:
