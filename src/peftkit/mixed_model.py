@@ -10,8 +10,8 @@ plain sum, and (IA)³ rescales everything stacked inside it. An adapter of a met
 the outermost one at a module joins that layer; otherwise it gets a new outer layer (peft's rule).
 
 Which methods may mix is the registry's ``MethodSpec.mixable``; the core knows no method by name.
-Saving writes each adapter in ``peft``'s own format and folder layout (the first one, or
-``"default"``, in the folder; the others in sub-folders), which ``peft``'s mixed model cannot do.
+Saving writes each adapter in ``peft``'s own format and folder layout (``"default"`` in the folder,
+every other adapter in a sub-folder of its name), which ``peft``'s mixed model cannot do.
 """
 
 from __future__ import annotations
