@@ -300,7 +300,11 @@ def layer_stack(module: nn.Module) -> list[AdapterLayer]:
 
 def unwrap_layer(outermost: nn.Module, layer: AdapterLayer) -> nn.Module:
     """Take ``layer`` out of the stack that starts at ``outermost``; returns the module that now
-    stands where ``outermost`` stood (its own base when ``layer`` was the outermost)."""
+    stands where ``outermost`` stood (its own base when ``layer`` was the outermost).
+
+    Example:
+        >>> set_module(model, "lin0", unwrap_layer(model.lin0, emptied_layer))   # doctest: +SKIP
+    """
     if outermost is layer:
         return layer.base_layer
     for outer in layer_stack(outermost):
