@@ -67,7 +67,12 @@ def iter_plain_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str
 def iter_adapter_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Every adapter layer and saved-module wrapper with the path of the module it adapts. Layers
     that a mixed model stacked on one module (see :func:`peftkit.layers.layer_stack`) all come under
-    that module's path, outermost first: checkpoint keys name the module, not the stack."""
+    that module's path, outermost first: checkpoint keys name the module, not the stack.
+
+    Example:
+        >>> [(key, type(m).__name__) for key, m in iter_adapter_modules(mixed.get_base_model())]  # doctest: +SKIP
+        [('lin0', 'LoHaLayer'), ('lin0', 'LoraLinear'), ('lin1', 'LoraLinear')]
+    """
     from .layers import AdapterLayer, ModulesToSaveWrapper, layer_stack
 
     for key, module in iter_plain_modules(model):
