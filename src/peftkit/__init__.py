@@ -49,6 +49,7 @@ from .model import (
     PeftModelForTokenClassification,
     get_peft_model,
 )
+from .mixed_model import PeftMixedModel
 from .hotswap import hotswap_adapter, hotswap_adapter_from_state_dict, prepare_model_for_compiled_hotswap
 from . import quantized
 from .peft_api import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
@@ -91,6 +92,7 @@ __all__ = [
     "MethodSpec",
     "ModulesToSaveWrapper",
     "PeftConfig",
+    "PeftMixedModel",
     "PeftModel",
     "PeftModelForCausalLM",
     "PeftModelForFeatureExtraction",

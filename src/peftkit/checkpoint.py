@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from .config import PeftConfig, _resolve_file
 from .errors import CheckpointError, CorruptFileError
-from .layers import AdapterLayer, ModulesToSaveWrapper
-from .targets import iter_plain_modules
+from .layers import AdapterLayer, ModulesToSaveWrapper, layer_stack
+from .targets import iter_adapter_modules, iter_plain_modules
 from .untrusted import FLOAT_DTYPES, TensorInfo, read_safetensors_header
 
 if TYPE_CHECKING:
@@ -47,8 +47,8 @@ def _bias_parameters(model: nn.Module, adapter_name: str, bias: str) -> dict[str
         if isinstance(module, ModulesToSaveWrapper):
             continue  # saved whole through the wrapper
         if isinstance(module, AdapterLayer):
-            if bias == "all" or adapter_name in module.adapter_names:
-                b = getattr(module.base_layer, "bias", None)
+            if bias == "all" or any(adapter_name in layer.adapter_names for layer in layer_stack(module)):
+                b = getattr(module.get_base_layer(), "bias", None)
                 if isinstance(b, nn.Parameter):
                     found[f"{key}.base_layer.bias"] = b
         elif bias == "all":
@@ -121,10 +121,9 @@ def _adapter_entries(model: nn.Module, adapter_name: str, config: PeftConfig) ->
     """Checkpoint key -> (module path, live parameter)."""
     prefix = key_prefix(config)
     entries: dict[str, tuple[str, nn.Parameter]] = {}
-    for key, module in iter_plain_modules(model):
-        if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
-            for sub, p in module.adapter_parameters(adapter_name):
-                entries[f"{prefix}{key}.{sub}"] = (key, p)
+    for key, module in iter_adapter_modules(model):
+        for sub, p in module.adapter_parameters(adapter_name):
+            entries[f"{prefix}{key}.{sub}"] = (key, p)
     for key, p in _bias_parameters(model, adapter_name, getattr(config, "bias", "none")).items():
         entries[prefix + key] = (key.rsplit(".", 1)[0], p)
     return entries

@@ -38,7 +38,7 @@ from . import checkpoint
 from .config import PeftConfig
 from .errors import AdapterError, CheckpointError
 from .layers import AdapterLayer
-from .targets import iter_plain_modules, pattern_value
+from .targets import iter_adapter_modules, pattern_value
 
 if TYPE_CHECKING:
     from .model import PeftModel
@@ -64,7 +64,7 @@ def _is_compiled(model: nn.Module) -> bool:
 
 def _lora_layers(model: "PeftModel", adapter_name: str) -> list[tuple[str, AdapterLayer]]:
     """``(module path, layer)`` for every layer holding ``adapter_name`` as low-rank factors."""
-    return [(key, m) for key, m in iter_plain_modules(model.get_base_model())
+    return [(key, m) for key, m in iter_adapter_modules(model.get_base_model())  # stacked ones too (mixed models)
             if isinstance(m, AdapterLayer) and hasattr(m, "lowrank_parameters") and adapter_name in m.adapter_names]
 
 

@@ -88,6 +88,10 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
     # when a merge is only tried out: see peftkit.quantized); methods with more state extend it.
     merge_bookkeeping: tuple[str, ...] = ("merged_adapters",)
     mergeable: bool = True
+    # Whether the layer adds to its base's output (LoRA, LoHa, ...) rather than transforming it
+    # ((IA)³ rescales). Stacked layers (a mixed model) of additive kinds commute; a non-additive
+    # layer applies to everything inside it, which constrains merging (peftkit.merge).
+    additive: bool = True
 
     def __init__(self, base_layer: nn.Module, key: str = ""):
         super().__init__()
@@ -168,6 +172,11 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
             if adapter_name in holder:
                 del holder[adapter_name]
         self.active_adapters = [n for n in self.active_adapters if n != adapter_name]
+
+    def stacking_refusal(self, adapter_name: str) -> Optional[str]:
+        """Why ``adapter_name`` of this layer cannot sit over another adapter layer of the same module
+        (a mixed model stacks layers of different methods), or None when it can."""
+        return None
 
     def merge(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
         """Add the adapters' weight deltas into ``base_layer.weight``.
@@ -250,9 +259,17 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         """The active adapter's name, or the list of them when several are active."""
         return self.active_adapters[0] if len(self.active_adapters) == 1 else list(self.active_adapters)
 
+    def _all_available_adapter_names(self) -> list[str]:
+        """``peft``'s name for :attr:`adapter_names`."""
+        return self.adapter_names
+
     def get_base_layer(self) -> nn.Module:
-        """The wrapped module."""
-        return self.base_layer
+        """The wrapped module: the innermost one when adapter layers are stacked (a mixed model,
+        :mod:`peftkit.mixed_model`), as ``peft``'s ``get_base_layer`` recurses."""
+        layer = self.base_layer
+        while isinstance(layer, AdapterLayer):
+            layer = layer.base_layer
+        return layer
 
     def enable_adapters(self, enabled: bool) -> None:
         """Turn the adapters of this layer on or off; off, they also stop training (as in peft)."""
@@ -263,6 +280,38 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
                 for _, p in self.adapter_parameters(name):
                     p.requires_grad_(False)
         self.disabled = not enabled
+
+
+def layer_stack(module: nn.Module) -> list[AdapterLayer]:
+    """The adapter layers wrapped around one base module, outermost first: one for a
+    :class:`~peftkit.model.PeftModel`, several where a mixed model stacked layers of different methods
+    (each holds the next as its ``base_layer``; the innermost holds the original module).
+
+    Example:
+        >>> layer_stack(peft_model.get_base_model().lin0)   # doctest: +SKIP
+        [LoHaLayer(...), LoraLinear(...)]
+    """
+    stack = []
+    while isinstance(module, AdapterLayer):
+        stack.append(module)
+        module = module.base_layer
+    return stack
+
+
+def unwrap_layer(outermost: nn.Module, layer: AdapterLayer) -> nn.Module:
+    """Take ``layer`` out of the stack that starts at ``outermost``; returns the module that now
+    stands where ``outermost`` stood (its own base when ``layer`` was the outermost).
+
+    Example:
+        >>> set_module(model, "lin0", unwrap_layer(model.lin0, emptied_layer))   # doctest: +SKIP
+    """
+    if outermost is layer:
+        return layer.base_layer
+    for outer in layer_stack(outermost):
+        if outer.base_layer is layer:
+            outer.base_layer = layer.base_layer
+            break
+    return outermost
 
 
 class ModulesToSaveWrapper(_ForwardsToBase):
@@ -284,6 +333,10 @@ class ModulesToSaveWrapper(_ForwardsToBase):
     def adapter_names(self) -> list[str]:
         return list(self.modules_to_save.keys())
 
+    def _get_available_adapters(self) -> set[str]:
+        """``peft``'s name (AuxiliaryTrainingWrapper) for the adapters that own a copy."""
+        return set(self.modules_to_save)
+
     def add_adapter(self, adapter_name: str) -> None:
         self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
 
@@ -294,7 +347,10 @@ class ModulesToSaveWrapper(_ForwardsToBase):
     def set_adapter(self, adapter_names: list[str], trainable: bool = True) -> None:
         mine = [n for n in adapter_names if n in self.modules_to_save]
         if len(mine) > 1:
-            raise AdapterError(f"only one adapter at a time can own the trained copy of a saved module, got {mine}")
+            raise AdapterError(
+                f"Only one adapter can be set at a time for ModulesToSaveWrapper: the trained copy of a saved module "
+                f"belongs to one adapter, got {mine}; activate one of them"
+            )
         self.active_adapter = mine[0] if mine else None
         self.original_module.requires_grad_(False)
         for name, module in self.modules_to_save.items():

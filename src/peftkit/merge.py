@@ -10,7 +10,7 @@ from typing import Optional
 import torch.nn as nn
 
 from .errors import AdapterError
-from .layers import AdapterLayer
+from .layers import AdapterLayer, layer_stack
 from .registry import base_layer_kinds
 from .tree import set_module
 
@@ -41,8 +41,11 @@ class MergeMixin:
                             )
         for kind in base_layer_kinds():  # may refuse (quantized bases: too much rounding); nothing is merged yet
             kind.check_merge(self, layers, names)
+        _check_stacked_merge(layers, names)
         self._untie_before_merge(layers, names)
-        for layer in layers:
+        # Innermost first: where a mixed model stacked layers, an outer layer acts on the output of
+        # the ones inside it, so their deltas must already be in the weight when it merges.
+        for layer in reversed(layers):
             layer.merge(names)
 
     def _untie_before_merge(self, layers: list[AdapterLayer], names: list[str]) -> None:
@@ -51,9 +54,10 @@ class MergeMixin:
         model = self.get_base_model()
         uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         for layer in layers:
-            w = layer.base_layer.weight
+            base = layer.get_base_layer()
+            w = base.weight
             if uses[id(w)] > 1 and any(n in layer.adapter_names and n not in layer.merged_adapters for n in names):
-                layer.base_layer.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
+                base.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
                 warnings.warn(f"{layer.key!r} shares its weight with another module (tied embeddings); merging unties it")
                 if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
                     model.config.tie_word_embeddings = False  # saved merged models must not re-tie on load
@@ -97,7 +101,7 @@ class MergeMixin:
         model = self.get_base_model()
         for key, module in list(self._adapter_modules()):
             if isinstance(module, AdapterLayer):
-                set_module(model, key, module.base_layer)
+                set_module(model, key, module.get_base_layer())  # the original module, under any stack
             else:
                 keep = module.modules_to_save[module.active_adapter] if module.active_adapter else module.original_module
                 set_module(model, key, keep)
@@ -105,3 +109,20 @@ class MergeMixin:
         self._active = []
         return model
 
+
+def _check_stacked_merge(layers: list[AdapterLayer], names: list[str]) -> None:
+    """Refuse a merge that would change what a model stacking layers (a mixed model) computes. A
+    layer that transforms its base's output rather than adding to it ((IA)³ rescales) merges into
+    the weight under every layer stacked inside it; that is right only if those layers add nothing
+    unmerged, so each of their active adapters must be merged already or be merged now."""
+    for layer in layers:
+        if layer.additive or not any(n in layer.adapter_names and n not in layer.merged_adapters for n in names):
+            continue
+        for inner in layer_stack(layer.base_layer):
+            pending = [n for n in inner.active_adapters if n not in inner.merged_adapters and n not in names]
+            if pending:
+                raise AdapterError(
+                    f"merging {type(layer).__name__} adapters into {layer.key!r} would also rescale what the active "
+                    f"adapter(s) {pending} stacked inside it add, and they stay unmerged; merge them too "
+                    f"(adapter_names=[..., {pending[0]!r}]) or deactivate them first; nothing was merged"
+                )

@@ -20,7 +20,7 @@ import torch.nn as nn
 from . import checkpoint
 from .config import PeftConfig, TargetedConfig
 from .errors import AdapterError, TargetError
-from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper, RowAdapters, _ForwardsToBase
+from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper, RowAdapters, _ForwardsToBase, unwrap_layer
 from .merge import MergeMixin
 from .model_io import SaveLoadMixin
 from .names import adapter_name_list, check_adapter_name, short_repr
@@ -28,6 +28,7 @@ from .registry import MethodSpec, base_layer_kinds, method_for_config, refusal
 from .targets import (
     TASK_HEADS,
     find_targets,
+    iter_adapter_modules,
     iter_plain_modules,
     modules_to_save_for,
     name_matches,
@@ -146,9 +147,7 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         return method_for_config(next(iter(self.peft_config.values())))
 
     def _adapter_modules(self) -> Iterator[tuple[str, Union[AdapterLayer, ModulesToSaveWrapper]]]:
-        for key, module in iter_plain_modules(self.get_base_model()):
-            if isinstance(module, (AdapterLayer, ModulesToSaveWrapper)):
-                yield key, module
+        return iter_adapter_modules(self.get_base_model())
 
     def _adapter_layers(self) -> Iterator[AdapterLayer]:
         return (m for _, m in self._adapter_modules() if isinstance(m, AdapterLayer))
@@ -185,8 +184,7 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         if not isinstance(config, PeftConfig):
             raise TypeError(f"peft_config must be a peftkit config such as LoraConfig, got {type(config).__name__}")
         spec = method_for_config(config)
-        if self.peft_config and self._method().peft_type != spec.peft_type:
-            raise AdapterError(f"this model holds {self._method().peft_type} adapters; {spec.peft_type} cannot be added beside them")
+        self._check_method_fits(spec)
         same = init_config is config
         config = config.model_copy(deep=True)
         init_config = config if same else init_config.model_copy(deep=True)
@@ -219,6 +217,14 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
             for key, p in model.named_parameters():
                 p.requires_grad_(False)
         self._apply_trainability()
+
+    def _check_method_fits(self, spec: MethodSpec) -> None:
+        """A PeftModel holds adapters of one method (:class:`~peftkit.mixed_model.PeftMixedModel` mixes them)."""
+        if self.peft_config and self._method().peft_type != spec.peft_type:
+            raise AdapterError(
+                f"this model holds {self._method().peft_type} adapters; {spec.peft_type} cannot be added beside them "
+                "(get_peft_model(..., mixed=True) builds a PeftMixedModel, which mixes methods)"
+            )
 
     def _add_task_heads(self, *configs: PeftConfig) -> None:
         """Classification heads are new and untrained: they train in full and save with the adapter
@@ -273,7 +279,8 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         for key, module in list(self._adapter_modules()):
             module.delete_adapter(adapter_name)
             if not module.adapter_names:
-                set_module(model, key, module.base_layer if isinstance(module, AdapterLayer) else module.original_module)
+                replacement = unwrap_layer(get_module(model, key), module) if isinstance(module, AdapterLayer) else module.original_module
+                set_module(model, key, replacement)
         del self.peft_config[adapter_name]
         self._active = [n for n in self._active if n != adapter_name]
         if not self._active and self.peft_config:
@@ -427,8 +434,8 @@ def get_peft_model(
 
     ``autocast_adapter_dtype=False`` keeps the adapter in the dtype of each adapted layer's weights
     (by default adapters on float16/bfloat16 layers are float32, as in ``peft``); ``revision`` is
-    recorded in the config. ``mixed=True`` (peft's ``PeftMixedModel``: adapters of different methods
-    in one model) is not supported.
+    recorded in the config. ``mixed=True`` returns a :class:`~peftkit.mixed_model.PeftMixedModel`, to
+    which adapters of other methods (LoRA, LoHa, LoKr, AdaLoRA, (IA)³) can be added and activated together.
 
     Example:
         >>> import peftkit as pk
@@ -436,14 +443,15 @@ def get_peft_model(
         >>> type(model).__name__  # doctest: +SKIP
         'PeftModelForCausalLM'
     """
-    if mixed:
-        raise AdapterError(
-            "get_peft_model(mixed=True) (peft's PeftMixedModel: adapters of different methods in one model) is not "
-            "supported by peftkit; use adapters of one method, or peft for this model"
-        )
     if revision is not None and isinstance(peft_config, PeftConfig):
         peft_config = peft_config.model_copy(update={"revision": revision})
-    peft_model = PeftModel._class_for_task(getattr(peft_config, "task_type", None))(model, peft_config, adapter_name)
+    if mixed:
+        from .mixed_model import PeftMixedModel, check_mixable
+
+        check_mixable(peft_config)  # before the model is touched
+        peft_model: PeftModel = PeftMixedModel(model, peft_config, adapter_name)
+    else:
+        peft_model = PeftModel._class_for_task(getattr(peft_config, "task_type", None))(model, peft_config, adapter_name)
     if not autocast_adapter_dtype:
         peft_model._cast_adapter_to_base_dtype(adapter_name)
     return peft_model

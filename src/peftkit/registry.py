@@ -111,6 +111,10 @@ class MethodSpec:
     # ``load_run_state(peft_model, adapter_name, tensors)``.
     run_state: Optional[Callable[..., dict]] = None
     load_run_state: Optional[Callable[..., None]] = None
+    # Adapters of this method may sit on one model beside adapters of other methods, their layers
+    # stacked on shared modules (get_peft_model(..., mixed=True): peftkit.mixed_model). Methods that
+    # rewrite the model's inputs or keep model-level state are not.
+    mixable: bool = False
     # At most this many adapters of the method may be active at once (None: no limit).
     max_active_adapters: Optional[int] = None
     # Why adapters of this method can never be merged into the base weights (None: see layer_cls).

@@ -64,6 +64,25 @@ def iter_plain_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str
             yield from iter_plain_modules(child, key)
 
 
+def iter_adapter_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every adapter layer and saved-module wrapper with the path of the module it adapts. Layers
+    that a mixed model stacked on one module (see :func:`peftkit.layers.layer_stack`) all come under
+    that module's path, outermost first: checkpoint keys name the module, not the stack.
+
+    Example:
+        >>> [(key, type(m).__name__) for key, m in iter_adapter_modules(mixed.get_base_model())]  # doctest: +SKIP
+        [('lin0', 'LoHaLayer'), ('lin0', 'LoraLinear'), ('lin1', 'LoraLinear')]
+    """
+    from .layers import AdapterLayer, ModulesToSaveWrapper, layer_stack
+
+    for key, module in iter_plain_modules(model):
+        if isinstance(module, AdapterLayer):
+            for layer in layer_stack(module):
+                yield key, layer
+        elif isinstance(module, ModulesToSaveWrapper):
+            yield key, module
+
+
 def name_matches(key: str, names: str | list[str]) -> bool:
     """``peft``'s rule: a regex must match the whole key; a name matches the key or its tail."""
     if isinstance(names, str):
@@ -111,7 +130,7 @@ def _is_linear(module: nn.Module) -> bool:
     from .layers import AdapterLayer
 
     if isinstance(module, AdapterLayer):
-        module = module.base_layer
+        module = module.get_base_layer()
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 

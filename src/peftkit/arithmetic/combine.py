@@ -192,7 +192,8 @@ def add_weighted_adapter(model: "PeftModel", adapters: Sequence[str], weights: S
             "`peftkit combine`, and load the result on its own")
     model.add_adapter(adapter_name, config)  # injected before any draw, as peft does: same seed, same DARE masks
     try:
-        layers = dict(model._adapter_modules())
+        # the modules holding the new adapter (in a mixed model, of its method among stacked layers)
+        layers = {key: m for key, m in model._adapter_modules() if adapter_name in m.adapter_names}
         report = fill(model, plan, layers, adapter_name, ranks)
     except BaseException:
         model.delete_adapter(adapter_name)

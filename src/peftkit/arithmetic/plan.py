@@ -130,15 +130,19 @@ def check_arguments(model: "PeftModel", adapters: Sequence[str], weights: Sequen
 def collect(model: "PeftModel", adapters: list[str], weights: list[float]
             ) -> tuple[list[ModuleParts], list[tuple[str, ModulesToSaveWrapper, list[Part]]]]:
     """Adapter layers and saved-module wrappers holding any of ``adapters``, in model order."""
-    layers, heads = [], []
+    by_key: dict[str, ModuleParts] = {}
+    heads = []
     for key, module in model._adapter_modules():
         parts = [Part(n, w, module) for n, w in zip(adapters, weights) if n in module.adapter_names]
         if not parts:
             continue
-        if isinstance(module, AdapterLayer):
-            layers.append(ModuleParts(key, parts))
+        if isinstance(module, AdapterLayer):  # a mixed model may hold them in several layers stacked at one key
+            by_key.setdefault(key, ModuleParts(key)).parts.extend(parts)
         elif isinstance(module, ModulesToSaveWrapper):
             heads.append((key, module, parts))
+    layers = list(by_key.values())
+    for module in layers:  # in the order the adapters were given, wherever their layers sit
+        module.parts.sort(key=lambda part: adapters.index(part.name))
     if not layers and not heads:
         raise AdapterError(f"adapters {adapters} adapt no module of this model")
     return layers, heads

@@ -274,6 +274,7 @@ def _linear_factory(module: nn.Module, name: str, config: AdaLoraConfig, key: st
 ADALORA = register_method(
     MethodSpec(
         peft_type="ADALORA",
+        mixable=True,
         config_cls=AdaLoraConfig,
         layer_cls=AdaLoraLinear,
         layer_factories=[

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import AdapterError
-from ..targets import iter_plain_modules
+from ..targets import iter_adapter_modules
 from .adalora_layers import AdaLoraLinear
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ class RankAllocator:
 
     def layers(self) -> list[tuple[str, AdaLoraLinear]]:
         """``(module key, layer)`` of every layer holding this adapter, in model order."""
-        return [(key, m) for key, m in iter_plain_modules(self.model)
+        return [(key, m) for key, m in iter_adapter_modules(self.model)
                 if isinstance(m, AdaLoraLinear) and self.adapter_name in m.adapter_names]
 
     @property

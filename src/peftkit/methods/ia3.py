@@ -16,7 +16,7 @@ from ..config import TargetedConfig, _normalise_names
 from ..errors import TargetError
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
-from ..targets import iter_plain_modules
+from ..targets import iter_adapter_modules
 from .ia3_layers import IA3Conv, IA3Layer, IA3Linear
 from .lora_layers import is_conv1d
 
@@ -133,7 +133,7 @@ def _record_modules_for_peft(peft_model: Any, adapter_name: str, config: IA3Conf
     subset_as_written = not (isinstance(ff, list) and isinstance(targets, list)) or set(ff) <= set(targets)
     if stored.layers_to_transform is None and subset_as_written:
         return
-    layers = [(key, m) for key, m in iter_plain_modules(peft_model.get_base_model())
+    layers = [(key, m) for key, m in iter_adapter_modules(peft_model.get_base_model())
               if isinstance(m, IA3Layer) and adapter_name in m.ia3_l]
     paths = {
         "target_modules": [key for key, _ in layers],
@@ -148,6 +148,7 @@ def _record_modules_for_peft(peft_model: Any, adapter_name: str, config: IA3Conf
 IA3 = register_method(
     MethodSpec(
         peft_type="IA3",
+        mixable=True,  # beyond peft, whose mixed model refuses (IA)³
         config_cls=IA3Config,
         layer_cls=IA3Layer,
         layer_factories=[

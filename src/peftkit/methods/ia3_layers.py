@@ -45,6 +45,7 @@ class IA3Layer(AdapterLayer):
 
     adapter_param_names = ("ia3_l",)
     adapter_setting_names = ("is_feedforward",)
+    additive = False  # rescales: applies to what stacked layers inside it add, too
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: "IA3Config", key: str):
         super().__init__(base_layer, key)

@@ -87,5 +87,6 @@ class LoHaLayer(LycorisLayer):
 
 
 LOHA = register_method(
-    MethodSpec(peft_type="LOHA", config_cls=LoHaConfig, layer_cls=LoHaLayer, layer_factories=lycoris_factories(LoHaLayer))
+    MethodSpec(peft_type="LOHA", config_cls=LoHaConfig, layer_cls=LoHaLayer, layer_factories=lycoris_factories(LoHaLayer),
+               mixable=True)
 )

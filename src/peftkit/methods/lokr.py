@@ -140,5 +140,6 @@ class LoKrLayer(LycorisLayer):
 
 
 LOKR = register_method(
-    MethodSpec(peft_type="LOKR", config_cls=LoKrConfig, layer_cls=LoKrLayer, layer_factories=lycoris_factories(LoKrLayer))
+    MethodSpec(peft_type="LOKR", config_cls=LoKrConfig, layer_cls=LoKrLayer, layer_factories=lycoris_factories(LoKrLayer),
+               mixable=True)
 )

@@ -127,6 +127,7 @@ def _linear_factory(module: nn.Module, name: str, config: LoraConfig, key: str, 
 LORA = register_method(
     MethodSpec(
         peft_type="LORA",
+        mixable=True,
         config_cls=LoraConfig,
         layer_cls=LoraLayer,
         layer_factories=[

@@ -91,6 +91,13 @@ class LoraLayer(DoraMixin, AdapterLayer):
             if config.use_dora:  # the magnitude starts at the adapted weight's norm: outputs unchanged
                 init_magnitude(self, adapter_name, dtype)
 
+    def stacking_refusal(self, adapter_name: str) -> str | None:
+        if adapter_name not in self.lora_magnitude_vector:
+            return None
+        return (f"adapter {adapter_name!r} uses DoRA, which normalises the module's weight; over another method's "
+                f"adapter at {self.key!r} that weight is not the module's effective one (peft's result then depends on "
+                "whether dropout is active). Add the DoRA adapter first, target other modules, or set use_dora=False")
+
     def configured_scaling(self, adapter_name: str) -> float:
         """``lora_alpha / r`` (rsLoRA: ``/ sqrt(r)``): the scaling the adapter's config gives."""
         r = self.r[adapter_name]

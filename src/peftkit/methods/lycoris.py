@@ -118,7 +118,7 @@ class LycorisLayer(AdapterLayer):
 
     @property
     def is_linear(self) -> bool:
-        return isinstance(self.base_layer, nn.Linear)
+        return isinstance(self.get_base_layer(), nn.Linear)  # the module itself, also under stacked layers
 
     def add_adapter(self, adapter_name: str, config: LycorisConfig, key: str) -> None:
         r = pattern_value(config.rank_pattern, key, config.r)
