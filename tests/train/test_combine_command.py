@@ -99,3 +99,22 @@ def test_bad_specs_name_the_field_and_write_nothing(parents, capsys):
         assert main(["combine", str(write_spec(root, **spec))]) == 2
         assert needle in capsys.readouterr().err
     assert set((root / "runs").iterdir()) == before
+
+
+def test_parents_on_different_base_models_are_refused_unless_model_is_set(parents, tmp_path, capsys):
+    root, a, b = parents
+    other = tmp_path / "other-base"  # run b's adapter, as if trained on another model
+    other.mkdir()
+    for item in (b / "adapter").iterdir():
+        (other / item.name).write_bytes(item.read_bytes())
+    config = json.loads((other / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "someone/another-model"
+    (other / "adapter_config.json").write_text(json.dumps(config))
+    before = set((root / "runs").iterdir())
+    assert main(["combine", str(write_spec(root, adapters=[str(a), str(other)], weights=[1, 1]))]) == 2
+    err = capsys.readouterr().err
+    assert "different base models" in err and "someone/another-model" in err and "model:" in err
+    assert set((root / "runs").iterdir()) == before
+    base = yaml.safe_load((a / "config.yaml").read_text())["model"]["name"]  # the same model, named: accepted
+    spec = write_spec(root, adapters=[str(a), str(other)], weights=[1, 1], model=base, output={"dir": str(root / "runs"), "name": "forced"})
+    assert main(["combine", str(spec)]) == 0

@@ -120,6 +120,8 @@ def _combine(spec: CombineSpec, parents: list) -> tuple[Any, str]:
 
     first = locate(parents[0].adapter_dir)
     base_name, _ = base_model_source(first, spec.model, run_model(first))
+    if spec.model is None:
+        _check_one_base(parents, base_name)
     model, _ = load_adapter_model(first, model=base_name)
     names = ["default"] + [f"parent{i + 1}" for i in range(1, len(parents))]  # names stay inside: keys drop them
     for name, parent in zip(names[1:], parents[1:]):
@@ -130,6 +132,24 @@ def _combine(spec: CombineSpec, parents: list) -> tuple[Any, str]:
                                 majority_sign_method=spec.majority_sign_method)
     combined.config.base_model_name_or_path = base_name
     return combined, base_name
+
+
+def _check_one_base(parents: list, base_name: str) -> None:
+    """Refuse parents trained on different base models: their deltas change different matrices, so a
+    weighted sum of them means nothing. Names are compared as written (a run's ``model.name``, else
+    the adapter's ``base_model_name_or_path``); one model under two names is settled with ``model:``."""
+    from .commands import base_model_source, locate, run_model
+
+    bases = []
+    for parent in parents:
+        target = locate(parent.adapter_dir)
+        bases.append(base_model_source(target, None, run_model(target))[0])
+    if len(set(bases)) > 1:
+        listing = "; ".join(f"{p.adapter_dir}: {b}" for p, b in zip(parents, bases))
+        raise ConfigError("Cannot combine these adapters:", [(
+            "adapters", f"they were trained on different base models ({listing}); an adapter's weights are "
+                        f"changes to its own base's matrices, so combining them is undefined. If these are one "
+                        f"model under different names, set model: to it (e.g. model: {base_name})")])
 
 
 def _version(spec: CombineSpec, parents: list) -> str:
