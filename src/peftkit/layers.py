@@ -188,6 +188,11 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
                 self.add_delta_(weight.data, name, 1.0)
             self.merged_adapters.append(name)
 
+    def merge_refusal(self, adapter_name: str) -> Optional[str]:
+        """Why ``adapter_name`` cannot be merged into this layer (checked for every layer before a
+        model-level merge changes anything), or None when it can."""
+        return None
+
     def merge_is_finite(self, adapter_name: str) -> bool:
         """Whether merging ``adapter_name`` leaves every base tensor finite (``safe_merge``'s check);
         layers that merge into something other than ``base_layer.weight`` override it."""

@@ -31,6 +31,11 @@ class MergeMixin:
         layers = list(self._adapter_layers())
         if layers and not self._method().layer_cls.mergeable:
             raise AdapterError(f"{self._method().peft_type} adapters cannot be merged into the base weights")
+        for layer in layers:  # a layer that cannot take an adapter refuses before anything is merged
+            for name in names:
+                reason = name in layer.adapter_names and name not in layer.merged_adapters and layer.merge_refusal(name)
+                if reason:
+                    raise AdapterError(f"{reason}; nothing was merged")
         if safe_merge:
             for layer in layers:
                 for name in names:

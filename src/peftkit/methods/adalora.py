@@ -120,6 +120,8 @@ class AdaLoraConfig(LoraConfig):
         if self.target_r > self.init_r:
             problems.append(("target_r", f"is larger than init_r ({self.target_r} > {self.init_r}); AdaLoRA only "
                                          "removes ranks, so set target_r <= init_r"))
+        if self.lora_bias:
+            problems.append(("lora_bias", "AdaLoRA layers have no bias on lora_B (peft ignores the flag); set lora_bias=False"))
         if getattr(self, "use_dora", False):
             problems.append(("use_dora", "AdaLoRA does not support DoRA (neither does peft); remove it"))
         if self.orth_reg_weight < 0:

@@ -14,7 +14,8 @@ from ..config import ANY_VALUE, PeftConfig, TargetedConfig, finite_number, mappi
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
 from .lora_conversion import convert_mutated_init
-from .lora_layers import LoraConv, LoraEmbedding, LoraLayer, LoraLinear, is_conv1d
+from .lora_conv import LoraConv
+from .lora_layers import LoraEmbedding, LoraLayer, LoraLinear, is_conv1d
 
 InitLoraWeights = Union[bool, str]
 
@@ -36,7 +37,6 @@ class LoraConfig(TargetedConfig):
         "megatron_core": ANY_VALUE,
         "qalora_group_size": ANY_VALUE,
         "use_qalora": False,
-        "lora_bias": False,
         "ensure_weight_tying": False,
         **{k: None for k in (
             "megatron_config", "trainable_token_indices", "loftq_config", "eva_config", "corda_config",
@@ -56,6 +56,8 @@ class LoraConfig(TargetedConfig):
     init_lora_weights: InitLoraWeights = True
     rank_pattern: dict[str, int] = {}
     alpha_pattern: dict[str, Union[int, float]] = {}
+    # a trainable bias on lora_B, merged into the base bias (peftkit.methods.lora_bias)
+    lora_bias: bool = False
 
     @field_validator("r", mode="before")
     @classmethod
@@ -101,6 +103,14 @@ class LoraConfig(TargetedConfig):
             raise ValueError("every rank must be a positive integer")
         return value
 
+    def check(self) -> list[tuple[str, str]]:
+        problems = super().check()
+        if self.lora_bias and self.init_lora_weights not in (True, False):
+            problems.append(("lora_bias", f"needs init_lora_weights True or False (as in peft), got "
+                                          f"{self.init_lora_weights!r}; set lora_bias=False or change the init"))
+        if self.lora_bias and self.use_dora:
+            problems.append(("lora_bias", "is not available with DoRA (as in peft); set lora_bias=False or use_dora=False"))
+        return problems
 
     def for_loading(self) -> "LoraConfig":
         # PiSSA/OLoRA would rewrite the base weights and run an SVD for values about to be replaced.
