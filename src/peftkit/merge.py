@@ -56,8 +56,8 @@ class MergeMixin:
         model = self.get_base_model()
         uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         for layer in layers:
-            w = layer.base_layer.weight
-            if uses[id(w)] > 1 and any(n in layer.adapter_names and n not in layer.merged_adapters for n in names):
+            w = getattr(layer.base_layer, "weight", None)  # None: a layer on another parameter (MoE experts)
+            if w is not None and uses[id(w)] > 1 and any(n in layer.adapter_names and n not in layer.merged_adapters for n in names):
                 layer.base_layer.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
                 warnings.warn(f"{layer.key!r} shares its weight with another module (tied embeddings); merging unties it")
                 if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
@@ -100,7 +100,7 @@ class MergeMixin:
         """Remove every adapter layer without merging and return the base model. Saved modules
         (``modules_to_save``) keep the active adapter's trained copy, as in ``peft``."""
         model = self.get_base_model()
-        for key, module in list(self._adapter_modules()):
+        for key, module in reversed(list(self._adapter_modules())):  # nested layers: the inner one first
             if isinstance(module, AdapterLayer):
                 set_module(model, key, module.base_layer)
             else:

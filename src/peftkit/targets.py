@@ -54,12 +54,18 @@ TASK_HEADS: dict[TaskType, list[str]] = {
 
 def iter_plain_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
     """Like ``named_modules()``, but an adapter layer or saved-module wrapper is yielded as one
-    module: its insides (``base_layer``, ``lora_A``, ...) are never targets themselves."""
+    module: its insides (``base_layer``, ``lora_A``, ...) are never targets themselves. An adapter
+    layer that wraps another one (LoRA on two parameters of one module) is followed by the inner
+    one, at ``<key>.base_layer``."""
     from .layers import AdapterLayer, ModulesToSaveWrapper
 
     for name, child in model.named_children():
         key = f"{prefix}.{name}" if prefix else name
         yield key, child
+        inner = child
+        while isinstance(inner, AdapterLayer) and isinstance(inner.base_layer, AdapterLayer):
+            inner, key = inner.base_layer, f"{key}.base_layer"
+            yield key, inner
         if not isinstance(child, (AdapterLayer, ModulesToSaveWrapper)):
             yield from iter_plain_modules(child, key)
 

@@ -120,6 +120,8 @@ class AdaLoraConfig(LoraConfig):
         if self.target_r > self.init_r:
             problems.append(("target_r", f"is larger than init_r ({self.target_r} > {self.init_r}); AdaLoRA only "
                                          "removes ranks, so set target_r <= init_r"))
+        if self.target_parameters:
+            problems.append(("target_parameters", "AdaLoRA adapts modules only (LoRA takes parameters); remove it"))
         if self.lora_bias:
             problems.append(("lora_bias", "AdaLoRA layers have no bias on lora_B (peft ignores the flag); set lora_bias=False"))
         if getattr(self, "use_dora", False):

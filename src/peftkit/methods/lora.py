@@ -5,7 +5,7 @@ OLoRA / Gaussian initialisations. The config mirrors ``peft.LoraConfig``; the la
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import torch.nn as nn
 from pydantic import field_validator
@@ -16,6 +16,7 @@ from ..registry import LayerFactory, MethodSpec, register_method
 from .lora_conversion import convert_mutated_init
 from .lora_conv import LoraConv
 from .lora_layers import LoraEmbedding, LoraLayer, LoraLinear, is_conv1d
+from .lora_parameters import inject_parameters, parameter_targets
 
 InitLoraWeights = Union[bool, str]
 
@@ -41,7 +42,7 @@ class LoraConfig(TargetedConfig):
         **{k: None for k in (
             "megatron_config", "trainable_token_indices", "loftq_config", "eva_config", "corda_config",
             "lora_ga_config", "velora_config", "alora_invocation_tokens", "monteclora_config",
-            "layer_replication", "target_parameters", "use_bdlora", "arrow_config", "kasa_config",
+            "layer_replication", "use_bdlora", "arrow_config", "kasa_config",
         )},
     }
 
@@ -58,6 +59,8 @@ class LoraConfig(TargetedConfig):
     alpha_pattern: dict[str, Union[int, float]] = {}
     # a trainable bias on lora_B, merged into the base bias (peftkit.methods.lora_bias)
     lora_bias: bool = False
+    # LoRA on nn.Parameters, e.g. 3-D MoE expert weights (peftkit.methods.lora_parameters)
+    target_parameters: Optional[list[str]] = None
 
     @field_validator("r", mode="before")
     @classmethod
@@ -108,6 +111,12 @@ class LoraConfig(TargetedConfig):
         if self.lora_bias and self.init_lora_weights not in (True, False):
             problems.append(("lora_bias", f"needs init_lora_weights True or False (as in peft), got "
                                           f"{self.init_lora_weights!r}; set lora_bias=False or change the init"))
+        if self.target_parameters:
+            for field, value, allowed in (("lora_dropout", self.lora_dropout, 0.0), ("use_dora", self.use_dora, False),
+                                          ("lora_bias", self.lora_bias, False)):
+                if value != allowed:
+                    problems.append((field, f"must be {allowed!r} with target_parameters (LoRA on a parameter changes "
+                                            "the weight and never sees the input, as in peft)"))
         if self.lora_bias and self.use_dora:
             problems.append(("lora_bias", "is not available with DoRA (as in peft); set lora_bias=False or use_dora=False"))
         return problems
@@ -148,5 +157,7 @@ LORA = register_method(
                 "nn.Conv1d/Conv2d/Conv3d", lambda m: isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)), LoraConv
             ),
         ],
+        parameter_targets=parameter_targets,
+        inject_parameters=inject_parameters,
     )
 )
