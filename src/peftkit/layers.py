@@ -259,6 +259,11 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         """The wrapped module."""
         return self.base_layer
 
+    def release_base_layer(self) -> nn.Module:
+        """The wrapped module, to be put back in this layer's place (unload, last adapter deleted);
+        a layer that adapted parts inside it (LoRA on attention's ``out_proj``) restores them first."""
+        return self.base_layer
+
     def enable_adapters(self, enabled: bool) -> None:
         """Turn the adapters of this layer on or off; off, they also stop training (as in peft)."""
         if enabled:

@@ -102,7 +102,7 @@ class MergeMixin:
         model = self.get_base_model()
         for key, module in reversed(list(self._adapter_modules())):  # nested layers: the inner one first
             if isinstance(module, AdapterLayer):
-                set_module(model, key, module.base_layer)
+                set_module(model, key, module.release_base_layer())
             else:
                 keep = module.modules_to_save[module.active_adapter] if module.active_adapter else module.original_module
                 set_module(model, key, keep)

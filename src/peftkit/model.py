@@ -278,7 +278,7 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         for key, module in reversed(list(self._adapter_modules())):  # nested layers: the inner one first
             module.delete_adapter(adapter_name)
             if not module.adapter_names:
-                set_module(model, key, module.base_layer if isinstance(module, AdapterLayer) else module.original_module)
+                set_module(model, key, module.release_base_layer() if isinstance(module, AdapterLayer) else module.original_module)
         del self.peft_config[adapter_name]
         self._active = [n for n in self._active if n != adapter_name]
         if not self._active and self.peft_config:

@@ -26,6 +26,7 @@ from pydantic import field_validator
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
 from .adalora_allocator import RankAllocator
+from .adalora_conv import AdaLoraConv2d
 from .adalora_layers import AdaLoraLinear
 from .lora import LoraConfig
 from .lora_layers import is_conv1d
@@ -284,6 +285,7 @@ ADALORA = register_method(
             *quantized_factories(AdaLoraLinear, _linear_factory),
             LayerFactory("nn.Linear", lambda m: isinstance(m, nn.Linear), _linear_factory),
             LayerFactory("transformers Conv1D", is_conv1d, _linear_factory),
+            LayerFactory("nn.Conv2d", lambda m: isinstance(m, nn.Conv2d), AdaLoraConv2d),
         ],
         on_step_end=_on_step_end,
         extra_loss=orthogonal_regularization,

@@ -16,6 +16,7 @@ from ..registry import LayerFactory, MethodSpec, register_method
 from .lora_conversion import convert_mutated_init
 from .lora_conv import LoraConv
 from .lora_layers import LoraEmbedding, LoraLayer, LoraLinear, is_conv1d
+from .lora_mha import LoraMultiheadAttention
 from .lora_parameters import inject_parameters, parameter_targets
 
 InitLoraWeights = Union[bool, str]
@@ -153,6 +154,7 @@ LORA = register_method(
             LayerFactory("nn.Linear", lambda m: isinstance(m, nn.Linear), _linear_factory),
             LayerFactory("transformers Conv1D", is_conv1d, _linear_factory),
             LayerFactory("nn.Embedding", lambda m: isinstance(m, nn.Embedding), LoraEmbedding),
+            LayerFactory("nn.MultiheadAttention", lambda m: isinstance(m, nn.MultiheadAttention), LoraMultiheadAttention),
             LayerFactory(
                 "nn.Conv1d/Conv2d/Conv3d", lambda m: isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)), LoraConv
             ),

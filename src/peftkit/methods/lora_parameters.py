@@ -23,23 +23,23 @@ input is never seen), and no mixed batches of different adapters.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from ..errors import AdapterError, TargetError
-from ..layers import BASE_ADAPTER, AdapterLayer, rows_for_batch
+from ..layers import AdapterLayer
 from ..targets import iter_plain_modules
 from ..tree import get_module, set_module
 from .lora_layers import LoraLayer
+from .lora_weight_patch import WeightMergeMixin, one_adapter_for_batch, shadowed
 
 if TYPE_CHECKING:
     from .lora import LoraConfig
 
 
-class LoraParameter(LoraLayer):
+class LoraParameter(WeightMergeMixin, LoraLayer):
     """LoRA on one parameter (``parameter_name``) of ``base_layer``'s innermost module.
 
     Example:
@@ -127,16 +127,6 @@ class LoraParameter(LoraLayer):
         return weight
 
     # ------------------------------------------------------------------ forward
-    @contextmanager
-    def _adapted(self, names: list[str]) -> Iterator[None]:
-        """Inside, the holder's attribute reads ``W + delta`` (the registered parameter is unchanged)."""
-        holder, attr = self.holder(), self.parameter_name
-        holder.__dict__[attr] = self.adapted_weight(names)
-        try:
-            yield
-        finally:
-            holder.__dict__.pop(attr, None)
-
     def delta(self, adapter_name: str, x: torch.Tensor, base_out: torch.Tensor | None = None) -> torch.Tensor:
         raise AdapterError(f"LoRA on {self.key}.{self.parameter_name} changes a weight; it has no additive output")
 
@@ -150,41 +140,11 @@ class LoraParameter(LoraLayer):
             names = self._one_adapter_for_batch(x)
         if self.merged_adapters or not names:
             return self.base_layer(x, *args, **kwargs)
-        with self._adapted(names):
+        with shadowed(self.holder(), self.parameter_name, self.adapted_weight(names)):
             return self.base_layer(x, *args, **kwargs)
 
     def _one_adapter_for_batch(self, x: Any) -> list[str]:
-        """A mixed batch works when all its rows use one adapter (or the base model), as the weight is shared."""
-        if self.merged_adapters:
-            raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
-        used = set(rows_for_batch(self.row_adapters, x.shape[0]))
-        if len(used) > 1:
-            raise AdapterError(
-                f"LoRA on parameters ({self.key}.{self.parameter_name}) changes the weight every row shares, so a batch "
-                f"cannot mix adapters {sorted(used)} (peft refuses this too); run one adapter per batch"
-            )
-        name = used.pop()
-        return [] if name == BASE_ADAPTER or name not in self.adapter_names else [name]
-
-    # ------------------------------------------------------------------ merging
-    def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        names = self.active_adapters if adapter_names is None else list(adapter_names)
-        weight = self.base_weight()
-        for name in [n for n in names if n in self.adapter_names and n not in self.merged_adapters]:
-            delta = self.lowrank_weight(name).to(weight.dtype)
-            if safe_merge and not torch.isfinite(weight.data + delta).all():
-                raise AdapterError(f"merging adapter {name!r} gives NaN/inf weights; the base layer was left as it was")
-            weight.data += delta
-            self.merged_adapters.append(name)
-
-    def unmerge(self) -> None:
-        weight = self.base_weight()
-        while self.merged_adapters:
-            weight.data -= self.lowrank_weight(self.merged_adapters.pop()).to(weight.dtype)
-
-    def merge_is_finite(self, adapter_name: str) -> bool:
-        weight = self.base_weight()
-        return bool(torch.isfinite(weight.data + self.lowrank_weight(adapter_name).to(weight.dtype)).all())
+        return one_adapter_for_batch(self, x.shape[0], f"LoRA on parameters ({self.key}.{self.parameter_name})")
 
     def extra_repr(self) -> str:
         return f"parameter_name={self.parameter_name!r}, {super().extra_repr()}"
