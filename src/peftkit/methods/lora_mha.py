@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from ..errors import AdapterError, TargetError
 from .lora_layers import LoraLayer, LoraLinear
-from .lora_weight_patch import WeightMergeMixin, one_adapter_for_batch, shadowed
+from .lora_weight_patch import WeightMergeMixin, shadowed
 
 if TYPE_CHECKING:
     from .lora import LoraConfig
@@ -106,15 +106,9 @@ class LoraMultiheadAttention(WeightMergeMixin, LoraLayer):
 
     # ------------------------------------------------------------------ forward and merging
     def forward(self, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if self.disabled:
-            if self.merged_adapters:
-                self.unmerge()
-            return self.base_layer(query, *args, **kwargs)
-        names = [n for n in self.active_adapters if n in self.adapter_names]
-        if self.row_adapters is not None:
-            batch = query.shape[0 if self.base_layer.batch_first else 1] if query.dim() == 3 else 1
-            names = one_adapter_for_batch(self, batch, f"LoRA on attention ({self.key!r})")
-        if self.merged_adapters or not names:
+        batch = lambda: query.shape[0 if self.base_layer.batch_first else 1] if query.dim() == 3 else 1  # noqa: E731
+        names = self.adapters_to_apply(batch, f"LoRA on attention ({self.key!r})")
+        if not names:
             return self.base_layer(query, *args, **kwargs)
         in_w, out = self.base_weight(), self.out_proj
         out_w = out.base_layer.weight

@@ -33,7 +33,7 @@ from ..layers import AdapterLayer
 from ..targets import iter_plain_modules
 from ..tree import get_module, set_module
 from .lora_layers import LoraLayer
-from .lora_weight_patch import WeightMergeMixin, one_adapter_for_batch, shadowed
+from .lora_weight_patch import WeightMergeMixin, shadowed
 
 if TYPE_CHECKING:
     from .lora import LoraConfig
@@ -131,20 +131,11 @@ class LoraParameter(WeightMergeMixin, LoraLayer):
         raise AdapterError(f"LoRA on {self.key}.{self.parameter_name} changes a weight; it has no additive output")
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.disabled:
-            if self.merged_adapters:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        names = [n for n in self.active_adapters if n in self.adapter_names]
-        if self.row_adapters is not None:
-            names = self._one_adapter_for_batch(x)
-        if self.merged_adapters or not names:
+        names = self.adapters_to_apply(lambda: x.shape[0], f"LoRA on parameters ({self.key}.{self.parameter_name})")
+        if not names:
             return self.base_layer(x, *args, **kwargs)
         with shadowed(self.holder(), self.parameter_name, self.adapted_weight(names)):
             return self.base_layer(x, *args, **kwargs)
-
-    def _one_adapter_for_batch(self, x: Any) -> list[str]:
-        return one_adapter_for_batch(self, x.shape[0], f"LoRA on parameters ({self.key}.{self.parameter_name})")
 
     def extra_repr(self) -> str:
         return f"parameter_name={self.parameter_name!r}, {super().extra_repr()}"

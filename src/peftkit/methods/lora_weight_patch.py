@@ -14,7 +14,7 @@ gradients flow through the adapted tensor to A and B. Merging writes into the pa
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -57,7 +57,22 @@ def one_adapter_for_batch(layer, batch_size: int, what: str) -> list[str]:
 
 class WeightMergeMixin:
     """Merging into ``self.base_weight()`` (any parameter, not only ``base_layer.weight``) with
-    ``self.lowrank_weight(name)`` as the delta; for layers on a LoRA ``LoraLayer``."""
+    ``self.lowrank_weight(name)`` as the delta, and the choice of adapters one forward applies;
+    for layers on a LoRA ``LoraLayer`` that adapt weights the base module reads itself."""
+
+    def adapters_to_apply(self, batch_size: Callable[[], int], what: str) -> list[str]:
+        """The adapters whose updates this forward adds to the weights ([]: run the base as it is:
+        disabled, which also unmerges, or merged, or none active). ``batch_size`` is only asked for
+        mixed batches."""
+        if self.disabled:
+            if self.merged_adapters:
+                self.unmerge()
+            return []
+        if self.row_adapters is not None:
+            return one_adapter_for_batch(self, batch_size(), what)
+        if self.merged_adapters:
+            return []
+        return [n for n in self.active_adapters if n in self.adapter_names]
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         names = self.active_adapters if adapter_names is None else list(adapter_names)
