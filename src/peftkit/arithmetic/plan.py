@@ -156,7 +156,8 @@ def _has_factors(part: Part) -> bool:
 
 def _why_no_factors(part: Part) -> str:
     if _defines(part.layer, "lowrank_factors"):
-        return "a DoRA adapter (its change rescales the weight's rows, it is no product B @ A)"
+        return ("a DoRA adapter, or one with lora_bias, or on a layer kind without one B @ A (grouped convolution, "
+                "attention, parameters): its change is no product B @ A alone")
     return f"a {type(part.layer).__name__}, which has no LoRA factors A and B"
 
 

@@ -2,7 +2,8 @@
 
 The adapter's output becomes ``scaling * (B A x + b)``: ``lora_B`` is an ``nn.Linear`` / conv with a
 bias, saved as ``lora_B.bias`` beside ``lora_B.weight`` (``peft``'s key layout). It starts at zero
-with ``init_lora_weights=True`` / ``"gaussian"`` (random with ``False``), so a new adapter is a no-op.
+with ``init_lora_weights=True`` (random with ``False``; other inits are refused, as in peft), so a new
+adapter is a no-op.
 
 Merging adds ``scaling * b`` to the base layer's bias. Like ``peft``, peftkit never creates a bias
 the base layer does not have: adding such an adapter warns, and merging it is refused (a merged
