@@ -106,8 +106,7 @@ class LoraMultiheadAttention(WeightMergeMixin, LoraLayer):
 
     # ------------------------------------------------------------------ forward and merging
     def forward(self, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        batch = lambda: query.shape[0 if self.base_layer.batch_first else 1] if query.dim() == 3 else 1  # noqa: E731
-        names = self.adapters_to_apply(batch, f"LoRA on attention ({self.key!r})")
+        names = self.adapters_to_apply(f"LoRA on attention ({self.key!r})")
         if not names:
             return self.base_layer(query, *args, **kwargs)
         in_w, out = self.base_weight(), self.out_proj

@@ -131,7 +131,7 @@ class LoraParameter(WeightMergeMixin, LoraLayer):
         raise AdapterError(f"LoRA on {self.key}.{self.parameter_name} changes a weight; it has no additive output")
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-        names = self.adapters_to_apply(lambda: x.shape[0], f"LoRA on parameters ({self.key}.{self.parameter_name})")
+        names = self.adapters_to_apply(f"LoRA on parameters ({self.key}.{self.parameter_name})")
         if not names:
             return self.base_layer(x, *args, **kwargs)
         with shadowed(self.holder(), self.parameter_name, self.adapted_weight(names)):
@@ -177,7 +177,7 @@ def inject_parameters(model: nn.Module, adapter_name: str, config: "LoraConfig")
     for key, module in iter_plain_modules(model):
         if key.endswith(".base_layer") and isinstance(module, LoraParameter):
             continue  # an inner wrapper: its module is handled at the outer key
-        holder = module.holder() if isinstance(module, LoraParameter) else module
+        holder = module.holder() if isinstance(module, LoraParameter) else getattr(module, "base_layer", module)
         names = [name for name, _ in holder.named_parameters(recurse=False) if _matches(f"{key}.{name}", wanted)]
         if names and isinstance(module, AdapterLayer) and not isinstance(module, LoraParameter):
             raise TargetError(

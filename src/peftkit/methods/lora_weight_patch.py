@@ -14,13 +14,13 @@ gradients flow through the adapted tensor to A and B. Merging writes into the pa
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn as nn
 
 from ..errors import AdapterError
-from ..layers import BASE_ADAPTER, rows_for_batch
+from ..layers import BASE_ADAPTER
 
 
 @contextmanager
@@ -40,12 +40,13 @@ def shadowed(module: nn.Module, attr: str, value: torch.Tensor) -> Iterator[None
         module.__dict__.pop(attr, None)
 
 
-def one_adapter_for_batch(layer, batch_size: int, what: str) -> list[str]:
+def one_adapter_for_batch(layer, what: str) -> list[str]:
     """The adapter a mixed batch (``adapter_names=``) uses on a layer whose weight every row shares:
-    fine when all rows name one adapter (or the base model), an :class:`AdapterError` otherwise."""
+    fine when all rows name one adapter (or the base model), an :class:`AdapterError` otherwise.
+    (The rows themselves are not counted here: an experts module sees tokens, not batch rows.)"""
     if layer.merged_adapters:
         raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
-    used = set(rows_for_batch(layer.row_adapters, batch_size))
+    used = set(layer.row_adapters)
     if len(used) > 1:
         raise AdapterError(
             f"{what} changes a weight that every row of the batch shares, so one batch cannot mix adapters "
@@ -60,16 +61,15 @@ class WeightMergeMixin:
     ``self.lowrank_weight(name)`` as the delta, and the choice of adapters one forward applies;
     for layers on a LoRA ``LoraLayer`` that adapt weights the base module reads itself."""
 
-    def adapters_to_apply(self, batch_size: Callable[[], int], what: str) -> list[str]:
+    def adapters_to_apply(self, what: str) -> list[str]:
         """The adapters whose updates this forward adds to the weights ([]: run the base as it is:
-        disabled, which also unmerges, or merged, or none active). ``batch_size`` is only asked for
-        mixed batches."""
+        disabled, which also unmerges, or merged, or none active); ``what`` names the layer in errors."""
         if self.disabled:
             if self.merged_adapters:
                 self.unmerge()
             return []
         if self.row_adapters is not None:
-            return one_adapter_for_batch(self, batch_size(), what)
+            return one_adapter_for_batch(self, what)
         if self.merged_adapters:
             return []
         return [n for n in self.active_adapters if n in self.adapter_names]
