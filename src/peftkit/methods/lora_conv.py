@@ -35,6 +35,10 @@ class LoraConv(LoraLayer):
         super().__init__(base_layer, adapter_name, config, key)
 
     @property
+    def factor_layout_refusal(self) -> str | None:
+        return "a grouped convolution's lora_B holds r / groups channels per group" if self.grouped else None
+
+    @property
     def supports_dora(self) -> bool:  # one magnitude per output channel, shaped (1, out, 1, ...) as peft
         return not self.grouped
 

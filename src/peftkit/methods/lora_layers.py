@@ -186,8 +186,15 @@ class LoraLayer(DoraMixin, AdapterLayer):
         """``scaling * B A`` in the base weight's layout (plain LoRA's merge delta)."""
 
     # ---- the adapter as a product of (units, K) rows: adapter arithmetic (peftkit.arithmetic) and hotswap
+    # Why this layer kind's A and B are no plain (r, ...) / (..., r, ...) pair that hotswap can pad
+    # and swap (None: they are); the layer kinds with experts, grouped or two projections set it.
+    factor_layout_refusal: str | None = None
+
     def lowrank_parameters(self, adapter_name: str) -> tuple[nn.Parameter, nn.Parameter]:
         """The stored A and B tensors; the rank is A's first axis and B's second in every layer type."""
+        if self.factor_layout_refusal:
+            raise AdapterError(f"{self.key!r}: {self.factor_layout_refusal}; hotswap and rank padding are not "
+                               "available for it (load the adapter with load_adapter instead)")
         params = [p for _, p in self.adapter_parameters(adapter_name)]
         return params[0], params[1]
 

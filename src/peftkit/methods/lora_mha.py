@@ -37,6 +37,7 @@ class LoraMultiheadAttention(WeightMergeMixin, LoraLayer):
     """
 
     supports_lora_bias = False  # peft creates the bias but never merges it; refused here rather than half-done
+    factor_layout_refusal = "LoRA on attention has two pairs of factors (in_proj and out_proj)"
 
     def __init__(self, base_layer: nn.MultiheadAttention, adapter_name: str, config: "LoraConfig", key: str):
         if not base_layer._qkv_same_embed_dim:
