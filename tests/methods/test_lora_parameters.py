@@ -39,7 +39,7 @@ def logits(model) -> torch.Tensor:
 
 
 def adapted(make_base=mixtral, **kwargs) -> pk.PeftModel:
-    kwargs = {"target_parameters": EXPERTS, "init_lora_weights": False, "r": 2, **kwargs}
+    kwargs = {"target_modules": [], "target_parameters": EXPERTS, "init_lora_weights": False, "r": 2, **kwargs}
     return randomize_adapters(pk.get_peft_model(make_base(), pk.LoraConfig(**kwargs)))
 
 
@@ -61,6 +61,11 @@ def test_moves_both_ways_with_peft(make_base, tmp_path):
     # two parameters of one module nest: the first one's wrapper sits below the second's (peft's keys)
     assert {f"{prefix}.base_layer.lora_A.weight", f"{prefix}.lora_A.weight"} <= set(saved)
     assert saved[f"{prefix}.base_layer.lora_A.weight"].shape == (2 * 4, 16)  # (r * experts, in)
+
+
+def test_unset_target_modules_adapt_parameters_only_as_peft_does_on_moe_models(tmp_path):
+    saved = assert_moves_both_ways(mixtral, logits, tmp_path, target_parameters=EXPERTS, init_lora_weights=False, r=2)
+    assert not any("self_attn" in key for key in saved)  # no per-model-type default modules on top
 
 
 def test_layout_is_per_expert_low_rank():
@@ -113,7 +118,7 @@ def test_merge_unmerge_disable_and_unload(make_base):
 
 def test_second_adapter_joins_the_existing_wrappers_and_delete_restores_the_module():
     model = adapted()
-    model.add_adapter("other", pk.LoraConfig(target_parameters=EXPERTS, init_lora_weights=False, r=3))
+    model.add_adapter("other", pk.LoraConfig(target_modules=[], target_parameters=EXPERTS, init_lora_weights=False, r=3))
     randomize_adapters(model, seed=1)
     outer = experts(model)
     assert outer.adapter_names == ["default", "other"] and not isinstance(outer.base_layer.base_layer, LoraParameter)
@@ -143,7 +148,7 @@ def test_two_dimensional_parameter_equals_lora_on_the_linear():
 
 def test_mixed_batch_of_one_adapter_works_and_of_two_is_refused():
     model = adapted()
-    model.add_adapter("other", pk.LoraConfig(target_parameters=EXPERTS, init_lora_weights=False, r=2))
+    model.add_adapter("other", pk.LoraConfig(target_modules=[], target_parameters=EXPERTS, init_lora_weights=False, r=2))
     with torch.no_grad():
         same = model(input_ids=IDS, adapter_names=["default", "default"]).logits
         torch.testing.assert_close(same, logits(model))
