@@ -33,6 +33,14 @@ def gpt_oss() -> nn.Module:
     return transformers.GptOssForCausalLM(config).eval()
 
 
+def llama4() -> nn.Module:
+    """Experts stored (experts, in, out) without ``is_transposed``: peft's rule reads them as (E, out, in)."""
+    torch.manual_seed(0)
+    config = transformers.Llama4TextConfig(**{**SMALL, "num_experts_per_tok": 1}, intermediate_size_mlp=32, head_dim=4,
+                                           interleave_moe_layer_step=1)
+    return transformers.Llama4ForCausalLM(config).eval()
+
+
 def logits(model) -> torch.Tensor:
     with torch.no_grad():
         return model(input_ids=IDS).logits
@@ -66,6 +74,15 @@ def test_moves_both_ways_with_peft(make_base, tmp_path):
 def test_unset_target_modules_adapt_parameters_only_as_peft_does_on_moe_models(tmp_path):
     saved = assert_moves_both_ways(mixtral, logits, tmp_path, target_parameters=EXPERTS, init_lora_weights=False, r=2)
     assert not any("self_attn" in key for key in saved)  # no per-model-type default modules on top
+
+
+def test_rank_pattern_names_the_parameter_and_llama4_moves_both_ways(tmp_path):
+    targets = ["feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj"]
+    saved = assert_moves_both_ways(llama4, logits, tmp_path, target_modules=["q_proj"], target_parameters=targets,
+                                   init_lora_weights=False, r=2, rank_pattern={"experts.gate_up_proj": 1})
+    prefix = "base_model.model.model.layers.0.feed_forward.experts"
+    assert saved[f"{prefix}.base_layer.lora_A.weight"].shape == (1 * 4, 48)  # gate_up_proj: rank 1, 4 experts
+    assert saved[f"{prefix}.lora_A.weight"].shape == (2 * 4, 16)
 
 
 def test_layout_is_per_expert_low_rank():

@@ -90,7 +90,8 @@ class LoraParameter(WeightMergeMixin, LoraLayer):
                     f"{field}={value!r} does not apply to LoRA on parameters ({key}.{self.parameter_name}): the update "
                     f"is added to the weight, the input is never seen (as in peft); set {field}={allowed!r}"
                 )
-        super().add_adapter(adapter_name, config, key)
+        # rank_pattern / alpha_pattern keys match the parameter's full name ("experts.gate_up_proj"), as in peft
+        super().add_adapter(adapter_name, config, f"{key}.{self.parameter_name}")
 
     def create_tensors(self, adapter_name: str, r: int) -> None:
         experts, in_features, out_features, _ = self.layout()
