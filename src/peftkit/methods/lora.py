@@ -17,7 +17,7 @@ from .lora_conversion import convert_mutated_init
 from .lora_conv import LoraConv
 from .lora_layers import LoraEmbedding, LoraLayer, LoraLinear, is_conv1d
 from .lora_mha import LoraMultiheadAttention
-from .lora_parameters import inject_parameters, parameter_targets
+from .lora_parameters import find_parameters, inject_parameters, parameter_targets
 
 InitLoraWeights = Union[bool, str]
 
@@ -160,6 +160,7 @@ LORA = register_method(
             ),
         ],
         parameter_targets=parameter_targets,
+        find_parameters=find_parameters,
         inject_parameters=inject_parameters,
     )
 )

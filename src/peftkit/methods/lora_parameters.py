@@ -162,13 +162,14 @@ def _wrapper_of(module: nn.Module, parameter_name: str) -> LoraParameter | None:
     return None
 
 
-def inject_parameters(model: nn.Module, adapter_name: str, config: "LoraConfig") -> list[str]:
-    """Wrap every parameter ``config.target_parameters`` names with :class:`LoraParameter` (adding
-    ``adapter_name`` to an existing wrapper of that parameter); returns the parameter keys adapted.
+def find_parameters(model: nn.Module, config: "LoraConfig") -> list[tuple[str, str]]:
+    """``(module key, parameter name)`` of every parameter ``config.target_parameters`` names, in
+    model order and each module's parameter order (which decides the nesting, as in ``peft``); a
+    :class:`TargetError` when there is none, or one cannot be wrapped. Changes nothing.
 
     Example:
-        >>> inject_parameters(model, "default", LoraConfig(target_parameters=["experts.gate_up_proj"]))  # doctest: +SKIP
-        ['model.layers.0.mlp.experts.gate_up_proj', 'model.layers.1.mlp.experts.gate_up_proj']
+        >>> find_parameters(mixtral, LoraConfig(target_parameters=["experts.gate_up_proj"]))[:1]  # doctest: +SKIP
+        [('model.layers.0.mlp.experts', 'gate_up_proj')]
     """
     wanted = parameter_targets(config)
     root_hits = [name for name, _ in model.named_parameters(recurse=False) if _matches(name, wanted)]
@@ -192,6 +193,18 @@ def inject_parameters(model: nn.Module, adapter_name: str, config: "LoraConfig")
             f"target_parameters={wanted!r} matched no parameter of {type(model).__name__}; give full names or "
             "dotted tails such as 'mlp.experts.gate_up_proj' (see model.named_parameters())"
         )
+    return found
+
+
+def inject_parameters(model: nn.Module, adapter_name: str, config: "LoraConfig") -> list[str]:
+    """Wrap every parameter ``config.target_parameters`` names with :class:`LoraParameter` (adding
+    ``adapter_name`` to an existing wrapper of that parameter); returns the parameter keys adapted.
+
+    Example:
+        >>> inject_parameters(model, "default", LoraConfig(target_parameters=["experts.gate_up_proj"]))  # doctest: +SKIP
+        ['model.layers.0.mlp.experts.gate_up_proj', 'model.layers.1.mlp.experts.gate_up_proj']
+    """
+    found = find_parameters(model, config)
     for key, name in found:
         current = get_module(model, key)
         existing = _wrapper_of(current, name)
