@@ -137,3 +137,25 @@ def test_adapter_arithmetic_refuses_a_biased_adapter():
     model.add_adapter("b", pk.LoraConfig(target_modules=["lin0", "conv"], lora_bias=True))
     with pytest.raises(Exception, match="lora_bias"):
         model.add_weighted_adapter(["default", "b"], [1.0, 1.0], "sum", combination_type="cat")
+
+
+def test_gpt2_conv1d_moves_both_ways_and_merges(tmp_path):
+    from tiny_models import example_inputs, tiny_gpt2
+
+    inputs = example_inputs("gpt2", batch_size=2, with_labels=False)
+
+    def gpt2_logits(model):
+        with torch.no_grad():
+            return model(**inputs).logits
+
+    assert_moves_both_ways(tiny_gpt2, gpt2_logits, tmp_path, target_modules=["c_attn", "c_fc"], lora_bias=True,
+                           init_lora_weights=False)
+    model = randomize_adapters(pk.get_peft_model(tiny_gpt2(), pk.LoraConfig(target_modules=["c_attn"], lora_bias=True)))
+    expected = gpt2_logits(model)
+    torch.testing.assert_close(gpt2_logits(model.merge_and_unload()), expected, atol=1e-4, rtol=0)
+
+
+def test_the_bias_trains():
+    model = biased()
+    model(X, IMG)[0].sum().backward()
+    assert model.base_model.model.lin0.lora_B["default"].bias.grad.abs().sum() > 0
