@@ -85,6 +85,12 @@ def test_rank_pattern_names_the_parameter_and_llama4_moves_both_ways(tmp_path):
     assert saved[f"{prefix}.lora_A.weight"].shape == (2 * 4, 16)
 
 
+def test_bfloat16_experts_give_peft_s_outputs_exactly(tmp_path):
+    saved = assert_moves_both_ways(lambda: mixtral().to(torch.bfloat16), logits, tmp_path, atol=0.0, target_modules=[],
+                                   target_parameters=EXPERTS, init_lora_weights=False, r=2)
+    assert all(t.dtype == torch.float32 for t in saved.values())  # adapters stay float32 on a half base, as peft
+
+
 def test_layout_is_per_expert_low_rank():
     model = adapted()
     outer = experts(model)
