@@ -57,7 +57,8 @@ class MergeMixin:
         uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         for layer in layers:
             w = getattr(layer.base_layer, "weight", None)  # None: a layer on another parameter (MoE experts)
-            if w is not None and uses[id(w)] > 1 and any(n in layer.adapter_names and n not in layer.merged_adapters for n in names):
+            unmerged = any(n in layer.adapter_names and n not in layer.merged_adapters for n in names)
+            if w is not None and uses[id(w)] > 1 and unmerged:
                 layer.base_layer.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
                 warnings.warn(f"{layer.key!r} shares its weight with another module (tied embeddings); merging unties it")
                 if getattr(getattr(model, "config", None), "tie_word_embeddings", False):

@@ -62,10 +62,10 @@ def iter_plain_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str
     for name, child in model.named_children():
         key = f"{prefix}.{name}" if prefix else name
         yield key, child
-        inner = child
+        inner, inner_key = child, key
         while isinstance(inner, AdapterLayer) and isinstance(inner.base_layer, AdapterLayer):
-            inner, key = inner.base_layer, f"{key}.base_layer"
-            yield key, inner
+            inner, inner_key = inner.base_layer, f"{inner_key}.base_layer"
+            yield inner_key, inner
         if not isinstance(child, (AdapterLayer, ModulesToSaveWrapper)):
             yield from iter_plain_modules(child, key)
 
