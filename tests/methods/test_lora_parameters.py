@@ -206,3 +206,15 @@ def test_config_written_by_peft_is_read(tmp_path):
     peft.LoraConfig(target_modules=[], target_parameters=EXPERTS, r=4).save_pretrained(tmp_path)
     config = pk.PeftConfig.from_pretrained(tmp_path)
     assert config.target_parameters == EXPERTS and not config.target_modules
+
+
+def test_a_module_called_with_keywords_only_works():
+    model = adapted()
+    hidden = torch.randn(5, 16)
+    top_k_index, top_k_weights = torch.tensor([[0, 1]] * 5), torch.full((5, 2), 0.5)
+    layer = experts(model)
+    with torch.no_grad():
+        adapted_out = layer(hidden_states=hidden, top_k_index=top_k_index, top_k_weights=top_k_weights)
+        with model.disable_adapter():
+            base_out = layer(hidden_states=hidden, top_k_index=top_k_index, top_k_weights=top_k_weights)
+    assert not torch.allclose(adapted_out, base_out)

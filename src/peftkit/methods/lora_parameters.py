@@ -108,7 +108,7 @@ class LoraParameter(WeightMergeMixin, LoraLayer):
     def lowrank_weight(self, adapter_name: str) -> torch.Tensor:
         b, a = self.expert_factors(adapter_name)
         delta = torch.bmm(b, a) * self.scaling[adapter_name]  # (E, out, in)
-        experts, _, _, transposed = self.layout()
+        *_, transposed = self.layout()
         if len(self.base_weight_info()[0]) == 2:
             return delta[0]
         return delta.transpose(1, 2) if transposed else delta
@@ -116,7 +116,7 @@ class LoraParameter(WeightMergeMixin, LoraLayer):
     def adapted_weight(self, names: list[str]) -> torch.Tensor:
         """The parameter plus the updates of ``names``, in its dtype, differentiable in A and B."""
         weight = self.base_weight()
-        _, _, _, transposed = self.layout()
+        *_, transposed = self.layout()
         for name in names:
             b, a = (t.to(weight.dtype) for t in self.expert_factors(name))
             s = self.scaling[name]
@@ -132,12 +132,12 @@ class LoraParameter(WeightMergeMixin, LoraLayer):
     def delta(self, adapter_name: str, x: torch.Tensor, base_out: torch.Tensor | None = None) -> torch.Tensor:
         raise AdapterError(f"LoRA on {self.key}.{self.parameter_name} changes a weight; it has no additive output")
 
-    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # any signature: the module's own forward runs
         names = self.adapters_to_apply(f"LoRA on parameters ({self.key}.{self.parameter_name})")
         if not names:
-            return self.base_layer(x, *args, **kwargs)
+            return self.base_layer(*args, **kwargs)
         with shadowed(self.holder(), self.parameter_name, self.adapted_weight(names)):
-            return self.base_layer(x, *args, **kwargs)
+            return self.base_layer(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"parameter_name={self.parameter_name!r}, {super().extra_repr()}"
