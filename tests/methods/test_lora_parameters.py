@@ -218,3 +218,9 @@ def test_a_module_called_with_keywords_only_works():
         with model.disable_adapter():
             base_out = layer(hidden_states=hidden, top_k_index=top_k_index, top_k_weights=top_k_weights)
     assert not torch.allclose(adapted_out, base_out)
+
+
+def test_layer_answers_peft_s_attribute_names():
+    inner = experts(adapted()).base_layer
+    assert (inner.parameter_name, inner.num_experts, inner.in_features, inner.out_features) == ("gate_up_proj", 4, 16, 48)
+    assert "parameter_name='gate_up_proj'" in repr(inner) and "in_features=16" in repr(inner)

@@ -81,6 +81,19 @@ class LoraParameter(WeightMergeMixin, LoraLayer):
             "2-D (out, in) weights and 3-D (experts, out, in) expert stacks only"
         )
 
+    # peft's ParamWrapper attributes
+    @property
+    def num_experts(self) -> int:
+        return self.layout()[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.layout()[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.layout()[2]
+
     # ------------------------------------------------------------------ tensors
     def add_adapter(self, adapter_name: str, config: "LoraConfig", key: str) -> None:
         for field, value, allowed in (("lora_dropout", config.lora_dropout, 0.0), ("use_dora", config.use_dora, False),
@@ -140,7 +153,8 @@ class LoraParameter(WeightMergeMixin, LoraLayer):
             return self.base_layer(*args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"parameter_name={self.parameter_name!r}, {super().extra_repr()}"
+        return (f"parameter_name={self.parameter_name!r}, num_experts={self.num_experts}, in_features={self.in_features}, "
+                f"out_features={self.out_features}, {super().extra_repr()}")
 
 
 # ---------------------------------------------------------------------------------- injection
