@@ -435,7 +435,7 @@ def test_peft_reads_config_written_by_peftkit(tmp_path):
         ("use_qalora", False),
         ("loftq_config", {}),
         ("megatron_config", None),
-        ("lora_bias", False),
+        ("ensure_weight_tying", False),
         ("layer_replication", None),
         ("peft_version", "9.9.9"),
         ("auto_mapping", None),
@@ -455,9 +455,9 @@ def test_peft_only_key_at_unused_value_is_dropped_silently(tmp_path, key, value)
     "key, value",
     [
         ("loftq_config", {"loftq_bits": 4}),
-        ("lora_bias", True),
+        ("ensure_weight_tying", True),
         ("layer_replication", [[0, 2]]),
-        ("target_parameters", ["mlp.experts.gate_up_proj"]),
+        ("alora_invocation_tokens", [5, 6]),
         ("trainable_token_indices", [1, 2]),
         ("use_qalora", True),
     ],
@@ -471,10 +471,10 @@ def test_peft_only_key_at_non_default_value_raises_naming_the_key(tmp_path, key,
 
 
 def test_unimplemented_feature_in_a_config_written_by_peft_is_refused(tmp_path):
-    _peft_written(tmp_path / "bias", r=4, target_modules=["q_proj"], lora_bias=True)
+    _peft_written(tmp_path / "replicated", r=4, target_modules=["q_proj"], layer_replication=[[0, 2]])
     with pytest.raises(ConfigError) as info:
-        PeftConfig.from_pretrained(tmp_path / "bias")
-    assert _problem_fields(info.value) == ["lora_bias"]
+        PeftConfig.from_pretrained(tmp_path / "replicated")
+    assert _problem_fields(info.value) == ["layer_replication"]
 
 
 @pytest.mark.parametrize("value", [None, [], {}, False])
@@ -501,11 +501,11 @@ def test_misspelt_key_in_file_suggests_the_field(tmp_path):
 
 def test_all_bad_keys_in_a_file_are_reported_at_once(tmp_path):
     folder = _write_config(
-        tmp_path / "a", {"peft_type": "LORA", "lora_bias": True, "loftq_config": {"loftq_bits": 4}, "mystery": 1}
+        tmp_path / "a", {"peft_type": "LORA", "ensure_weight_tying": True, "loftq_config": {"loftq_bits": 4}, "mystery": 1}
     )
     with pytest.raises(ConfigError) as info:
         PeftConfig.from_pretrained(folder)
-    assert set(_problem_fields(info.value)) == {"lora_bias", "loftq_config", "mystery"}
+    assert set(_problem_fields(info.value)) == {"ensure_weight_tying", "loftq_config", "mystery"}
 
 
 def test_nan_alpha_in_file_is_refused(tmp_path):

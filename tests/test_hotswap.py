@@ -211,3 +211,21 @@ def test_inductor_compiled_model_swaps_to_another_rank_and_alpha_without_recompi
         hotswap_adapter_from_state_dict(compiled, pk.get_peft_model_state_dict(incoming), "default",
                                         incoming.peft_config["default"])
         torch.testing.assert_close(compiled(x), want)  # error_on_recompile: a recompile would raise here
+
+
+@pytest.mark.parametrize("toy", [t for t in TOYS if t.name != "embedding"], ids=lambda t: t.name)
+def test_lora_bias_swaps_with_its_scaling(tmp_path, toy):
+    first = saved_adapter(tmp_path / "a", toy, 0, r=2, lora_alpha=4, lora_bias=True)
+    second = saved_adapter(tmp_path / "b", toy, 1, r=2, lora_alpha=3, lora_bias=True)  # bias folds like B
+    model = pk.PeftModel.from_pretrained(toy.model(), first)
+    hotswap_adapter(model, second, adapter_name="default")
+    with torch.no_grad():
+        torch.testing.assert_close(model(toy.inputs()), fresh_outputs(toy, second))
+
+
+def test_layer_kinds_without_one_factor_pair_are_refused_by_name(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.Conv2d(4, 4, 1))
+    first = pk.get_peft_model(net, pk.LoraConfig(target_modules=["0"], r=2))
+    first.save_pretrained(str(tmp_path / "a"))
+    with pytest.raises(pk.AdapterError, match="grouped convolution.*hotswap"):
+        hotswap_adapter(first, str(tmp_path / "a"), adapter_name="default")

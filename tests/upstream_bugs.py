@@ -76,3 +76,13 @@ PEFT_WEIGHTED_ADAPTER = UpstreamBug(
     reason=f"peft {PEFT}'s add_weighted_adapter / convert_to_lora are wrong for rsLoRA, DoRA, IA3 and some shapes",
     present=PEFT <= Version("0.21.2"),
 )
+
+# peft's LoRA layer for nn.MultiheadAttention adds out_proj's update twice: merge() writes W + dW
+# into out_proj's weight and then calls out_proj.merge(), which adds dW again (unmerge subtracts
+# both, so round trips hide it). Its forward merges and unmerges around every call, so peft's
+# outputs use W + 2 dW for out_proj (open upstream fix: huggingface/peft#3774). peftkit applies
+# dW once; the tests compare with an nn.MultiheadAttention given W + dW instead of with peft.
+PEFT_MHA_OUT_PROJ_TWICE = UpstreamBug(
+    reason=f"peft {PEFT} applies the LoRA update of nn.MultiheadAttention's out_proj twice (huggingface/peft#3774)",
+    present=PEFT <= Version("0.21.2"),
+)

@@ -220,6 +220,11 @@ def _plan(model: "PeftModel", adapter_name: str, incoming: dict[str, torch.Tenso
         a_key, b_key = key_of[id(a)], key_of[id(b)]
         factor_keys |= {a_key, b_key}
         writes += _layer_writes(layer, adapter_name, path, (a_key, a), (b_key, b), incoming, config, source)
+        bias = getattr(layer.lora_B[adapter_name], "bias", None) if hasattr(layer, "lora_B") else None
+        if bias is not None:  # lora_bias: the output gains scaling * b, so b folds like B
+            bias_key = key_of[id(bias)]
+            factor_keys.add(bias_key)
+            writes.append(_bias_write(layer, adapter_name, path, (bias_key, bias), incoming, config, source))
     for key, target in slot.items():
         if key in factor_keys:
             continue
@@ -254,6 +259,18 @@ def _layer_writes(layer: Any, name: str, path: str, a_entry: tuple[str, nn.Param
     if slot_scaling == 0:
         raise AdapterError(f"adapter {name!r} has scaling 0 at {path!r} (lora_alpha=0): nothing can be folded into it")
     return [_Write(a, new_a, rank_axis=0), _Write(b, new_b * (scaling / slot_scaling), rank_axis=1)]
+
+
+def _bias_write(layer: Any, name: str, path: str, entry: tuple[str, nn.Parameter], incoming: dict[str, torch.Tensor],
+                config: PeftConfig, source: str) -> _Write:
+    """``lora_B``'s bias (``lora_bias=True``) scaled into the slot's scaling like B (zeroed with it)."""
+    key, bias = entry
+    if key not in incoming:
+        return _Write(bias, None)
+    a_key = key.removesuffix("lora_B.bias") + "lora_A.weight"
+    rank = incoming[a_key].shape[0] if a_key in incoming else layer.r[name]
+    scaling = incoming_scaling(config, path, rank, source)
+    return _Write(bias, _checked(incoming[key], bias.shape, key, source) * (scaling / layer.scaling[name]))
 
 
 def incoming_scaling(config: PeftConfig, path: str, rank: int, source: str) -> float:

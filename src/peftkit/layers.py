@@ -197,6 +197,11 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
                 self.add_delta_(weight.data, name, 1.0)
             self.merged_adapters.append(name)
 
+    def merge_refusal(self, adapter_name: str) -> Optional[str]:
+        """Why ``adapter_name`` cannot be merged into this layer (checked for every layer before a
+        model-level merge changes anything), or None when it can."""
+        return None
+
     def merge_is_finite(self, adapter_name: str) -> bool:
         """Whether merging ``adapter_name`` leaves every base tensor finite (``safe_merge``'s check);
         layers that merge into something other than ``base_layer.weight`` override it."""
@@ -271,6 +276,17 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
             layer = layer.base_layer
         return layer
 
+    def nests_by_path(self, outer: "AdapterLayer") -> bool:
+        """Whether this layer, wrapped by ``outer``, is keyed at ``outer``'s path + ``.base_layer``
+        (``peft``'s nesting of LoRA wrappers on several parameters of one module, inside one adapter)
+        rather than at the module's own path (a mixed model's stack of different methods)."""
+        return False
+
+    def release_base_layer(self) -> nn.Module:
+        """The wrapped module, to be put back in this layer's place (unload, last adapter deleted);
+        a layer that adapted parts inside it (LoRA on attention's ``out_proj``) restores them first."""
+        return self.base_layer
+
     def enable_adapters(self, enabled: bool) -> None:
         """Turn the adapters of this layer on or off; off, they also stop training (as in peft)."""
         if enabled:
@@ -294,7 +310,10 @@ def layer_stack(module: nn.Module) -> list[AdapterLayer]:
     stack = []
     while isinstance(module, AdapterLayer):
         stack.append(module)
-        module = module.base_layer
+        inner = module.base_layer
+        if isinstance(inner, AdapterLayer) and inner.nests_by_path(module):
+            break  # a layer of its own at <path>.base_layer (see AdapterLayer.nests_by_path)
+        module = inner
     return stack
 
 
@@ -306,10 +325,10 @@ def unwrap_layer(outermost: nn.Module, layer: AdapterLayer) -> nn.Module:
         >>> set_module(model, "lin0", unwrap_layer(model.lin0, emptied_layer))   # doctest: +SKIP
     """
     if outermost is layer:
-        return layer.base_layer
+        return layer.release_base_layer()
     for outer in layer_stack(outermost):
         if outer.base_layer is layer:
-            outer.base_layer = layer.base_layer
+            outer.base_layer = layer.release_base_layer()
             break
     return outermost
 

@@ -31,6 +31,11 @@ class MergeMixin:
         layers = list(self._adapter_layers())
         if layers and not self._method().layer_cls.mergeable:
             raise AdapterError(f"{self._method().peft_type} adapters cannot be merged into the base weights")
+        for layer in layers:  # a layer that cannot take an adapter refuses before anything is merged
+            for name in names:
+                reason = name in layer.adapter_names and name not in layer.merged_adapters and layer.merge_refusal(name)
+                if reason:
+                    raise AdapterError(f"{reason}; nothing was merged")
         if safe_merge:
             for layer in layers:
                 for name in names:
@@ -55,8 +60,9 @@ class MergeMixin:
         uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
         for layer in layers:
             base = layer.get_base_layer()
-            w = base.weight
-            if uses[id(w)] > 1 and any(n in layer.adapter_names and n not in layer.merged_adapters for n in names):
+            w = getattr(base, "weight", None)  # None: a layer on another parameter (MoE experts)
+            unmerged = any(n in layer.adapter_names and n not in layer.merged_adapters for n in names)
+            if w is not None and uses[id(w)] > 1 and unmerged:
                 base.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
                 warnings.warn(f"{layer.key!r} shares its weight with another module (tied embeddings); merging unties it")
                 if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
@@ -99,9 +105,12 @@ class MergeMixin:
         """Remove every adapter layer without merging and return the base model. Saved modules
         (``modules_to_save``) keep the active adapter's trained copy, as in ``peft``."""
         model = self.get_base_model()
-        for key, module in list(self._adapter_modules()):
+        for key, module in reversed(list(self._adapter_modules())):  # nested layers: the inner one first
             if isinstance(module, AdapterLayer):
-                set_module(model, key, module.get_base_layer())  # the original module, under any stack
+                released = module.release_base_layer()  # parts inside restored (attention's out_proj)
+                while isinstance(released, AdapterLayer):  # the original module, under any stack
+                    released = released.release_base_layer()
+                set_module(model, key, released)
             else:
                 keep = module.modules_to_save[module.active_adapter] if module.active_adapter else module.original_module
                 set_module(model, key, keep)

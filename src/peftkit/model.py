@@ -191,7 +191,10 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         model = self.get_base_model()
         if "modules_to_save" in type(config).model_fields:
             self._add_task_heads(config, init_config)
-        if isinstance(config, TargetedConfig):
+        asks_parameters = bool(spec.parameter_targets and spec.parameter_targets(config))
+        if isinstance(config, TargetedConfig) and asks_parameters and not config.target_modules:
+            targets = []  # parameters only (peft: target_modules unset or [])
+        elif isinstance(config, TargetedConfig):
             targets = find_targets(model, config)
             self._check_factories(spec, targets)
             for kind in base_layer_kinds():  # e.g. switch off a quantized backend's inference-only tricks
@@ -205,6 +208,8 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         try:
             for key in targets:
                 self._wrap(spec, key, adapter_name, init_config)
+            if asks_parameters:
+                spec.inject_parameters(model, adapter_name, init_config)
             self._wrap_modules_to_save(adapter_name, config)
             if spec.on_add:
                 spec.on_add(self, adapter_name, init_config)
@@ -276,7 +281,7 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         spec = method_for_config(self.peft_config[adapter_name])
         if spec.on_delete:
             spec.on_delete(self, adapter_name)
-        for key, module in list(self._adapter_modules()):
+        for key, module in reversed(list(self._adapter_modules())):  # nested layers: the inner one first
             module.delete_adapter(adapter_name)
             if not module.adapter_names:
                 replacement = unwrap_layer(get_module(model, key), module) if isinstance(module, AdapterLayer) else module.original_module

@@ -115,6 +115,15 @@ class MethodSpec:
     # stacked on shared modules (get_peft_model(..., mixed=True): peftkit.mixed_model). Methods that
     # rewrite the model's inputs or keep model-level state are not.
     mixable: bool = False
+    # Methods that adapt ``nn.Parameter``s beside (or instead of) modules (LoRA's target_parameters).
+    # ``parameter_targets(config) -> [names]``: the parameters a config asks for ([]: none; then
+    # the config may name no module at all). ``find_parameters(model, config) -> [(module key, name)]``
+    # matches them without changing anything (a TargetError when nothing matches: validation uses it);
+    # ``inject_parameters(model, adapter_name, config) -> [keys]`` wraps them in place (after the
+    # module targets; a failure is rolled back like any other).
+    parameter_targets: Optional[Callable[..., list]] = None
+    find_parameters: Optional[Callable[..., list]] = None
+    inject_parameters: Optional[Callable[..., list]] = None
     # At most this many adapters of the method may be active at once (None: no limit).
     max_active_adapters: Optional[int] = None
     # Why adapters of this method can never be merged into the base weights (None: see layer_cls).

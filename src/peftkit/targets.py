@@ -54,12 +54,22 @@ TASK_HEADS: dict[TaskType, list[str]] = {
 
 def iter_plain_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
     """Like ``named_modules()``, but an adapter layer or saved-module wrapper is yielded as one
-    module: its insides (``base_layer``, ``lora_A``, ...) are never targets themselves."""
+    module: its insides (``base_layer``, ``lora_A``, ...) are never targets themselves. An adapter
+    layer that wraps another one of the same adapter (LoRA on two parameters of one module,
+    :meth:`~peftkit.layers.AdapterLayer.nests_by_path`) is followed by the inner one, at
+    ``<key>.base_layer``; layers a mixed model stacked on one module are not (see iter_adapter_modules)."""
     from .layers import AdapterLayer, ModulesToSaveWrapper
 
     for name, child in model.named_children():
         key = f"{prefix}.{name}" if prefix else name
         yield key, child
+        outer, path = child, key
+        while isinstance(outer, AdapterLayer) and isinstance(outer.base_layer, AdapterLayer):
+            inner = outer.base_layer
+            if inner.nests_by_path(outer):
+                path = f"{path}.base_layer"
+                yield path, inner
+            outer = inner  # a mixed model's stack stays under the module's path (iter_adapter_modules)
         if not isinstance(child, (AdapterLayer, ModulesToSaveWrapper)):
             yield from iter_plain_modules(child, key)
 

@@ -145,3 +145,16 @@ def test_check_model_raises_a_config_error_before_anything_loads(tmp_path, monke
     with pytest.raises(ConfigError, match="encoder-decoder"):
         train_from_config(str(config))
     assert not (tmp_path / "runs").exists()
+
+
+def test_target_parameters_are_checked_against_the_models_parameters(tmp_path):
+    from transformers import MixtralConfig
+
+    moe = config_only_dir(tmp_path, MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                                                  num_attention_heads=4, num_key_value_heads=2, num_local_experts=2))
+    adapter = {"lora_dropout": 0.0, "target_modules": [], "target_parameters": ["mlp.experts.gate_up_proj"]}
+    fits = write_config(tmp_path / "fits", model={"name": moe}, adapter=adapter)
+    assert model_problems(load_run_config(fits)) == []  # no module targets needed
+    typo = write_config(tmp_path / "typo", model={"name": moe}, adapter={**adapter, "target_parameters": ["gate_up_prj"]})
+    [(where, message)] = model_problems(load_run_config(typo))
+    assert where == "adapter.target_parameters" and "gate_up_prj" in message

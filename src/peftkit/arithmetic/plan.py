@@ -160,7 +160,8 @@ def _has_factors(part: Part) -> bool:
 
 def _why_no_factors(part: Part) -> str:
     if _defines(part.layer, "lowrank_factors"):
-        return "a DoRA adapter (its change rescales the weight's rows, it is no product B @ A)"
+        return ("a DoRA adapter, or one with lora_bias, or on a layer kind without one B @ A (grouped convolution, "
+                "attention, parameters): its change is no product B @ A alone")
     return f"a {type(part.layer).__name__}, which has no LoRA factors A and B"
 
 
@@ -194,6 +195,10 @@ def choose_kind(model: "PeftModel", opts: Options, modules: list[ModuleParts], a
 def _dense(modules: list[ModuleParts], ctype: str) -> str:
     for module in modules:
         for part in module.parts:
+            refusal = getattr(part.layer, "factor_layout_refusal", None)  # e.g. MoE experts, attention
+            if refusal:
+                raise AdapterError(f"combination_type={ctype!r} cannot combine adapter {part.name!r} at module "
+                                   f"{module.key!r}: {refusal}, so its change is no single LoRA update of one weight")
             if not _defines(part.layer, "delta_weight"):
                 raise AdapterError(f"combination_type={ctype!r} needs each adapter's weight change, but adapter "
                                    f"{part.name!r} at module {module.key!r} ({type(part.layer).__name__}) has none")

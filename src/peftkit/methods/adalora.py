@@ -26,6 +26,7 @@ from pydantic import field_validator
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
 from .adalora_allocator import RankAllocator
+from .adalora_conv import AdaLoraConv2d
 from .adalora_layers import AdaLoraLinear
 from .lora import LoraConfig
 from .lora_layers import is_conv1d
@@ -120,6 +121,10 @@ class AdaLoraConfig(LoraConfig):
         if self.target_r > self.init_r:
             problems.append(("target_r", f"is larger than init_r ({self.target_r} > {self.init_r}); AdaLoRA only "
                                          "removes ranks, so set target_r <= init_r"))
+        if self.target_parameters:
+            problems.append(("target_parameters", "AdaLoRA adapts modules only (LoRA takes parameters); remove it"))
+        if self.lora_bias:
+            problems.append(("lora_bias", "AdaLoRA layers have no bias on lora_B (peft ignores the flag); set lora_bias=False"))
         if getattr(self, "use_dora", False):
             problems.append(("use_dora", "AdaLoRA does not support DoRA (neither does peft); remove it"))
         if self.orth_reg_weight < 0:
@@ -281,6 +286,7 @@ ADALORA = register_method(
             *quantized_factories(AdaLoraLinear, _linear_factory),
             LayerFactory("nn.Linear", lambda m: isinstance(m, nn.Linear), _linear_factory),
             LayerFactory("transformers Conv1D", is_conv1d, _linear_factory),
+            LayerFactory("nn.Conv2d", lambda m: isinstance(m, nn.Conv2d), AdaLoraConv2d),
         ],
         on_step_end=_on_step_end,
         extra_loss=orthogonal_regularization,

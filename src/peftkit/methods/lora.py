@@ -5,7 +5,7 @@ OLoRA / Gaussian initialisations. The config mirrors ``peft.LoraConfig``; the la
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import torch.nn as nn
 from pydantic import field_validator
@@ -14,7 +14,10 @@ from ..config import ANY_VALUE, PeftConfig, TargetedConfig, finite_number, mappi
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
 from .lora_conversion import convert_mutated_init
-from .lora_layers import LoraConv, LoraEmbedding, LoraLayer, LoraLinear, is_conv1d
+from .lora_conv import LoraConv
+from .lora_layers import LoraEmbedding, LoraLayer, LoraLinear, is_conv1d
+from .lora_mha import LoraMultiheadAttention
+from .lora_parameters import find_parameters, inject_parameters, parameter_targets
 
 InitLoraWeights = Union[bool, str]
 
@@ -36,12 +39,11 @@ class LoraConfig(TargetedConfig):
         "megatron_core": ANY_VALUE,
         "qalora_group_size": ANY_VALUE,
         "use_qalora": False,
-        "lora_bias": False,
         "ensure_weight_tying": False,
         **{k: None for k in (
             "megatron_config", "trainable_token_indices", "loftq_config", "eva_config", "corda_config",
             "lora_ga_config", "velora_config", "alora_invocation_tokens", "monteclora_config",
-            "layer_replication", "target_parameters", "use_bdlora", "arrow_config", "kasa_config",
+            "layer_replication", "use_bdlora", "arrow_config", "kasa_config",
         )},
     }
 
@@ -56,6 +58,10 @@ class LoraConfig(TargetedConfig):
     init_lora_weights: InitLoraWeights = True
     rank_pattern: dict[str, int] = {}
     alpha_pattern: dict[str, Union[int, float]] = {}
+    # a trainable bias on lora_B, merged into the base bias (peftkit.methods.lora_bias)
+    lora_bias: bool = False
+    # LoRA on nn.Parameters, e.g. 3-D MoE expert weights (peftkit.methods.lora_parameters)
+    target_parameters: Optional[list[str]] = None
 
     @field_validator("r", mode="before")
     @classmethod
@@ -101,6 +107,20 @@ class LoraConfig(TargetedConfig):
             raise ValueError("every rank must be a positive integer")
         return value
 
+    def check(self) -> list[tuple[str, str]]:
+        problems = super().check()
+        if self.lora_bias and self.init_lora_weights not in (True, False):
+            problems.append(("lora_bias", f"needs init_lora_weights True or False (as in peft), got "
+                                          f"{self.init_lora_weights!r}; set lora_bias=False or change the init"))
+        if self.target_parameters:
+            for field, value, allowed in (("lora_dropout", self.lora_dropout, 0.0), ("use_dora", self.use_dora, False),
+                                          ("lora_bias", self.lora_bias, False)):
+                if value != allowed:
+                    problems.append((field, f"must be {allowed!r} with target_parameters (LoRA on a parameter changes "
+                                            "the weight and never sees the input, as in peft)"))
+        if self.lora_bias and self.use_dora:
+            problems.append(("lora_bias", "is not available with DoRA (as in peft); set lora_bias=False or use_dora=False"))
+        return problems
 
     def for_loading(self) -> "LoraConfig":
         # PiSSA/OLoRA would rewrite the base weights and run an SVD for values about to be replaced.
@@ -135,9 +155,13 @@ LORA = register_method(
             LayerFactory("nn.Linear", lambda m: isinstance(m, nn.Linear), _linear_factory),
             LayerFactory("transformers Conv1D", is_conv1d, _linear_factory),
             LayerFactory("nn.Embedding", lambda m: isinstance(m, nn.Embedding), LoraEmbedding),
+            LayerFactory("nn.MultiheadAttention", lambda m: isinstance(m, nn.MultiheadAttention), LoraMultiheadAttention),
             LayerFactory(
                 "nn.Conv1d/Conv2d/Conv3d", lambda m: isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)), LoraConv
             ),
         ],
+        parameter_targets=parameter_targets,
+        find_parameters=find_parameters,
+        inject_parameters=inject_parameters,
     )
 )

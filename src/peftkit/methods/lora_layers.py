@@ -24,6 +24,7 @@ from ..kernels.dora import dora_fast_path_applies, dora_linear
 from ..layers import AdapterLayer, rows_for_batch
 from ..targets import pattern_value
 from .dora import MAGNITUDE, DoraMixin, dora_delta, init_magnitude, weight_norm
+from .lora_bias import check_lora_bias, merged_lora_bias
 
 if TYPE_CHECKING:
     from .lora import LoraConfig
@@ -48,9 +49,11 @@ class LoraLayer(DoraMixin, AdapterLayer):
     """Shared LoRA bookkeeping: rank, alpha and scaling per adapter (DoRA from :class:`DoraMixin`)."""
 
     adapter_param_names = ("lora_A", "lora_B", MAGNITUDE)
-    adapter_setting_names = ("r", "lora_alpha", "scaling", "use_rslora", "lora_dropout")
+    adapter_setting_names = ("r", "lora_alpha", "scaling", "use_rslora", "lora_dropout", "lora_bias")
     # What holds one adapter's tensor: a module (nn.Linear, nn.Conv2d) or a bare nn.Parameter.
     tensor_holder: type[nn.Module] = nn.ModuleDict
+    # Whether this layer type can give lora_B a bias (LoraConfig.lora_bias; peft: not embeddings).
+    supports_lora_bias: bool = True
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: "LoraConfig", key: str):
         super().__init__(base_layer, key)
@@ -63,10 +66,13 @@ class LoraLayer(DoraMixin, AdapterLayer):
         self.lora_alpha: dict[str, float] = {}
         self.scaling: dict[str, float] = {}
         self.use_rslora: dict[str, bool] = {}
+        self.lora_bias: dict[str, bool] = {}
         self.add_adapter(adapter_name, config, key)
 
     def add_adapter(self, adapter_name: str, config: "LoraConfig", key: str) -> None:
         self._check_dora(config, key)
+        check_lora_bias(self, config, key)
+        self.lora_bias[adapter_name] = bool(config.lora_bias)  # create_tensors reads it
         r = pattern_value(config.rank_pattern, key, config.r)
         alpha = pattern_value(config.alpha_pattern, key, config.lora_alpha)
         self.r[adapter_name] = r
@@ -138,6 +144,33 @@ class LoraLayer(DoraMixin, AdapterLayer):
                 f"({type(self.base_layer).__name__}); exclude it or use True / 'gaussian'"
             )
         nn.init.zeros_(self.lora_B[adapter_name].weight)
+        if self.lora_bias.get(adapter_name):
+            nn.init.zeros_(self.lora_B[adapter_name].bias)  # the adapter starts as a no-op, bias included
+
+    # ---- lora_bias: lora_B's bias merges into the base layer's bias (peft's rule: never creates one)
+    def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        names = self.active_adapters if adapter_names is None else list(adapter_names)
+        todo = [n for n in names if n in self.adapter_names and n not in self.merged_adapters]
+        new_bias = merged_lora_bias(self, todo, sign=1.0, check_finite=safe_merge)
+        super().merge(names, safe_merge)
+        if new_bias is not None:
+            self.base_layer.bias.data.copy_(new_bias)
+
+    def unmerge(self) -> None:
+        new_bias = merged_lora_bias(self, list(self.merged_adapters), sign=-1.0, check_finite=False)
+        super().unmerge()
+        if new_bias is not None:
+            self.base_layer.bias.data.copy_(new_bias)
+
+    def merge_refusal(self, adapter_name: str) -> str | None:
+        if self.lora_bias.get(adapter_name) and getattr(self.base_layer, "bias", None) is None:
+            return (f"adapter {adapter_name!r} has lora_bias=True but {self.key!r} has no bias to merge it into "
+                    "(peft refuses this too); keep the adapter unmerged")
+        return super().merge_refusal(adapter_name)
+
+    def merge_is_finite(self, adapter_name: str) -> bool:
+        bias = merged_lora_bias(self, [adapter_name], sign=1.0, check_finite=False)
+        return super().merge_is_finite(adapter_name) and (bias is None or bool(torch.isfinite(bias).all()))
 
     def delta(self, adapter_name: str, x: torch.Tensor, base_out: torch.Tensor | None = None) -> torch.Tensor:
         """What the adapter adds to the base output; DoRA adapters use ``base_out`` (the running
@@ -160,15 +193,23 @@ class LoraLayer(DoraMixin, AdapterLayer):
         """``scaling * B A`` in the base weight's layout (plain LoRA's merge delta)."""
 
     # ---- the adapter as a product of (units, K) rows: adapter arithmetic (peftkit.arithmetic) and hotswap
+    # Why this layer kind's A and B are no plain (r, ...) / (..., r, ...) pair that hotswap can pad
+    # and swap (None: they are); the layer kinds with experts, grouped or two projections set it.
+    factor_layout_refusal: str | None = None
+
     def lowrank_parameters(self, adapter_name: str) -> tuple[nn.Parameter, nn.Parameter]:
         """The stored A and B tensors; the rank is A's first axis and B's second in every layer type."""
+        if self.factor_layout_refusal:
+            raise AdapterError(f"{self.key!r}: {self.factor_layout_refusal}; hotswap and rank padding are not "
+                               "available for it (load the adapter with load_adapter instead)")
         params = [p for _, p in self.adapter_parameters(adapter_name)]
         return params[0], params[1]
 
     def lowrank_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
         """``(B, A, scaling)`` with B, A as ``(units, r)`` and ``(r, K)`` rows (``weight_rows`` of the
-        delta is ``scaling * B @ A``), or None for a DoRA adapter, whose change is not that product."""
-        if adapter_name in self.lora_magnitude_vector:
+        delta is ``scaling * B @ A``), or None for a DoRA adapter or one with a ``lora_bias``, whose
+        change is not that product alone."""
+        if adapter_name in self.lora_magnitude_vector or self.lora_bias.get(adapter_name):
             return None
         try:
             _, a, b = self.dora_rows(adapter_name)
@@ -208,6 +249,8 @@ class LoraLinear(LoraLayer):
         p = drop.p if isinstance(drop, nn.Dropout) else 0.0
         a = modules["lora_A"]._modules[name]._parameters["weight"]
         b = modules["lora_B"]._modules[name]._parameters["weight"]
+        if modules["lora_B"]._modules[name]._parameters["bias"] is not None:
+            return super().forward(x)  # lora_bias: the fused kernel has no bias term for B
         if name in modules["lora_magnitude_vector"]._modules:
             base = modules["base_layer"]
             if self._dora_fast_path_applies(x, name, base):
@@ -246,8 +289,9 @@ class LoraLinear(LoraLayer):
         plan = None
         if not args and not kwargs and not self.merged_adapters:
             plan = multi_lora.row_plan(tuple(names), frozenset(self.adapter_names), x.device)
-        special = getattr(self, "lora_magnitude_vector", {})  # DoRA adapters take the generic path
-        if (plan is None or plan.padding > multi_lora.MAX_PADDING or any(n in special for n in plan.names)
+        special = getattr(self, "lora_magnitude_vector", {})  # DoRA / lora_bias adapters take the generic path
+        if (plan is None or plan.padding > multi_lora.MAX_PADDING
+                or any(n in special or self.lora_bias.get(n) for n in plan.names)
                 or (self.training and any(isinstance(self.lora_dropout[n], nn.Dropout) for n in plan.names))):
             return super()._forward_mixed(x, *args, **kwargs)
         weights = [(self.lora_A[n].weight, self.lora_B[n].weight, self.scaling[n]) for n in plan.names]
@@ -262,7 +306,7 @@ class LoraLinear(LoraLayer):
     def create_tensors(self, adapter_name: str, r: int) -> None:
         in_features, out_features = self.in_out
         self.lora_A[adapter_name] = nn.Linear(in_features, r, bias=False)
-        self.lora_B[adapter_name] = nn.Linear(r, out_features, bias=False)
+        self.lora_B[adapter_name] = nn.Linear(r, out_features, bias=self.lora_bias[adapter_name])
 
     def init_tensors(self, adapter_name: str, init: bool | str) -> None:
         if isinstance(init, str) and (init == "olora" or init.startswith("pissa")):
@@ -336,6 +380,7 @@ class LoraEmbedding(LoraLayer):
 
     adapter_param_names = ("lora_embedding_A", "lora_embedding_B", MAGNITUDE)
     tensor_holder = nn.ParameterDict
+    supports_lora_bias = False  # the tables are bare parameters (peft refuses it too)
     supports_dora = True  # one magnitude per embedding dimension (a column of the table), as peft
 
     def create_tensors(self, adapter_name: str, r: int) -> None:
@@ -374,46 +419,3 @@ class LoraEmbedding(LoraLayer):
 
     def dora_base(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_layer(x)
-
-
-class LoraConv(LoraLayer):
-    """LoRA on ``nn.Conv1d/2d/3d``: A is a convolution with the base kernel, stride and padding
-    down to ``r`` channels, B a pointwise convolution back up."""
-
-    def __init__(self, base_layer: nn.Module, adapter_name: str, config: "LoraConfig", key: str):
-        if base_layer.groups != 1 or any(d != 1 for d in base_layer.dilation) or isinstance(base_layer.padding, str):
-            raise TargetError(
-                f"LoRA supports convolutions with groups=1, dilation=1 and numeric padding; {key!r} "
-                f"({base_layer}) is not one: exclude it with exclude_modules"
-            )
-        super().__init__(base_layer, adapter_name, config, key)
-
-    def create_tensors(self, adapter_name: str, r: int) -> None:
-        conv = self.base_layer
-        conv_cls = type(conv)
-        ones = (1,) * (conv.weight.dim() - 2)
-        self.lora_A[adapter_name] = conv_cls(conv.in_channels, r, conv.kernel_size, conv.stride, conv.padding, bias=False)
-        self.lora_B[adapter_name] = conv_cls(r, conv.out_channels, ones, ones, bias=False)
-
-    def lowrank_weight(self, adapter_name: str) -> torch.Tensor:
-        a = self.lora_A[adapter_name].weight  # (r, in, *kernel)
-        b = self.lora_B[adapter_name].weight.flatten(1)  # (out, r)
-        return torch.einsum("or,ri...->oi...", b, a) * self.scaling[adapter_name]
-
-    supports_dora = True  # one magnitude per output channel, shaped (1, out, 1, ...) as peft
-
-    def dora_rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        flat = (self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight)
-        return tuple(t.flatten(1) for t in flat)
-
-    def dora_unit_view(self, vec: torch.Tensor) -> torch.Tensor:
-        return vec.reshape(1, -1, *([1] * (self.base_layer.weight.dim() - 2)))
-
-    def dora_weight_layout(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows.reshape(self.base_layer.weight.shape)
-
-    def weight_rows(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor.flatten(1)
-
-    def dora_base(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer._conv_forward(x, self.base_layer.weight.to(x.dtype), None)

@@ -52,6 +52,9 @@ DESCRIPTIONS = {
     "adapter.fan_in_fan_out": "The base weight is stored (in, out), as in GPT-2's Conv1D; set for you there.",
     "adapter.rank_pattern": "Per-module ranks overriding r: `{regex or name: rank}`.",
     "adapter.alpha_pattern": "Per-module lora_alpha overriding it: `{regex or name: alpha}`.",
+    "adapter.lora_bias": "Give lora_B a trainable bias (saved as `lora_B.bias`; merged into the base layer's bias).",
+    "adapter.target_parameters": "Parameters to adapt directly, e.g. MoE expert weights "
+                                 "`[mlp.experts.gate_up_proj, mlp.experts.down_proj]` (full names or dotted tails).",
     # data
     "data.train": "Training rows: a .jsonl/.json/.csv/.parquet file, a saved dataset folder, or a hub dataset id.",
     "data.eval": "Evaluation rows in the same format (optional; see eval_fraction).",

@@ -101,16 +101,26 @@ def target_problems(cfg: Any, info: TaskInfo, config: Any) -> list[Problem]:
     """``adapter.target_modules`` and friends against the model's module names (meta device):
     ``target_problems(cfg, TASK_INFO["sft"], config)`` -> ``[("adapter.target_modules", "...")]``."""
     from ..config import TargetedConfig
+    from ..registry import method_for_config
     from ..targets import find_targets
 
     adapter = cfg.adapter_config()
     if not isinstance(adapter, TargetedConfig):
         return []  # prompt methods attach to the model's inputs, not to its modules
-    try:
-        find_targets(_meta_model(info, config), adapter)
-    except TargetError as e:
-        return [("adapter.target_modules", str(e))]
-    return []
+    spec = method_for_config(adapter)
+    asks_parameters = bool(spec.parameter_targets and spec.parameter_targets(adapter))
+    model, problems = _meta_model(info, config), []
+    if adapter.target_modules or not asks_parameters:  # a config may adapt parameters only
+        try:
+            find_targets(model, adapter)
+        except TargetError as e:
+            problems.append(("adapter.target_modules", str(e)))
+    if asks_parameters:
+        try:
+            spec.find_parameters(model, adapter)
+        except TargetError as e:
+            problems.append(("adapter.target_parameters", str(e)))
+    return problems
 
 
 def model_problems(cfg: Any) -> list[Problem]:

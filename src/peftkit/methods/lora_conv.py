@@ -1,0 +1,100 @@
+"""LoRA on ``nn.Conv1d/2d/3d``, grouped convolutions included (``peft``'s layout).
+
+``lora_A`` is a convolution with the base kernel, stride and padding from all input channels down
+to ``r``; ``lora_B`` a pointwise convolution back up to the output channels, with the base layer's
+``groups``. For a grouped base (``groups > 1``, depthwise ones too) ``r`` must be a multiple of
+``groups``, and the adapter cannot be merged: A mixes every input channel, so ``B * A`` has no
+grouped kernel that the base weight could absorb (``peft`` refuses it too). DoRA's norms need that
+kernel as well, so grouped layers take plain LoRA only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+
+from ..errors import AdapterError, TargetError
+from .lora_layers import LoraLayer
+
+if TYPE_CHECKING:
+    from .lora import LoraConfig
+
+
+class LoraConv(LoraLayer):
+    """LoRA on ``nn.Conv1d/2d/3d`` (see the module docstring for grouped convolutions)."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: "LoraConfig", key: str):
+        if any(d != 1 for d in base_layer.dilation) or isinstance(base_layer.padding, str):
+            raise TargetError(
+                f"LoRA supports convolutions with dilation=1 and numeric padding; {key!r} "
+                f"({base_layer}) is not one: exclude it with exclude_modules"
+            )
+        self.grouped = base_layer.groups > 1
+        super().__init__(base_layer, adapter_name, config, key)
+
+    @property
+    def factor_layout_refusal(self) -> str | None:
+        return "a grouped convolution's lora_B holds r / groups channels per group" if self.grouped else None
+
+    @property
+    def supports_dora(self) -> bool:  # one magnitude per output channel, shaped (1, out, 1, ...) as peft
+        return not self.grouped
+
+    def create_tensors(self, adapter_name: str, r: int) -> None:
+        conv = self.base_layer
+        if r % conv.groups:
+            raise TargetError(
+                f"r={r} on {self.key!r}: a convolution with groups={conv.groups} needs a rank that is a multiple of "
+                f"groups (as in peft); set r (or rank_pattern for this module) to a multiple of {conv.groups}, "
+                "or exclude the module"
+            )
+        conv_cls = type(conv)
+        ones = (1,) * (conv.weight.dim() - 2)
+        self.lora_A[adapter_name] = conv_cls(conv.in_channels, r, conv.kernel_size, conv.stride, conv.padding, bias=False)
+        self.lora_B[adapter_name] = conv_cls(r, conv.out_channels, ones, ones, groups=conv.groups,
+                                             bias=self.lora_bias[adapter_name])
+
+    def _grouped_refusal(self, what: str) -> str | None:
+        if not self.grouped:
+            return None
+        return (f"{what} is not available for {self.key!r}, a convolution with groups={self.base_layer.groups}: "
+                "its LoRA update has no grouped kernel (peft refuses this too); keep the adapter unmerged")
+
+    def _refuse_grouped(self, what: str) -> None:
+        reason = self._grouped_refusal(what)
+        if reason:
+            raise AdapterError(reason)
+
+    def merge_refusal(self, adapter_name: str) -> str | None:
+        return self._grouped_refusal("merging") or super().merge_refusal(adapter_name)
+
+    def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        if any(n in self.adapter_names for n in (self.active_adapters if adapter_names is None else adapter_names)):
+            self._refuse_grouped("merging")
+        super().merge(adapter_names, safe_merge)
+
+    def lowrank_weight(self, adapter_name: str) -> torch.Tensor:
+        self._refuse_grouped("a merged weight (merge, delta_weight, adapter arithmetic)")
+        a = self.lora_A[adapter_name].weight  # (r, in, *kernel)
+        b = self.lora_B[adapter_name].weight.flatten(1)  # (out, r)
+        return torch.einsum("or,ri...->oi...", b, a) * self.scaling[adapter_name]
+
+    def dora_rows(self, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.grouped:
+            raise NotImplementedError  # no (units, K) row form: lowrank_factors() gives None
+        flat = (self.base_layer.weight, self.lora_A[name].weight, self.lora_B[name].weight)
+        return tuple(t.flatten(1) for t in flat)
+
+    def dora_unit_view(self, vec: torch.Tensor) -> torch.Tensor:
+        return vec.reshape(1, -1, *([1] * (self.base_layer.weight.dim() - 2)))
+
+    def dora_weight_layout(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.reshape(self.base_layer.weight.shape)
+
+    def weight_rows(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.flatten(1)
+
+    def dora_base(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer._conv_forward(x, self.base_layer.weight.to(x.dtype), None)
