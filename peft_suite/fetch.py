@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -88,6 +89,7 @@ def fetch(version: str | None = None) -> Path:
 def _unpack_tests(sdist: Path, target: Path, prefix: str) -> None:
     """Extract only ``tests/`` of the sdist, refusing members that would land outside ``target``."""
     staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted earlier fetch
     with tarfile.open(sdist) as archive:
         members = [m for m in archive.getmembers() if m.name.startswith(prefix) and (m.isfile() or m.isdir())]
         if not members:

@@ -1,7 +1,8 @@
-"""pytest plugin for running peft's tests against peftkit: classify each test, skip the ones that
+"""pytest plugin for running peft's tests against peftkit: classify each test, leave out the ones that
 do not apply without running them, and write one JSON line per test to ``$PEFT_SUITE_RESULTS``.
 
-Each line: ``{"nodeid", "file", "method", "outcome": "passed"|"failed"|"na", "reason", "seconds"}``.
+Each line: ``{"nodeid", "file", "method", "outcome": "passed"|"failed"|"na", "reason", "seconds"}``;
+tests that do not apply are recorded at collection and deselected, the others when they finish.
 Loaded by ``peft_suite.run`` with ``-p peft_suite.plugin``.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,15 @@ import pytest
 from .classify import method_of, runtime_not_applicable, static_not_applicable
 from .differences import deliberate_difference
 
-_NA_KEY = pytest.StashKey[str]()
 _RECORD_KEY = pytest.StashKey[dict]()
+
+
+def in_sample(nodeid: str) -> bool:
+    """Whether a test is in the fixed 1-in-``$PEFT_SUITE_SAMPLE`` sample of the applicable tests
+    (all of them when unset): chosen by a hash of the test id, so every run and every peftkit
+    version measures the same tests."""
+    every = int(os.environ.get("PEFT_SUITE_SAMPLE") or 1)
+    return every <= 1 or zlib.crc32(nodeid.encode()) % every == 0
 
 
 def _params(item: pytest.Item) -> dict[str, Any]:
@@ -26,15 +35,28 @@ def _params(item: pytest.Item) -> dict[str, Any]:
     return dict(callspec.params) if callspec is not None else {}
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m have deselected what the run leaves out
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Classify every test; record the ones that do not apply and drop them from the run (most of
+    peft's parametrized cases are other methods': running them only to skip them costs minutes)."""
+    kept, dropped, unsampled = [], [], []
     for item in items:
         params = _params(item)
         reason = static_not_applicable(params, item.nodeid) or deliberate_difference(item.nodeid)
-        item.stash[_RECORD_KEY] = {"nodeid": item.nodeid, "file": item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1],
-                                   "method": method_of(params, item.nodeid), "outcome": None, "reason": "", "seconds": 0.0}
+        if not reason and not in_sample(item.nodeid):
+            unsampled.append(item)  # not in this run's fixed sample: neither run nor counted
+            continue
+        record = {"nodeid": item.nodeid, "file": item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1],
+                  "method": method_of(params, item.nodeid), "outcome": None, "reason": "", "seconds": 0.0}
         if reason:
-            item.stash[_NA_KEY] = reason
-            item.add_marker(pytest.mark.skip(reason=f"peft-suite: {reason}"))
+            _write({**record, "outcome": "na", "reason": reason})
+            dropped.append(item)
+        else:
+            item.stash[_RECORD_KEY] = record
+            kept.append(item)
+    if dropped or unsampled:
+        config.hook.pytest_deselected(items=dropped + unsampled)
+        items[:] = kept
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -49,8 +71,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
         reason = runtime_not_applicable(call.excinfo.value) if call.excinfo is not None else None
         record["outcome"], record["reason"] = ("na", reason) if reason else ("failed", _short(report))
     elif report.skipped and record["outcome"] is None:
-        na = item.stash.get(_NA_KEY, None)
-        record["outcome"], record["reason"] = "na", na or f"skipped by peft's suite: {_skip_reason(report)}"
+        record["outcome"], record["reason"] = "na", f"skipped by peft's suite: {_skip_reason(report)}"
     elif report.when == "call" and report.passed and record["outcome"] is None:
         record["outcome"] = "passed"
 

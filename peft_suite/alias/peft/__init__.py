@@ -28,7 +28,10 @@ def _resolve(peft_name: str, entry: Any) -> Any:
     if isinstance(entry, (NA, MISSING)):
         return stand_in(peft_name, entry.why, applicable=isinstance(entry, MISSING))
     module, attribute = entry.split(":")
-    return getattr(importlib.import_module(module), attribute)
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError):  # an older peftkit (--peftkit-at) that lacks the name
+        return stand_in(peft_name, f"{entry} is not in this version of peftkit", applicable=True)
 
 
 def _fill(module: types.ModuleType, entries: dict[str, Any]) -> None:

@@ -77,9 +77,9 @@ TOP_LEVEL = {
 SUBMODULES = {
     "peft.config": {"PeftConfig": "peftkit:PeftConfig"},
     "peft.mapping": {
-        "PEFT_TYPE_TO_CONFIG_MAPPING": MISSING("peftkit has no peft-type -> config class mapping"),
-        "PEFT_TYPE_TO_TUNER_MAPPING": MISSING("peftkit has no tuner classes (one PeftModel for all methods)"),
-        "PEFT_TYPE_TO_PREFIX_MAPPING": MISSING("peftkit has no peft-type -> parameter prefix mapping"),
+        "PEFT_TYPE_TO_CONFIG_MAPPING": "peftkit.mapping:PEFT_TYPE_TO_CONFIG_MAPPING",
+        "PEFT_TYPE_TO_TUNER_MAPPING": "peftkit.mapping:PEFT_TYPE_TO_TUNER_MAPPING",
+        "PEFT_TYPE_TO_PREFIX_MAPPING": "peftkit.mapping:PEFT_TYPE_TO_PREFIX_MAPPING",
     },
     "peft.tuners": {},
     "peft.tuners._buffer_dict": {"BufferDict": "peftkit.methods.vera:BufferDict"},
@@ -114,7 +114,7 @@ SUBMODULES = {
         "AuxiliaryTrainingWrapper": "peftkit:ModulesToSaveWrapper",
         "INCLUDE_LINEAR_LAYERS_SHORTHAND": "peftkit.targets:ALL_LINEAR",
         "TrainableTokensWrapper": NA("peft method TrainableTokens is not in peftkit"),
-        "_get_submodules": MISSING("_get_submodules is not in peftkit"),
+        "_get_submodules": "peftkit.tree:get_submodules",
         "infer_device": "peftkit.devices:infer_device",
     },
     "peft.utils.other": {
