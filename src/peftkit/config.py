@@ -53,6 +53,14 @@ class PeftType(str, Enum):
     BOTTLENECK = "BOTTLENECK"
     BITFIT = "BITFIT"
 
+    # A member reads as its plain value in text (f-strings, str(), file names), as peft's does
+    # when written out; ``.value`` is there for code that asks for it (peft's tests, model cards).
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(str.__str__(self), spec)
+
 
 # Marks a peft-only key whose value never matters (bookkeeping such as "peft_version").
 ANY_VALUE = object()
@@ -243,6 +251,17 @@ class PeftConfig(BaseModel):
         if problems:
             raise ConfigError(f"{source} cannot be loaded as {cls.__name__}:", problems)
         return kept
+
+    @classmethod
+    def from_json_file(cls, path_json_file: str | os.PathLike, **_: Any) -> dict[str, Any]:
+        """The JSON object in ``path_json_file`` as a dict (peft's ``PeftConfig.from_json_file``;
+        build a config from it with :meth:`from_dict`).
+
+        Example:
+            >>> PeftConfig.from_json_file("out/adapter/adapter_config.json")["peft_type"]  # doctest: +SKIP
+            'LORA'
+        """
+        return read_json(str(path_json_file))
 
     @classmethod
     def from_pretrained(

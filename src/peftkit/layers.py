@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import torch
@@ -52,6 +53,18 @@ def group_rows(row_adapters: list[str], batch_size: int, device: torch.device) -
     for i, name in enumerate(rows_for_batch(row_adapters, batch_size)):
         groups.setdefault(name, []).append(i)
     return {name: torch.tensor(rows, device=device) for name, rows in groups.items()}
+
+
+def warn_if_merged_already(layer: "AdapterLayer", names: list[str]) -> None:
+    """peft's warning when a layer that already holds merged adapters is asked to merge again."""
+    if not layer.merged_adapters:
+        return
+    new = [n for n in names if n in layer.adapter_names and n not in layer.merged_adapters]
+    if new:
+        warnings.warn(f"Already following adapters were merged {','.join(layer.merged_adapters)}. "
+                      f"You are now additionally merging {','.join(new)}.")
+    else:
+        warnings.warn("All adapters are already merged, nothing to do.")
 
 
 class _ForwardsToBase(nn.Module):
@@ -175,6 +188,7 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         ``safe_merge`` computes the merged weight on a copy first and refuses NaN/inf.
         """
         names = self.active_adapters if adapter_names is None else adapter_names
+        warn_if_merged_already(self, names)
         weight = self.base_layer.weight
         for name in names:
             if name not in self.adapter_names or name in self.merged_adapters:
@@ -306,16 +320,33 @@ class ModulesToSaveWrapper(_ForwardsToBase):
         if self.active_adapter == adapter_name:
             self.active_adapter = None
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if self.disabled:
-            return self.original_module(x, *args, **kwargs)
-        if self.row_adapters is not None:
-            result = self.original_module(x, *args, **kwargs)
-            for name, rows in group_rows(self.row_adapters, x.shape[0], x.device).items():
-                if name in self.modules_to_save:
-                    part = self.modules_to_save[name](x.index_select(0, rows), *args, **kwargs)
-                    result = result.index_copy(0, rows, part.to(result.dtype))
-            return result
-        if self.active_adapter is None:
-            return self.original_module(x, *args, **kwargs)
-        return self.modules_to_save[self.active_adapter](x, *args, **kwargs)
+    def __getattr__(self, name: str) -> Any:
+        """Attributes the wrapper lacks (``weight``, ``in_features``...) come from the module that
+        computes: the active adapter's trained copy, else (none active, or disabled) the original."""
+        try:
+            return nn.Module.__getattr__(self, name)
+        except AttributeError:
+            if name in ("original_module", "modules_to_save") or name.startswith("__"):
+                raise
+        return getattr(self._computing_module(), name)
+
+    def _computing_module(self) -> nn.Module:
+        active = self.__dict__.get("active_adapter")
+        copies = self._modules.get("modules_to_save")
+        if active is None or self.__dict__.get("disabled") or copies is None or active not in copies:
+            return self._modules["original_module"]
+        return copies[active]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.row_adapters is None or self.disabled:
+            return self._computing_module()(*args, **kwargs)
+        # a mixed batch: rows of the first input (positional or, for keyword-only calls, by keyword)
+        x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+        result = self.original_module(*args, **kwargs)
+        for name, rows in group_rows(self.row_adapters, x.shape[0], x.device).items():
+            if name in self.modules_to_save:
+                rows_args = [a.index_select(0, rows) if a is x else a for a in args]
+                rows_kwargs = {k: v.index_select(0, rows) if v is x else v for k, v in kwargs.items()}
+                part = self.modules_to_save[name](*rows_args, **rows_kwargs)
+                result = result.index_copy(0, rows, part.to(result.dtype))
+        return result

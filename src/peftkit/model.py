@@ -33,6 +33,7 @@ from .targets import (
     name_matches,
     resolve_target_modules,
 )
+from .meta import move_to_meta
 from .tree import get_module, set_module
 
 
@@ -138,6 +139,11 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         return next(iter(self.peft_config.values())).peft_type
 
     @property
+    def active_peft_config(self) -> PeftConfig:
+        """The config of the active adapter (the first one when several are active)."""
+        return self.peft_config[self._active[0]]
+
+    @property
     def modules_to_save(self) -> Optional[set[str]]:
         names = {n for c in self.peft_config.values() for n in (getattr(c, "modules_to_save", None) or [])}
         return names or None
@@ -173,12 +179,31 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     # ------------------------------------------------------------------ adding and removing adapters
-    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
+    def add_adapter(
+        self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False,
+        autocast_adapter_dtype: bool = True,
+    ) -> None:
         """Inject a new (inactive) adapter. Every target is checked before the model is touched,
-        and a failure half-way removes what was added, so errors leave the model as it was."""
-        self._inject(adapter_name, peft_config, peft_config)
+        and a failure half-way removes what was added, so errors leave the model as it was.
 
-    def _inject(self, adapter_name: str, config: PeftConfig, init_config: PeftConfig) -> None:
+        ``low_cpu_mem_usage=True`` creates the adapter's layer tensors on the meta device (no memory)
+        for a state dict to fill (``set_peft_model_state_dict``); ``autocast_adapter_dtype=False``
+        keeps them in the dtype of the layer they adapt instead of float32 (as in peft).
+
+        Example:
+            >>> model.add_adapter("b", pk.LoraConfig(target_modules=["q_proj"]))  # doctest: +SKIP
+        """
+        self._inject(adapter_name, peft_config, peft_config, low_cpu_mem_usage=low_cpu_mem_usage)
+        if not autocast_adapter_dtype:
+            self._cast_adapter_to_base_dtype(adapter_name)
+
+    def _inject(
+        self, adapter_name: str, config: PeftConfig, init_config: PeftConfig, keep_config: bool = False,
+        low_cpu_mem_usage: bool = False,
+    ) -> None:
+        """Wrap the targets; ``peft_config[adapter_name]`` becomes a copy of ``config``, or, with
+        ``keep_config`` (loading: peft keeps the object given to ``from_pretrained(config=...)``),
+        ``config`` itself. ``init_config`` decides how the new tensors are initialised."""
         check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise AdapterError(f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first")
@@ -187,8 +212,15 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         spec = method_for_config(config)
         if self.peft_config and self._method().peft_type != spec.peft_type:
             raise AdapterError(f"this model holds {self._method().peft_type} adapters; {spec.peft_type} cannot be added beside them")
+        trainable = [c for c in [*self.peft_config.values(), config] if not c.inference_mode]
+        if spec.max_trainable_adapters is not None and len(trainable) > spec.max_trainable_adapters:
+            raise AdapterError(  # peft's words (its tests match them)
+                f"{type(config).__name__.removesuffix('Config')}Model supports only {spec.max_trainable_adapters} "
+                "trainable adapter. When using multiple adapters, set inference_mode to True for all adapters "
+                "except the one you want to train."
+            )
         same = init_config is config
-        config = config.model_copy(deep=True)
+        config = config if keep_config else config.model_copy(deep=True)
         init_config = config if same else init_config.model_copy(deep=True)
         model = self.get_base_model()
         if "modules_to_save" in type(config).model_fields:
@@ -207,6 +239,9 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         try:
             for key in targets:
                 self._wrap(spec, key, adapter_name, init_config)
+            if low_cpu_mem_usage:  # the values will come from a state dict (peft's low_cpu_mem_usage)
+                move_to_meta(model, [p for _, m in self._adapter_modules() if isinstance(m, AdapterLayer)
+                                     for _, p in m.adapter_parameters(adapter_name)])
             self._wrap_modules_to_save(adapter_name, config)
             if spec.on_add:
                 spec.on_add(self, adapter_name, init_config)
@@ -443,7 +478,9 @@ def get_peft_model(
         )
     if revision is not None and isinstance(peft_config, PeftConfig):
         peft_config = peft_config.model_copy(update={"revision": revision})
-    peft_model = PeftModel._class_for_task(getattr(peft_config, "task_type", None))(model, peft_config, adapter_name)
+    peft_model = PeftModel._class_for_task(getattr(peft_config, "task_type", None))(model, None)
+    peft_model.add_adapter(adapter_name, peft_config, low_cpu_mem_usage=low_cpu_mem_usage)
+    peft_model.set_adapter(adapter_name)
     if not autocast_adapter_dtype:
         peft_model._cast_adapter_to_base_dtype(adapter_name)
     return peft_model

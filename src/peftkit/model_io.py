@@ -12,6 +12,7 @@ import torch.nn as nn
 from . import checkpoint
 from .config import CONFIG_NAME, PeftConfig
 from .errors import AdapterError, CheckpointError
+from .hub import README_NAME
 from .names import check_adapter_name, child_path
 from .staging import staged_folder
 from .untrusted import allocation_limit
@@ -80,6 +81,20 @@ class SaveLoadMixin:
             for folder, config, tensors in outputs:
                 checkpoint.save_adapter_weights(tensors, os.path.join(stage, folder))
                 config.save_pretrained(os.path.join(stage, folder), auto_mapping_dict=self._auto_mapping(config))
+            if not os.path.exists(os.path.join(save_directory, README_NAME)):  # a card the user wrote stays
+                with open(os.path.join(stage, README_NAME), "w", encoding="utf-8") as f:
+                    f.write(self._model_card())
+
+    def _model_card(self, tags: Optional[list[str]] = None) -> str:
+        """The ``README.md`` written beside the adapter, as peft writes one: ``library_name: peft``,
+        the base model (its ``config._name_or_path``; none for a model without a config) and the
+        method as a tag (the Hub shows LoRA adapters' inference widgets for the ``lora`` tag)."""
+        from .hub import model_card
+
+        model_config = getattr(self.get_base_model(), "config", None)
+        base = model_config.to_dict().get("_name_or_path") if hasattr(model_config, "to_dict") else None
+        methods = dict.fromkeys(str(c.peft_type).lower() for c in self.peft_config.values())
+        return model_card(base or None, [*(tags or []), *methods])
 
     def push_to_hub(
         self,
@@ -101,10 +116,9 @@ class SaveLoadMixin:
         Example:
             >>> model.push_to_hub("me/smollm2-contact-lora", private=True)   # doctest: +SKIP
         """
-        from .hub import model_card, push_folder
+        from .hub import push_folder
 
-        first = next(iter(self.peft_config.values()))
-        card = model_card(first.base_model_name_or_path, [*(tags or []), first.peft_type.lower()])
+        card = self._model_card(tags)
         return push_folder(
             self.save_pretrained, repo_id, card=card, commit_message=commit_message or "Upload adapter",
             commit_description=commit_description, private=private, token=token, revision=revision, create_pr=create_pr,
@@ -173,7 +187,7 @@ class SaveLoadMixin:
         limit = sum(t.numel for t in header.values()) + sum(p.numel() for p in self.parameters())
         # Initialisation is skipped (the saved values overwrite it); PiSSA/OLoRA must not touch the base.
         with allocation_limit(limit, f"{path}: adapter {adapter_name!r}"):
-            self._inject(adapter_name, config, config.for_loading())
+            self._inject(adapter_name, config, config.for_loading(), keep_config=True)
         try:
             checkpoint.check_fits_file(self, header, adapter_name, path)
             weights = checkpoint.read_adapter_file(path)

@@ -54,16 +54,15 @@ def inject_adapter_in_model(
     if not isinstance(peft_config, PeftConfig):
         raise TypeError(f"peft_config must be a peftkit config such as LoraConfig, got {type(peft_config).__name__}")
     spec = method_for_config(peft_config)
-    needs_peft_model = [hook for hook in ("on_add", "model_tensors", "prepare_inputs") if getattr(spec, hook) is not None]
-    if needs_peft_model:
+    if spec.uses_shared_state:
         raise AdapterError(
-            f"{spec.peft_type} adapters keep state on the PeftModel ({', '.join(needs_peft_model)}), so they cannot be "
+            f"{spec.peft_type} adapters keep shared state on the PeftModel (beside their layers), so they cannot be "
             "injected into a plain module; use peftkit.get_peft_model(model, config) instead"
         )
     if state_dict is not None:
         peft_config = _targeting_state_dict(peft_config, spec.layer_cls.adapter_param_names, state_dict)
     view = _view(model)
-    view.add_adapter(adapter_name, peft_config)
+    view.add_adapter(adapter_name, peft_config, low_cpu_mem_usage=low_cpu_mem_usage)
     view.set_adapter(adapter_name)
     return model
 

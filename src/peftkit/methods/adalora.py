@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from pydantic import field_validator
 
+from ..config import PeftType
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
 from .adalora_allocator import RankAllocator
@@ -48,7 +49,7 @@ class AdaLoraConfig(LoraConfig):
         (12, 4, None)
     """
 
-    peft_type: ClassVar[str] = "ADALORA"
+    peft_type: ClassVar[str] = PeftType.ADALORA
 
     target_r: int = 8
     init_r: int = 12
@@ -284,6 +285,7 @@ ADALORA = register_method(
         on_step_end=_on_step_end,
         extra_loss=orthogonal_regularization,
         on_add=_on_add,
+        max_trainable_adapters=1,
         on_delete=_on_delete,
         run_defaults=_run_defaults,
         run_state=_run_state,

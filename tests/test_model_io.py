@@ -1,0 +1,56 @@
+"""save_pretrained's model card (README.md) and the peft-style config identity of from_pretrained."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+import yaml
+from tiny_models import tiny_llama
+
+import peftkit as pk
+
+
+def _card(folder) -> dict:
+    text = (folder / "README.md").read_text()
+    return yaml.safe_load(text.split("---")[1])
+
+
+def test_save_pretrained_writes_a_peft_model_card(tmp_path):
+    base = tiny_llama()
+    base.config._name_or_path = "org/tiny-llama"
+    model = pk.get_peft_model(base, pk.LoraConfig(target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path)
+    card = _card(tmp_path)
+    assert card["library_name"] == "peft"
+    assert card["base_model"] == "org/tiny-llama"
+    assert "lora" in card["tags"]
+
+
+def test_a_model_without_config_gets_no_base_model_and_a_user_card_stays(tmp_path):
+    model = pk.get_peft_model(nn.Sequential(nn.Linear(4, 4)), pk.IA3Config(target_modules=["0"], feedforward_modules=[]))
+    model.save_pretrained(tmp_path / "a")
+    assert "base_model" not in _card(tmp_path / "a")
+    assert _card(tmp_path / "a")["tags"] == ["peftkit", "ia3"]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "README.md").write_text("my own card")
+    model.save_pretrained(tmp_path / "b")
+    assert (tmp_path / "b" / "README.md").read_text() == "my own card"
+
+
+def test_peft_type_reads_as_its_value_and_active_peft_config():
+    model = pk.get_peft_model(nn.Sequential(nn.Linear(4, 4)), pk.LoraConfig(target_modules=["0"]))
+    config = model.active_peft_config
+    assert config is model.peft_config["default"]
+    assert config.peft_type.value == "LORA" and f"{config.peft_type}" == "LORA" and config.peft_type == "LORA"
+
+
+def test_from_pretrained_keeps_the_config_object_it_is_given(tmp_path):
+    pk.get_peft_model(nn.Sequential(nn.Linear(4, 4)), pk.LoraConfig(target_modules=["0"])).save_pretrained(tmp_path)
+    config = pk.LoraConfig.from_pretrained(tmp_path)
+    loaded = pk.PeftModel.from_pretrained(nn.Sequential(nn.Linear(4, 4)), tmp_path, config=config)
+    assert loaded.peft_config["default"] is config and config.inference_mode
+
+
+def test_from_json_file_returns_the_dict(tmp_path):
+    pk.LoraConfig(r=4, target_modules=["0"]).save_pretrained(tmp_path)
+    data = pk.PeftConfig.from_json_file(tmp_path / "adapter_config.json")
+    assert data["peft_type"] == "LORA" and data["r"] == 4
