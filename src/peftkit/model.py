@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import types
+import warnings
+import weakref
 from typing import Any, Iterator, Optional, Union
 
 import torch
@@ -37,15 +39,39 @@ from .meta import move_to_meta
 from .tree import get_module, set_module
 
 
+# What peft's tuner object (``peft_model.base_model``) offers that code calls on it: answered by
+# the PeftModel that owns the holder, so there is one implementation and one notion of "active".
+_TUNER_API = frozenset({
+    "set_adapter", "active_adapter", "active_adapters", "peft_config", "prefix", "delete_adapter",
+    "disable_adapter_layers", "enable_adapter_layers", "merge_adapter", "unmerge_adapter",
+    "merge_and_unload", "unload", "add_weighted_adapter",
+})
+
+
 class BaseModelHolder(_ForwardsToBase):
-    """Holds the user's model as ``.model`` (``peft``'s ``base_model.model`` path); attribute reads
-    it lacks go to the model."""
+    """Holds the user's model as ``.model`` (``peft``'s ``base_model.model`` path). peft's tuner
+    API (``base_model.set_adapter(...)``, ``base_model.prefix``...) is answered by the owning
+    PeftModel; other attribute reads it lacks go to the model."""
 
     _wrapped_attr = "model"
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, owner: Optional["PeftModel"] = None):
         super().__init__()
         self.model = model
+        # a weak reference: the PeftModel holds this module, not the other way round
+        self.__dict__["_owner"] = weakref.ref(owner) if owner is not None else None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_owner", None)  # a copy (deepcopy, pickle) is linked to its own PeftModel again
+        return state
+
+    def __getattr__(self, name: str) -> Any:
+        owner_ref = self.__dict__.get("_owner")
+        owner = owner_ref() if owner_ref is not None else None
+        if name in _TUNER_API and owner is not None and (hasattr(type(owner), name) or name in owner.__dict__):
+            return getattr(owner, name)
+        return super().__getattr__(name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -63,7 +89,7 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
 
     def __init__(self, model: nn.Module, peft_config: Optional[PeftConfig], adapter_name: str = "default", **_: Any):
         super().__init__()
-        self.base_model = BaseModelHolder(model)
+        self.base_model = BaseModelHolder(model, owner=self)
         self.peft_config: dict[str, PeftConfig] = {}
         self._active: list[str] = []
         self._inputs_disabled = False  # disable_adapter(): no method rewrites the inputs
@@ -71,6 +97,10 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         if peft_config is not None:
             self.add_adapter(adapter_name, peft_config)
             self.set_adapter(adapter_name)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.base_model.__dict__["_owner"] = weakref.ref(self)  # see BaseModelHolder.__getstate__
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -137,6 +167,36 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
     @property
     def peft_type(self) -> str:
         return next(iter(self.peft_config.values())).peft_type
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of this model's adapter parameter names (peft's tuner prefix: ``lora_``,
+        ``ia3_``, ``hada_``...)."""
+        return self._method().prefix
+
+    @property
+    def has_active_enabled_adapter(self) -> bool:
+        """Whether the adapters take part in forward: False inside :meth:`disable_adapter` or after
+        :meth:`disable_adapter_layers` (peft's property)."""
+        layers_off = any(getattr(m, "disabled", False) for _, m in self._adapter_modules())
+        return bool(self._active) and not self._inputs_disabled and not layers_off
+
+    def disable_adapter_layers(self) -> None:
+        """Switch every adapter layer off in place until :meth:`enable_adapter_layers` (peft's tuner
+        method; :meth:`disable_adapter` is the context-manager form). Warns, as peft does, when an
+        active adapter trains biases: those stay changed, so outputs are not the base model's."""
+        for name in self._active:
+            bias = getattr(self.peft_config[name], "bias", "none")
+            if bias != "none":
+                warnings.warn(f"Careful, disabling adapter layers with bias configured to be '{bias}' does not produce "
+                              "the same output as the base model would without adaption.")
+        for _, module in self._adapter_modules():
+            module.disabled = True
+
+    def enable_adapter_layers(self) -> None:
+        """Undo :meth:`disable_adapter_layers`."""
+        for _, module in self._adapter_modules():
+            module.disabled = False
 
     @property
     def active_peft_config(self) -> PeftConfig:
