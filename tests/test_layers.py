@@ -62,3 +62,32 @@ def test_merging_again_warns_as_peft_does():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.unmerge_adapter()
+
+
+def test_layers_expose_in_and_out_features_for_every_kind_of_base():
+    from transformers.pytorch_utils import Conv1D
+
+    model = nn.ModuleDict({"lin": nn.Linear(3, 5), "conv": nn.Conv2d(2, 4, 3), "gpt2": Conv1D(6, 7), "emb": nn.Embedding(9, 8)})
+    pk.inject_adapter_in_model(pk.LoraConfig(target_modules=["lin", "conv", "gpt2", "emb"]), model)
+    sizes = {name: (layer.in_features, layer.out_features) for name, layer in model.items()}
+    assert sizes == {"lin": (3, 5), "conv": (2, 4), "gpt2": (7, 6), "emb": (9, 8)}
+
+
+def test_deleting_a_merged_adapter_is_refused_with_peft_words():
+    model = pk.get_peft_model(nn.Sequential(nn.Linear(4, 4)), pk.LoraConfig(target_modules=["0"]))
+    model.add_adapter("b", pk.LoraConfig(target_modules=["0"]))
+    model.merge_adapter(["b"])
+    with pytest.raises(pk.AdapterError, match=r"Cannot delete adapter\(s\) \['b'\] while they are merged"):
+        model.delete_adapter("b")
+    assert set(model.peft_config) == {"default", "b"}
+
+
+def test_adapter_parameters_accept_plain_tensors_as_fsdp_leaves_them():
+    """FSDP(use_orig_params=True) puts plain tensor views where the Parameters were (LoHa/LoKr keep
+    theirs in ParameterDicts); collecting an adapter's tensors must not assume Parameters."""
+    model = pk.get_peft_model(nn.Sequential(nn.Linear(4, 4)), pk.LoHaConfig(target_modules=["0"], r=2))
+    layer = model.base_model.model[0]
+    view = layer.hada_w1_a["default"].detach().clone()
+    layer.hada_w1_a._parameters["default"] = view  # what FSDP's flat-parameter views look like
+    found = dict(layer.adapter_parameters("default"))
+    assert found["hada_w1_a"] is view and len(found) == 4

@@ -250,3 +250,17 @@ def test_peft_tuner_api_on_base_model_and_layer_switches():
     assert twin.has_active_enabled_adapter
     with twin.disable_adapter():
         assert not twin.has_active_enabled_adapter
+
+
+def test_disable_adapter_is_reentrant_and_restores_what_was_before():
+    model = pk.get_peft_model(nn.Sequential(nn.Linear(4, 4)), pk.LoraConfig(target_modules=["0"]))
+    layer = model.base_model.model[0]
+    with model.disable_adapter():
+        with model.disable_adapter():
+            pass
+        assert layer.disable_adapters and not model.has_active_enabled_adapter  # the inner exit kept it off
+    assert not layer.disable_adapters
+    model.disable_adapter_layers()
+    with model.disable_adapter():
+        pass
+    assert layer.disable_adapters  # switched off before the context: still off after it

@@ -54,3 +54,15 @@ def test_from_json_file_returns_the_dict(tmp_path):
     pk.LoraConfig(r=4, target_modules=["0"]).save_pretrained(tmp_path)
     data = pk.PeftConfig.from_json_file(tmp_path / "adapter_config.json")
     assert data["peft_type"] == "LORA" and data["r"] == 4
+
+
+def test_loading_with_autocast_adapter_dtype_false_keeps_the_layers_dtype(tmp_path):
+    import torch
+
+    base = lambda: nn.Sequential(nn.Linear(4, 4)).to(torch.bfloat16)  # noqa: E731
+    pk.get_peft_model(base(), pk.LoraConfig(target_modules=["0"])).save_pretrained(tmp_path)
+    kept = pk.PeftModel.from_pretrained(base(), tmp_path, autocast_adapter_dtype=False)
+    kept.load_adapter(tmp_path, adapter_name="other", autocast_adapter_dtype=False)
+    assert {p.dtype for n, p in kept.named_parameters() if "lora_" in n} == {torch.bfloat16}
+    upcast = pk.PeftModel.from_pretrained(base(), tmp_path)
+    assert {p.dtype for n, p in upcast.named_parameters() if "lora_" in n} == {torch.float32}

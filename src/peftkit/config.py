@@ -128,6 +128,9 @@ class PeftConfig(BaseModel):
 
     def __init__(self, **data: Any):
         title = f"Invalid {type(self).__name__}:"
+        # peft accepts a peft_type argument and then sets the class's own (its __post_init__): the
+        # class decides the method, so the argument is dropped here too
+        data.pop("peft_type", None)
         try:
             super().__init__(**data)
             problems = self.check()

@@ -67,6 +67,25 @@ def warn_if_merged_already(layer: "AdapterLayer", names: list[str]) -> None:
         warnings.warn("All adapters are already merged, nothing to do.")
 
 
+# (input, output) size attribute names per kind of module: Linear, ConvNd, transformers' Conv1D,
+# Embedding. A module of another kind (LayerNorm) answers with its normalized size for both.
+_SIZE_NAMES = (("in_features", "out_features"), ("in_channels", "out_channels"), ("nx", "nf"),
+               ("num_embeddings", "embedding_dim"))
+
+
+def _sizes(module: nn.Module) -> tuple[int, int]:
+    for names in _SIZE_NAMES:
+        if all(isinstance(getattr(module, n, None), int) for n in names):
+            return getattr(module, names[0]), getattr(module, names[1])
+    shape = getattr(module, "normalized_shape", None)
+    if shape:
+        return shape[-1], shape[-1]
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+        return weight.shape[1], weight.shape[0]
+    raise AttributeError(f"{type(module).__name__} has no input/output size that peftkit can read")
+
+
 class _ForwardsToBase(nn.Module):
     """Attributes the wrapper lacks (``weight``, ``in_features``, ``padding_idx``...) are read from
     the wrapped module, so code that inspects a layer keeps working after it is wrapped."""
@@ -158,7 +177,7 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
             if adapter_name not in holder:
                 continue
             entry = holder[adapter_name]
-            if isinstance(entry, nn.Parameter):
+            if isinstance(entry, torch.Tensor):  # a Parameter; a plain tensor under FSDP(use_orig_params=True)
                 yield attr, entry
             else:
                 for sub, p in entry.named_parameters():
@@ -253,6 +272,25 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
     def merged(self) -> bool:
         """Whether any adapter is merged into the base weights."""
         return bool(self.merged_adapters)
+
+    @property
+    def in_features(self) -> int:
+        """The base layer's input size, whatever its kind calls it (peft's layers all expose it);
+        a layer may set its own."""
+        return self.__dict__.get("_in_features") or _sizes(self.base_layer)[0]
+
+    @in_features.setter
+    def in_features(self, value: int) -> None:
+        self.__dict__["_in_features"] = value
+
+    @property
+    def out_features(self) -> int:
+        """The base layer's output size (see :attr:`in_features`)."""
+        return self.__dict__.get("_out_features") or _sizes(self.base_layer)[1]
+
+    @out_features.setter
+    def out_features(self, value: int) -> None:
+        self.__dict__["_out_features"] = value
 
     @property
     def disable_adapters(self) -> bool:

@@ -359,8 +359,12 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
                 set_module(model, key, ModulesToSaveWrapper(module, adapter_name))
 
     def delete_adapter(self, adapter_name: str) -> None:
-        """Remove an adapter; layers left without adapters get their original module back."""
+        """Remove an adapter; layers left without adapters get their original module back. A
+        merged adapter is refused (nothing changes): unmerge it first."""
         self._check_names(adapter_name, allow_list=False)
+        if any(adapter_name in getattr(m, "merged_adapters", ()) for _, m in self._adapter_modules()):
+            raise AdapterError(  # peft's words
+                f"Cannot delete adapter(s) {[adapter_name]} while they are merged. Please unmerge them first.")
         model = self.get_base_model()
         spec = method_for_config(self.peft_config[adapter_name])
         if spec.on_delete:
@@ -407,15 +411,18 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
             ...     base_logits = model(input_ids).logits
         """
         modules = [m for _, m in self._adapter_modules()]
+        # what was switched off before (an outer disable_adapter(), disable_adapter_layers()) stays off
+        before = [(m, m.disabled) for m in modules]
+        inputs_before = self._inputs_disabled
         for m in modules:
             m.disabled = True
         self._inputs_disabled = True
         try:
             yield
         finally:
-            self._inputs_disabled = False
-            for m in modules:
-                m.disabled = False
+            self._inputs_disabled = inputs_before
+            for m, disabled in before:
+                m.disabled = disabled
 
     # ------------------------------------------------------------------ running
     @contextlib.contextmanager

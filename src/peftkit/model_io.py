@@ -144,7 +144,13 @@ class SaveLoadMixin:
         **kwargs: Any,
     ) -> "PeftModel":
         """Load a saved adapter (peftkit's or ``peft``'s) onto ``model``. If the adapter does not fit,
-        the error names the first mismatching module and ``model`` is left as it was."""
+        the error names the first mismatching module and ``model`` is left as it was.
+        ``autocast_adapter_dtype=False`` keeps the adapter in the dtype of the layers it adapts
+        (by default adapters on float16/bfloat16 layers are float32, as in peft).
+
+        Example:
+            >>> model = PeftModel.from_pretrained(base, "out/adapter", is_trainable=True)  # doctest: +SKIP
+        """
         check_adapter_name(adapter_name)
         config = config or PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
         config.inference_mode = not is_trainable
@@ -158,6 +164,8 @@ class SaveLoadMixin:
                 p.requires_grad_(flag)
             raise
         peft_model.set_adapter(adapter_name)
+        if not kwargs.get("autocast_adapter_dtype", True):  # keep the adapter in its layers' dtype (as peft)
+            peft_model._cast_adapter_to_base_dtype(adapter_name)
         return peft_model
 
     def load_adapter(
@@ -169,14 +177,22 @@ class SaveLoadMixin:
         revision: Optional[str] = None,
         **kwargs: Any,
     ) -> checkpoint.LoadResult:
-        """Load another saved adapter beside the existing ones (it is not made active)."""
+        """Load another saved adapter beside the existing ones (it is not made active).
+        ``autocast_adapter_dtype=False`` keeps it in the dtype of the layers it adapts (as peft).
+
+        Example:
+            >>> model.load_adapter("out/other", adapter_name="other")  # doctest: +SKIP
+        """
         check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise AdapterError(f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first")
         config = PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
         config.inference_mode = not is_trainable
         path = checkpoint.adapter_weights_path(model_id, subfolder=subfolder, revision=revision)
-        return self._load(adapter_name, config, path)
+        result = self._load(adapter_name, config, path)
+        if not kwargs.get("autocast_adapter_dtype", True):  # keep the adapter in its layers' dtype (as peft)
+            self._cast_adapter_to_base_dtype(adapter_name)
+        return result
 
     def _load(self, adapter_name: str, config: PeftConfig, path: str) -> checkpoint.LoadResult:
         """Build the adapter and fill it from the file at ``path``, checking before any work: the

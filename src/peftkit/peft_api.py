@@ -118,6 +118,7 @@ def set_peft_model_state_dict(
             "set_peft_model_state_dict(ignore_mismatched_sizes=True) would leave some adapter tensors unloaded; "
             "peftkit loads a checkpoint whole or not at all. Fix the checkpoint or the adapter's config instead"
         )
+    model = _unwrapped(model, unwrap_compiled=False)
     if isinstance(model, PeftModel):
         return checkpoint.set_peft_model_state_dict(model, peft_model_state_dict, adapter_name)
     view = _view(model)
@@ -170,7 +171,11 @@ def _targeting_state_dict(config: PeftConfig, attributes: tuple[str, ...], state
 
 
 def _unwrapped(model: nn.Module, unwrap_compiled: bool) -> nn.Module:
-    """The module inside ``torch.compile``'s wrapper (when asked, as peft), else ``model``."""
+    """The module inside FSDP's wrappers (its parameters are the model's own with
+    ``use_orig_params=True``; keys then carry no ``_fsdp_wrapped_module.``, as peft writes them) and,
+    when asked (as peft), inside ``torch.compile``'s wrapper; else ``model``."""
+    while isinstance(getattr(model, "_fsdp_wrapped_module", None), nn.Module):
+        model = model._fsdp_wrapped_module
     return getattr(model, "_orig_mod", model) if unwrap_compiled else model
 
 
