@@ -66,3 +66,21 @@ def test_loading_with_autocast_adapter_dtype_false_keeps_the_layers_dtype(tmp_pa
     assert {p.dtype for n, p in kept.named_parameters() if "lora_" in n} == {torch.bfloat16}
     upcast = pk.PeftModel.from_pretrained(base(), tmp_path)
     assert {p.dtype for n, p in upcast.named_parameters() if "lora_" in n} == {torch.float32}
+
+
+def test_loaded_adapters_train_as_asked_and_leave_the_others_alone(tmp_path):
+    """peft's rule: load_adapter(is_trainable=True) gives a trainable adapter even when it is not
+    active; loading or adding another adapter never changes the requires_grad of existing ones."""
+    make = lambda: nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))  # noqa: E731
+    pk.get_peft_model(make(), pk.LoraConfig(target_modules=["0", "1"])).save_pretrained(tmp_path)
+    model = pk.PeftModel.from_pretrained(make(), tmp_path, is_trainable=True)
+    model.base_model.model[0].lora_A["default"].weight.requires_grad_(False)  # a user's own choice
+    model.load_adapter(tmp_path, adapter_name="other", is_trainable=True)
+    model.load_adapter(tmp_path, adapter_name="frozen")
+    model.add_adapter("added", pk.LoraConfig(target_modules=["0"]))
+    grads = {n: p.requires_grad for n, p in model.named_parameters() if "lora_" in n}
+    assert all(g for n, g in grads.items() if ".other." in n)
+    assert not any(g for n, g in grads.items() if ".frozen." in n or ".added." in n)
+    assert grads["base_model.model.0.lora_A.default.weight"] is False
+    assert grads["base_model.model.1.lora_A.default.weight"] is True
+    assert model.active_adapters == ["default"]

@@ -313,7 +313,26 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         if len(self.peft_config) == 1:  # first adapter: freeze the base; adapters (and chosen biases) train
             for key, p in model.named_parameters():
                 p.requires_grad_(False)
-        self._apply_trainability()
+            self._apply_trainability()
+        else:
+            self._settle_new_adapter(adapter_name, trainable=keep_config and not config.inference_mode)
+
+    def _settle_new_adapter(self, adapter_name: str, trainable: bool) -> None:
+        """A further adapter joins without touching the others (as in peft): the layers keep
+        computing with the model's active adapters, and only the new adapter's tensors get their
+        ``requires_grad``: True when it was loaded with ``is_trainable=True``, else False
+        (``add_adapter`` adds a frozen adapter; ``set_adapter`` makes the active ones train)."""
+        for _, module in self._adapter_modules():
+            if adapter_name not in module.adapter_names:
+                continue
+            if isinstance(module, AdapterLayer):
+                module.active_adapters = [n for n in self._active if n in module.adapter_names]
+            elif module.active_adapter not in module.adapter_names:
+                module.active_adapter = next((n for n in self._active if n in module.adapter_names), None)
+            for _, p in module.adapter_parameters(adapter_name):
+                p.requires_grad_(trainable)
+        for p in checkpoint.model_level_parameters(self, adapter_name):
+            p.requires_grad_(trainable)
 
     def _add_task_heads(self, *configs: PeftConfig) -> None:
         """Classification heads are new and untrained: they train in full and save with the adapter

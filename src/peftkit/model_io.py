@@ -211,7 +211,6 @@ class SaveLoadMixin:
         except BaseException:
             self.delete_adapter(adapter_name)
             raise
-        self._apply_trainability()
         if config.inference_mode:
             self.eval()  # an adapter loaded for inference runs without dropout, as in peft
         return result
