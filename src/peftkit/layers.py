@@ -144,6 +144,10 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         """The change to ``base_layer.weight`` (same layout) that merging this adapter makes."""
         raise AdapterError(f"{type(self).__name__} adapters cannot be merged into the base weights")
 
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """peft's name for :meth:`delta_weight`."""
+        return self.delta_weight(adapter_name)
+
     # ------------------------------------------------------------------ the base weight, as methods read it
     # Methods read the base layer's weight only through these two (and write it only by merging), so a
     # base that stores its weight differently (quantized: peftkit.quantized) overrides them and every

@@ -169,6 +169,11 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         return next(iter(self.peft_config.values())).peft_type
 
     @property
+    def targeted_module_names(self) -> list[str]:
+        """Paths (in the user's model) of the modules the adapters wrap (peft's tuner attribute)."""
+        return [key for key, module in self._adapter_modules() if isinstance(module, AdapterLayer)]
+
+    @property
     def prefix(self) -> str:
         """The prefix of this model's adapter parameter names (peft's tuner prefix: ``lora_``,
         ``ia3_``, ``hada_``...)."""
@@ -224,8 +229,9 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         names = adapter_name_list(names, field, allow_list)
         known = set(self.peft_config) | ({BASE_ADAPTER} if allow_base else set())
         unknown = [short_repr(n) for n in dict.fromkeys(names) if n not in known]
-        if unknown:
-            raise AdapterError(f"unknown adapter(s) [{', '.join(unknown)}]; this model has {sorted(self.peft_config)}")
+        if unknown:  # starts with peft's words, which code written for peft matches
+            raise AdapterError(f"Adapter {', '.join(str(n) for n in dict.fromkeys(names) if n not in known)} does not "
+                               f"exist: unknown adapter(s) [{', '.join(unknown)}]; this model has {sorted(self.peft_config)}")
         return names
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:

@@ -59,8 +59,8 @@ TOP_LEVEL = {
     "PeftWarning": MISSING("peftkit has no warning class of its own"),
     "NoMatchingPeftModuleError": MISSING("peftkit has no NoMatchingPeftModuleError"),
     "PeftMixedModel": MISSING("PeftMixedModel is not in peftkit yet (issue 19, another part)"),
-    "get_base_model_state_dict": MISSING("get_base_model_state_dict is not in peftkit"),
-    "set_base_model_state_dict": MISSING("set_base_model_state_dict is not in peftkit"),
+    "get_base_model_state_dict": "peftkit:get_base_model_state_dict",
+    "set_base_model_state_dict": "peftkit:set_base_model_state_dict",
     "get_layer_status": MISSING("get_layer_status is not in peftkit"),
     "get_model_status": MISSING("get_model_status is not in peftkit"),
     **_methods(
