@@ -49,7 +49,7 @@ _NAME_WORDS = [
     ("psoft", None), ("pvera", None), ("glora", None), ("shira", None), ("lily", None), ("boft", None),
     ("corda", None), ("loftq", None), ("arrow", None), ("kasa", None), ("hira", None), ("frod", None),
     ("road", None), ("miss", None), ("poly", None), ("deft", None), ("beft", None), ("c3a", None),
-    ("cpt", None), ("osf", None), ("hra", None), ("oft", None), ("eva", None),
+    ("cpt", None), ("osf", None), ("hra", None), ("oft", None), ("eva", None), ("init_orthogonal", None),
     ("adalora", "AdaLoRA"), ("ln_tuning", "LN tuning"), ("lntuning", "LN tuning"), ("prefix", "prefix tuning"),
     ("p_tuning", "P-tuning"), ("prompt_encoder", "P-tuning"), ("promptencoder", "P-tuning"),
     ("prompt_tuning", "prompt tuning"), ("prompttuning", "prompt tuning"), ("prompt_learning", "prompt tuning"),

@@ -29,6 +29,8 @@ def _cls(name: str) -> type:
         ({}, "tests/test_other.py::TestOft::test_soft_thing", "oft (not in peftkit)"),
         ({}, "tests/test_other.py::TestThing::test_soft_prompts_save", "general"),
         ({}, "tests/test_other.py::TestIA3Weights::test_x", "IA3"),
+        ({}, "tests/test_initialization.py::TestLoraInitialization::test_lora_init_orthogonal_odd_rank_raises",
+         "init orthogonal (not in peftkit)"),
     ],
 )
 def test_method_of(params, nodeid, expected):
