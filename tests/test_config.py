@@ -515,3 +515,19 @@ def test_nan_alpha_in_file_is_refused(tmp_path):
         PeftConfig.from_pretrained(folder)
     assert _problem_fields(info.value) == ["lora_alpha"]
     assert math.isnan(json.loads((folder / "adapter_config.json").read_text())["lora_alpha"])
+
+
+def test_peft_style_config_helpers(tmp_path):
+    """from_peft_type, from_json_file (without a stray runtime_config) and peft's task-type message."""
+    import json as _json
+
+    assert type(pk.PeftConfig.from_peft_type(peft_type="LOHA", r=4)).__name__ == "LoHaConfig"
+    assert pk.LoraConfig.from_peft_type(r=2).r == 2
+    config = pk.LoraConfig(r=4)
+    config.save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    path.write_text(_json.dumps({**_json.loads(path.read_text()), "runtime_config": {"ephemeral_gpu_offload": True}}))
+    with pytest.warns(UserWarning, match="runtime_config"):
+        assert pk.PeftConfig.from_json_file(path) == config.to_dict()
+    with pytest.raises(pk.ConfigError, match="Invalid task type: 'nope'. Must be one of the following task types: CAUSAL_LM"):
+        pk.LoraConfig(task_type="nope")

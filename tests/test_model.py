@@ -228,3 +228,39 @@ def test_half_precision_base_keeps_float32_adapters(dtype):
 def test_peft_task_classes_are_peft_models():
     model = pk.PeftModelForCausalLM(tiny_llama(), pk.LoraConfig(r=2, target_modules=["q_proj"]))
     assert isinstance(model, pk.PeftModel)
+
+
+def test_peft_tuner_api_on_base_model_and_layer_switches():
+    """peft's base_model.set_adapter / prefix / disable_adapter_layers reach the one PeftModel,
+    also in a deep copy; has_active_enabled_adapter follows disabling."""
+    import copy
+
+    model = pk.get_peft_model(nn.Sequential(nn.Linear(4, 4)), pk.LoraConfig(target_modules=["0"], init_lora_weights=False))
+    model.add_adapter("b", pk.LoraConfig(target_modules=["0"]))
+    model.base_model.set_adapter("b")
+    assert model.active_adapters == ["b"] and model.base_model.prefix == model.prefix == "lora_"
+    twin = copy.deepcopy(model)
+    twin.base_model.set_adapter("default")
+    assert twin.active_adapters == ["default"] and model.active_adapters == ["b"]
+    x = torch.randn(2, 4)
+    twin.base_model.disable_adapter_layers()
+    assert not twin.has_active_enabled_adapter
+    torch.testing.assert_close(twin(x), twin.base_model.model[0].base_layer(x))
+    twin.enable_adapter_layers()
+    assert twin.has_active_enabled_adapter
+    with twin.disable_adapter():
+        assert not twin.has_active_enabled_adapter
+
+
+def test_disable_adapter_is_reentrant_and_restores_what_was_before():
+    model = pk.get_peft_model(nn.Sequential(nn.Linear(4, 4)), pk.LoraConfig(target_modules=["0"]))
+    layer = model.base_model.model[0]
+    with model.disable_adapter():
+        with model.disable_adapter():
+            pass
+        assert layer.disable_adapters and not model.has_active_enabled_adapter  # the inner exit kept it off
+    assert not layer.disable_adapters
+    model.disable_adapter_layers()
+    with model.disable_adapter():
+        pass
+    assert layer.disable_adapters  # switched off before the context: still off after it

@@ -146,3 +146,22 @@ def test_signatures_are_peft_s(name):
     ours = list(inspect.signature(getattr(pk, name)).parameters)
     theirs = list(inspect.signature(getattr(peft, name)).parameters)
     assert ours == theirs
+
+
+def test_base_model_state_dict_round_trip_under_original_keys():
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    expected = {k: v.clone() for k, v in original.state_dict().items()}
+    model = pk.get_peft_model(original, pk.LoraConfig(target_modules=["0"], modules_to_save=["1"]))
+    got = pk.get_base_model_state_dict(model)
+    assert set(got) == set(expected) and all(torch.equal(got[k], expected[k]) for k in expected)
+    fresh = {k: torch.zeros_like(v) for k, v in expected.items()}
+    pk.set_base_model_state_dict(model, fresh)
+    assert all(not v.any() for v in pk.get_base_model_state_dict(model).values())
+    assert model.base_model.model[0].lora_A["default"].weight.abs().sum() > 0  # adapters untouched
+    with pytest.raises(pk.CheckpointError, match="missing keys"):
+        pk.set_base_model_state_dict(model, {"0.weight": expected["0.weight"]})
+    assert model.targeted_module_names == ["0"]
+    assert torch.equal(model.base_model.model[0].get_delta_weight("default"), model.base_model.model[0].delta_weight("default"))

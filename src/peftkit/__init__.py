@@ -52,7 +52,13 @@ from .model import (
 from .mixed_model import PeftMixedModel
 from .hotswap import hotswap_adapter, hotswap_adapter_from_state_dict, prepare_model_for_compiled_hotswap
 from . import quantized
-from .peft_api import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from .peft_api import (
+    get_base_model_state_dict,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_base_model_state_dict,
+    set_peft_model_state_dict,
+)
 from .quantized.training import prepare_model_for_kbit_training
 from .registry import (
     LayerFactory,
@@ -111,6 +117,7 @@ __all__ = [
     "TargetError",
     "TaskType",
     "VeraConfig",
+    "get_base_model_state_dict",
     "get_method",
     "get_peft_model",
     "get_peft_model_state_dict",
@@ -122,5 +129,6 @@ __all__ = [
     "quantized",
     "register_method",
     "registered_methods",
+    "set_base_model_state_dict",
     "set_peft_model_state_dict",
 ]

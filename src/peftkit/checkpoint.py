@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from .meta import assign_into_meta
 from .config import PeftConfig, _resolve_file
 from .errors import CheckpointError, CorruptFileError
 from .layers import AdapterLayer, ModulesToSaveWrapper, layer_stack
@@ -281,12 +282,18 @@ def set_peft_model_state_dict(
     # A tensor saved under two keys (a saved module's bias, with bias="all") takes its value from
     # the required key, as in peft, which ignores the second one.
     required = {id(expected[key][1]) for key in peft_model_state_dict if key in expected}
+    on_meta = {}  # adapters injected with low_cpu_mem_usage=True: their tensors get storage now
     with torch.no_grad():
         for key, tensor in peft_model_state_dict.items():
             target = expected[key][1] if key in expected else extra[key]
             if key not in expected and id(target) in required:
                 continue
-            target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+            if target.is_meta:
+                on_meta[id(target)] = tensor
+            else:
+                target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+    if on_meta:
+        assign_into_meta(model, on_meta)
     return LoadResult([], [])
 
 

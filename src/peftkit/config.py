@@ -53,6 +53,14 @@ class PeftType(str, Enum):
     BOTTLENECK = "BOTTLENECK"
     BITFIT = "BITFIT"
 
+    # A member reads as its plain value in text (f-strings, str(), file names), as peft's does
+    # when written out; ``.value`` is there for code that asks for it (peft's tests, model cards).
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __format__(self, spec: str) -> str:
+        return str.__format__(str.__str__(self), spec)
+
 
 # Marks a peft-only key whose value never matters (bookkeeping such as "peft_version").
 ANY_VALUE = object()
@@ -110,8 +118,19 @@ class PeftConfig(BaseModel):
     revision: Optional[str] = None
     inference_mode: bool = False
 
+    @field_validator("task_type", mode="before")
+    @classmethod
+    def _known_task_type(cls, value: Any) -> Any:
+        if value is None or isinstance(value, TaskType) or value in {t.value for t in TaskType}:
+            return value
+        # peft's wording, which code written for peft matches
+        raise ValueError(f"Invalid task type: '{value}'. Must be one of the following task types: {', '.join(TaskType)}.")
+
     def __init__(self, **data: Any):
         title = f"Invalid {type(self).__name__}:"
+        # peft accepts a peft_type argument and then sets the class's own (its __post_init__): the
+        # class decides the method, so the argument is dropped here too
+        data.pop("peft_type", None)
         try:
             super().__init__(**data)
             problems = self.check()
@@ -243,6 +262,34 @@ class PeftConfig(BaseModel):
         if problems:
             raise ConfigError(f"{source} cannot be loaded as {cls.__name__}:", problems)
         return kept
+
+    @classmethod
+    def from_json_file(cls, path_json_file: str | os.PathLike, **_: Any) -> dict[str, Any]:
+        """The JSON object in ``path_json_file`` as a dict (peft's ``PeftConfig.from_json_file``;
+        build a config from it with :meth:`from_dict`). A ``runtime_config`` entry (settings of
+        one run that peft never saves on purpose) is dropped, as peft does.
+
+        Example:
+            >>> PeftConfig.from_json_file("out/adapter/adapter_config.json")["peft_type"]  # doctest: +SKIP
+            'LORA'
+        """
+        data = read_json(str(path_json_file))
+        if isinstance(data, dict) and data.pop("runtime_config", None) is not None:
+            warnings.warn(f"{path_json_file}: ignoring the saved runtime_config (it holds settings of one run)")
+        return data
+
+    @classmethod
+    def from_peft_type(cls, **kwargs: Any) -> "PeftConfig":
+        """A config of the method named by ``kwargs["peft_type"]`` (``cls`` itself without one) from
+        the other keyword arguments (peft's ``PeftConfig.from_peft_type``).
+
+        Example:
+            >>> type(PeftConfig.from_peft_type(peft_type="LORA", r=4)).__name__
+            'LoraConfig'
+        """
+        if "peft_type" not in kwargs:
+            return cls(**kwargs)
+        return cls.from_dict(kwargs)
 
     @classmethod
     def from_pretrained(

@@ -44,8 +44,8 @@ def push_folder(
     create_pr: bool = False,
 ) -> str:
     """Create ``repo_id`` if needed, call ``write(folder)`` on a temporary folder and upload the
-    folder as one commit; returns the commit's URL. ``card`` is written as ``README.md`` unless
-    ``write`` wrote one.
+    folder as one commit; returns the commit's URL. ``card``, if given, is written as ``README.md``
+    (replacing the one ``write`` may have written).
 
     Example:
         >>> push_folder(model.save_pretrained, "me/my-adapter")   # doctest: +SKIP
@@ -57,7 +57,7 @@ def push_folder(
     with tempfile.TemporaryDirectory() as folder:
         write(folder)
         readme = os.path.join(folder, README_NAME)
-        if card is not None and not os.path.exists(readme):
+        if card is not None:
             with open(readme, "w", encoding="utf-8") as f:
                 f.write(card)
         commit = api.upload_folder(

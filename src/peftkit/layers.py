@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import torch
@@ -52,6 +53,37 @@ def group_rows(row_adapters: list[str], batch_size: int, device: torch.device) -
     for i, name in enumerate(rows_for_batch(row_adapters, batch_size)):
         groups.setdefault(name, []).append(i)
     return {name: torch.tensor(rows, device=device) for name, rows in groups.items()}
+
+
+def warn_if_merged_already(layer: "AdapterLayer", names: list[str]) -> None:
+    """peft's warning when a layer that already holds merged adapters is asked to merge again."""
+    if not layer.merged_adapters:
+        return
+    new = [n for n in names if n in layer.adapter_names and n not in layer.merged_adapters]
+    if new:
+        warnings.warn(f"Already following adapters were merged {','.join(layer.merged_adapters)}. "
+                      f"You are now additionally merging {','.join(new)}.")
+    else:
+        warnings.warn("All adapters are already merged, nothing to do.")
+
+
+# (input, output) size attribute names per kind of module: Linear, ConvNd, transformers' Conv1D,
+# Embedding. A module of another kind (LayerNorm) answers with its normalized size for both.
+_SIZE_NAMES = (("in_features", "out_features"), ("in_channels", "out_channels"), ("nx", "nf"),
+               ("num_embeddings", "embedding_dim"))
+
+
+def _sizes(module: nn.Module) -> tuple[int, int]:
+    for names in _SIZE_NAMES:
+        if all(isinstance(getattr(module, n, None), int) for n in names):
+            return getattr(module, names[0]), getattr(module, names[1])
+    shape = getattr(module, "normalized_shape", None)
+    if shape:
+        return shape[-1], shape[-1]
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+        return weight.shape[1], weight.shape[0]
+    raise AttributeError(f"{type(module).__name__} has no input/output size that peftkit can read")
 
 
 class _ForwardsToBase(nn.Module):
@@ -116,6 +148,10 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         """The change to ``base_layer.weight`` (same layout) that merging this adapter makes."""
         raise AdapterError(f"{type(self).__name__} adapters cannot be merged into the base weights")
 
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """peft's name for :meth:`delta_weight`."""
+        return self.delta_weight(adapter_name)
+
     # ------------------------------------------------------------------ the base weight, as methods read it
     # Methods read the base layer's weight only through these two (and write it only by merging), so a
     # base that stores its weight differently (quantized: peftkit.quantized) overrides them and every
@@ -149,7 +185,7 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
             if adapter_name not in holder:
                 continue
             entry = holder[adapter_name]
-            if isinstance(entry, nn.Parameter):
+            if isinstance(entry, torch.Tensor):  # a Parameter; a plain tensor under FSDP(use_orig_params=True)
                 yield attr, entry
             else:
                 for sub, p in entry.named_parameters():
@@ -184,6 +220,7 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         ``safe_merge`` computes the merged weight on a copy first and refuses NaN/inf.
         """
         names = self.active_adapters if adapter_names is None else adapter_names
+        warn_if_merged_already(self, names)
         weight = self.base_layer.weight
         for name in names:
             if name not in self.adapter_names or name in self.merged_adapters:
@@ -253,6 +290,25 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
     def merged(self) -> bool:
         """Whether any adapter is merged into the base weights."""
         return bool(self.merged_adapters)
+
+    @property
+    def in_features(self) -> int:
+        """The base layer's input size, whatever its kind calls it (peft's layers all expose it);
+        a layer may set its own."""
+        return self.__dict__.get("_in_features") or _sizes(self.base_layer)[0]
+
+    @in_features.setter
+    def in_features(self, value: int) -> None:
+        self.__dict__["_in_features"] = value
+
+    @property
+    def out_features(self) -> int:
+        """The base layer's output size (see :attr:`in_features`)."""
+        return self.__dict__.get("_out_features") or _sizes(self.base_layer)[1]
+
+    @out_features.setter
+    def out_features(self, value: int) -> None:
+        self.__dict__["_out_features"] = value
 
     @property
     def disable_adapters(self) -> bool:
@@ -381,16 +437,33 @@ class ModulesToSaveWrapper(_ForwardsToBase):
         if self.active_adapter == adapter_name:
             self.active_adapter = None
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if self.disabled:
-            return self.original_module(x, *args, **kwargs)
-        if self.row_adapters is not None:
-            result = self.original_module(x, *args, **kwargs)
-            for name, rows in group_rows(self.row_adapters, x.shape[0], x.device).items():
-                if name in self.modules_to_save:
-                    part = self.modules_to_save[name](x.index_select(0, rows), *args, **kwargs)
-                    result = result.index_copy(0, rows, part.to(result.dtype))
-            return result
-        if self.active_adapter is None:
-            return self.original_module(x, *args, **kwargs)
-        return self.modules_to_save[self.active_adapter](x, *args, **kwargs)
+    def __getattr__(self, name: str) -> Any:
+        """Attributes the wrapper lacks (``weight``, ``in_features``...) come from the module that
+        computes: the active adapter's trained copy, else (none active, or disabled) the original."""
+        try:
+            return nn.Module.__getattr__(self, name)
+        except AttributeError:
+            if name in ("original_module", "modules_to_save") or name.startswith("__"):
+                raise
+        return getattr(self._computing_module(), name)
+
+    def _computing_module(self) -> nn.Module:
+        active = self.__dict__.get("active_adapter")
+        copies = self._modules.get("modules_to_save")
+        if active is None or self.__dict__.get("disabled") or copies is None or active not in copies:
+            return self._modules["original_module"]
+        return copies[active]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.row_adapters is None or self.disabled:
+            return self._computing_module()(*args, **kwargs)
+        # a mixed batch: rows of the first input (positional or, for keyword-only calls, by keyword)
+        x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+        result = self.original_module(*args, **kwargs)
+        for name, rows in group_rows(self.row_adapters, x.shape[0], x.device).items():
+            if name in self.modules_to_save:
+                rows_args = [a.index_select(0, rows) if a is x else a for a in args]
+                rows_kwargs = {k: v.index_select(0, rows) if v is x else v for k, v in kwargs.items()}
+                part = self.modules_to_save[name](*rows_args, **rows_kwargs)
+                result = result.index_copy(0, rows, part.to(result.dtype))
+        return result

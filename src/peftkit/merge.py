@@ -26,9 +26,14 @@ class MergeMixin:
         """Add the (active, or named) adapters into the base weights; forward then costs nothing extra.
         With ``safe_merge`` every merged weight is checked for NaN/inf before any is changed."""
         names = self._active if adapter_names is None else self._check_names(adapter_names, field="adapter_names")
+        layers = list(self._adapter_layers())
+        # Without adapter_names each layer merges what it computes with: its own active adapters
+        # (a layer.set_adapter([...]) call may have changed them), so merged equals unmerged output.
+        chosen = {id(layer): (layer.active_adapters if adapter_names is None else names) for layer in layers}
+        if adapter_names is None:
+            names = list(dict.fromkeys([*names, *(n for layer in layers for n in layer.active_adapters)]))
         if self.peft_config and self._method().merge_error:  # e.g. prompt learning: nothing to merge into
             raise AdapterError(self._method().merge_error)
-        layers = list(self._adapter_layers())
         if layers and not self._method().layer_cls.mergeable:
             raise AdapterError(f"{self._method().peft_type} adapters cannot be merged into the base weights")
         for layer in layers:  # a layer that cannot take an adapter refuses before anything is merged
@@ -38,7 +43,7 @@ class MergeMixin:
                     raise AdapterError(f"{reason}; nothing was merged")
         if safe_merge:
             for layer in layers:
-                for name in names:
+                for name in chosen[id(layer)]:
                     if name in layer.adapter_names and name not in layer.merged_adapters:
                         if not layer.merge_is_finite(name):
                             raise AdapterError(
@@ -51,7 +56,7 @@ class MergeMixin:
         # Innermost first: where a mixed model stacked layers, an outer layer acts on the output of
         # the ones inside it, so their deltas must already be in the weight when it merges.
         for layer in reversed(layers):
-            layer.merge(names)
+            layer.merge(chosen[id(layer)])
 
     def _untie_before_merge(self, layers: list[AdapterLayer], names: list[str]) -> None:
         """A weight shared with another module (a tied input embedding and LM head) gets its own

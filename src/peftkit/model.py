@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 import types
+import warnings
+import weakref
 from typing import Any, Iterator, Optional, Union
 
 import torch
@@ -34,18 +36,43 @@ from .targets import (
     name_matches,
     resolve_target_modules,
 )
+from .meta import move_to_meta
 from .tree import get_module, set_module
 
 
+# What peft's tuner object (``peft_model.base_model``) offers that code calls on it: answered by
+# the PeftModel that owns the holder, so there is one implementation and one notion of "active".
+_TUNER_API = frozenset({
+    "set_adapter", "active_adapter", "active_adapters", "peft_config", "prefix", "delete_adapter",
+    "disable_adapter_layers", "enable_adapter_layers", "merge_adapter", "unmerge_adapter",
+    "merge_and_unload", "unload", "add_weighted_adapter",
+})
+
+
 class BaseModelHolder(_ForwardsToBase):
-    """Holds the user's model as ``.model`` (``peft``'s ``base_model.model`` path); attribute reads
-    it lacks go to the model."""
+    """Holds the user's model as ``.model`` (``peft``'s ``base_model.model`` path). peft's tuner
+    API (``base_model.set_adapter(...)``, ``base_model.prefix``...) is answered by the owning
+    PeftModel; other attribute reads it lacks go to the model."""
 
     _wrapped_attr = "model"
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, owner: Optional["PeftModel"] = None):
         super().__init__()
         self.model = model
+        # a weak reference: the PeftModel holds this module, not the other way round
+        self.__dict__["_owner"] = weakref.ref(owner) if owner is not None else None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_owner", None)  # a copy (deepcopy, pickle) is linked to its own PeftModel again
+        return state
+
+    def __getattr__(self, name: str) -> Any:
+        owner_ref = self.__dict__.get("_owner")
+        owner = owner_ref() if owner_ref is not None else None
+        if name in _TUNER_API and owner is not None and (hasattr(type(owner), name) or name in owner.__dict__):
+            return getattr(owner, name)
+        return super().__getattr__(name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -63,7 +90,7 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
 
     def __init__(self, model: nn.Module, peft_config: Optional[PeftConfig], adapter_name: str = "default", **_: Any):
         super().__init__()
-        self.base_model = BaseModelHolder(model)
+        self.base_model = BaseModelHolder(model, owner=self)
         self.peft_config: dict[str, PeftConfig] = {}
         self._active: list[str] = []
         self._inputs_disabled = False  # disable_adapter(): no method rewrites the inputs
@@ -71,6 +98,10 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         if peft_config is not None:
             self.add_adapter(adapter_name, peft_config)
             self.set_adapter(adapter_name)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.base_model.__dict__["_owner"] = weakref.ref(self)  # see BaseModelHolder.__getstate__
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -139,6 +170,46 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         return next(iter(self.peft_config.values())).peft_type
 
     @property
+    def targeted_module_names(self) -> list[str]:
+        """Paths (in the user's model) of the modules the adapters wrap (peft's tuner attribute)."""
+        return [key for key, module in self._adapter_modules() if isinstance(module, AdapterLayer)]
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of this model's adapter parameter names (peft's tuner prefix: ``lora_``,
+        ``ia3_``, ``hada_``...)."""
+        return self._method().prefix
+
+    @property
+    def has_active_enabled_adapter(self) -> bool:
+        """Whether the adapters take part in forward: False inside :meth:`disable_adapter` or after
+        :meth:`disable_adapter_layers` (peft's property)."""
+        layers_off = any(getattr(m, "disabled", False) for _, m in self._adapter_modules())
+        return bool(self._active) and not self._inputs_disabled and not layers_off
+
+    def disable_adapter_layers(self) -> None:
+        """Switch every adapter layer off in place until :meth:`enable_adapter_layers` (peft's tuner
+        method; :meth:`disable_adapter` is the context-manager form). Warns, as peft does, when an
+        active adapter trains biases: those stay changed, so outputs are not the base model's."""
+        for name in self._active:
+            bias = getattr(self.peft_config[name], "bias", "none")
+            if bias != "none":
+                warnings.warn(f"Careful, disabling adapter layers with bias configured to be '{bias}' does not produce "
+                              "the same output as the base model would without adaption.")
+        for _, module in self._adapter_modules():
+            module.disabled = True
+
+    def enable_adapter_layers(self) -> None:
+        """Undo :meth:`disable_adapter_layers`."""
+        for _, module in self._adapter_modules():
+            module.disabled = False
+
+    @property
+    def active_peft_config(self) -> PeftConfig:
+        """The config of the active adapter (the first one when several are active)."""
+        return self.peft_config[self._active[0]]
+
+    @property
     def modules_to_save(self) -> Optional[set[str]]:
         names = {n for c in self.peft_config.values() for n in (getattr(c, "modules_to_save", None) or [])}
         return names or None
@@ -157,8 +228,9 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         names = adapter_name_list(names, field, allow_list)
         known = set(self.peft_config) | ({BASE_ADAPTER} if allow_base else set())
         unknown = [short_repr(n) for n in dict.fromkeys(names) if n not in known]
-        if unknown:
-            raise AdapterError(f"unknown adapter(s) [{', '.join(unknown)}]; this model has {sorted(self.peft_config)}")
+        if unknown:  # starts with peft's words, which code written for peft matches
+            raise AdapterError(f"Adapter {', '.join(str(n) for n in dict.fromkeys(names) if n not in known)} does not "
+                               f"exist: unknown adapter(s) [{', '.join(unknown)}]; this model has {sorted(self.peft_config)}")
         return names
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
@@ -172,12 +244,31 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
 
     # ------------------------------------------------------------------ adding and removing adapters
-    def add_adapter(self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False) -> None:
+    def add_adapter(
+        self, adapter_name: str, peft_config: PeftConfig, low_cpu_mem_usage: bool = False,
+        autocast_adapter_dtype: bool = True,
+    ) -> None:
         """Inject a new (inactive) adapter. Every target is checked before the model is touched,
-        and a failure half-way removes what was added, so errors leave the model as it was."""
-        self._inject(adapter_name, peft_config, peft_config)
+        and a failure half-way removes what was added, so errors leave the model as it was.
 
-    def _inject(self, adapter_name: str, config: PeftConfig, init_config: PeftConfig) -> None:
+        ``low_cpu_mem_usage=True`` creates the adapter's layer tensors on the meta device (no memory)
+        for a state dict to fill (``set_peft_model_state_dict``); ``autocast_adapter_dtype=False``
+        keeps them in the dtype of the layer they adapt instead of float32 (as in peft).
+
+        Example:
+            >>> model.add_adapter("b", pk.LoraConfig(target_modules=["q_proj"]))  # doctest: +SKIP
+        """
+        self._inject(adapter_name, peft_config, peft_config, low_cpu_mem_usage=low_cpu_mem_usage)
+        if not autocast_adapter_dtype:
+            self._cast_adapter_to_base_dtype(adapter_name)
+
+    def _inject(
+        self, adapter_name: str, config: PeftConfig, init_config: PeftConfig, keep_config: bool = False,
+        low_cpu_mem_usage: bool = False,
+    ) -> None:
+        """Wrap the targets; ``peft_config[adapter_name]`` becomes a copy of ``config``, or, with
+        ``keep_config`` (loading: peft keeps the object given to ``from_pretrained(config=...)``),
+        ``config`` itself. ``init_config`` decides how the new tensors are initialised."""
         check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise AdapterError(f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first")
@@ -185,8 +276,16 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
             raise TypeError(f"peft_config must be a peftkit config such as LoraConfig, got {type(config).__name__}")
         spec = method_for_config(config)
         self._check_method_fits(spec)
+        trainable = [c for c in [*self.peft_config.values(), config]
+                     if not c.inference_mode and method_for_config(c).peft_type == spec.peft_type]
+        if spec.max_trainable_adapters is not None and len(trainable) > spec.max_trainable_adapters:
+            raise AdapterError(  # peft's words (its tests match them)
+                f"{type(config).__name__.removesuffix('Config')}Model supports only {spec.max_trainable_adapters} "
+                "trainable adapter. When using multiple adapters, set inference_mode to True for all adapters "
+                "except the one you want to train."
+            )
         same = init_config is config
-        config = config.model_copy(deep=True)
+        config = config if keep_config else config.model_copy(deep=True)
         init_config = config if same else init_config.model_copy(deep=True)
         model = self.get_base_model()
         if "modules_to_save" in type(config).model_fields:
@@ -210,6 +309,9 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
                 self._wrap(spec, key, adapter_name, init_config)
             if asks_parameters:
                 spec.inject_parameters(model, adapter_name, init_config)
+            if low_cpu_mem_usage:  # the values will come from a state dict (peft's low_cpu_mem_usage)
+                move_to_meta(model, [p for _, m in self._adapter_modules() if isinstance(m, AdapterLayer)
+                                     for _, p in m.adapter_parameters(adapter_name)])
             self._wrap_modules_to_save(adapter_name, config)
             if spec.on_add:
                 spec.on_add(self, adapter_name, init_config)
@@ -221,7 +323,26 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
         if len(self.peft_config) == 1:  # first adapter: freeze the base; adapters (and chosen biases) train
             for key, p in model.named_parameters():
                 p.requires_grad_(False)
-        self._apply_trainability()
+            self._apply_trainability()
+        else:
+            self._settle_new_adapter(adapter_name, trainable=keep_config and not config.inference_mode)
+
+    def _settle_new_adapter(self, adapter_name: str, trainable: bool) -> None:
+        """A further adapter joins without touching the others (as in peft): the layers keep
+        computing with the model's active adapters, and only the new adapter's tensors get their
+        ``requires_grad``: True when it was loaded with ``is_trainable=True``, else False
+        (``add_adapter`` adds a frozen adapter; ``set_adapter`` makes the active ones train)."""
+        for _, module in self._adapter_modules():
+            if adapter_name not in module.adapter_names:
+                continue
+            if isinstance(module, AdapterLayer):
+                module.active_adapters = [n for n in self._active if n in module.adapter_names]
+            elif module.active_adapter not in module.adapter_names:
+                module.active_adapter = next((n for n in self._active if n in module.adapter_names), None)
+            for _, p in module.adapter_parameters(adapter_name):
+                p.requires_grad_(trainable)
+        for p in checkpoint.model_level_parameters(self, adapter_name):
+            p.requires_grad_(trainable)
 
     def _check_method_fits(self, spec: MethodSpec) -> None:
         """A PeftModel holds adapters of one method (:class:`~peftkit.mixed_model.PeftMixedModel` mixes them)."""
@@ -275,8 +396,12 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
                 set_module(model, key, ModulesToSaveWrapper(module, adapter_name))
 
     def delete_adapter(self, adapter_name: str) -> None:
-        """Remove an adapter; layers left without adapters get their original module back."""
+        """Remove an adapter; layers left without adapters get their original module back. A
+        merged adapter is refused (nothing changes): unmerge it first."""
         self._check_names(adapter_name, allow_list=False)
+        if any(adapter_name in getattr(m, "merged_adapters", ()) for _, m in self._adapter_modules()):
+            raise AdapterError(  # peft's words
+                f"Cannot delete adapter(s) {[adapter_name]} while they are merged. Please unmerge them first.")
         model = self.get_base_model()
         spec = method_for_config(self.peft_config[adapter_name])
         if spec.on_delete:
@@ -324,15 +449,18 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
             ...     base_logits = model(input_ids).logits
         """
         modules = [m for _, m in self._adapter_modules()]
+        # what was switched off before (an outer disable_adapter(), disable_adapter_layers()) stays off
+        before = [(m, m.disabled) for m in modules]
+        inputs_before = self._inputs_disabled
         for m in modules:
             m.disabled = True
         self._inputs_disabled = True
         try:
             yield
         finally:
-            self._inputs_disabled = False
-            for m in modules:
-                m.disabled = False
+            self._inputs_disabled = inputs_before
+            for m, disabled in before:
+                m.disabled = disabled
 
     # ------------------------------------------------------------------ running
     @contextlib.contextmanager
@@ -456,7 +584,9 @@ def get_peft_model(
         check_mixable(peft_config)  # before the model is touched
         peft_model: PeftModel = PeftMixedModel(model, peft_config, adapter_name)
     else:
-        peft_model = PeftModel._class_for_task(getattr(peft_config, "task_type", None))(model, peft_config, adapter_name)
+        peft_model = PeftModel._class_for_task(getattr(peft_config, "task_type", None))(model, None)
+        peft_model.add_adapter(adapter_name, peft_config, low_cpu_mem_usage=low_cpu_mem_usage)
+        peft_model.set_adapter(adapter_name)
     if not autocast_adapter_dtype:
         peft_model._cast_adapter_to_base_dtype(adapter_name)
     return peft_model

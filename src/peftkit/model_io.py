@@ -12,6 +12,7 @@ import torch.nn as nn
 from . import checkpoint
 from .config import CONFIG_NAME, PeftConfig
 from .errors import AdapterError, CheckpointError
+from .hub import README_NAME
 from .names import check_adapter_name, child_path
 from .staging import staged_folder
 from .untrusted import allocation_limit
@@ -80,6 +81,20 @@ class SaveLoadMixin:
             for folder, config, tensors in outputs:
                 checkpoint.save_adapter_weights(tensors, os.path.join(stage, folder))
                 config.save_pretrained(os.path.join(stage, folder), auto_mapping_dict=self._auto_mapping(config))
+            if not os.path.exists(os.path.join(save_directory, README_NAME)):  # a card the user wrote stays
+                with open(os.path.join(stage, README_NAME), "w", encoding="utf-8") as f:
+                    f.write(self._model_card())
+
+    def _model_card(self, tags: Optional[list[str]] = None) -> str:
+        """The ``README.md`` written beside the adapter, as peft writes one: ``library_name: peft``,
+        the base model (its ``config._name_or_path``; none for a model without a config) and the
+        method as a tag (the Hub shows LoRA adapters' inference widgets for the ``lora`` tag)."""
+        from .hub import model_card
+
+        model_config = getattr(self.get_base_model(), "config", None)
+        base = model_config.to_dict().get("_name_or_path") if hasattr(model_config, "to_dict") else None
+        methods = dict.fromkeys(str(c.peft_type).lower() for c in self.peft_config.values())
+        return model_card(base or None, [*(tags or []), *methods])
 
     def push_to_hub(
         self,
@@ -101,10 +116,9 @@ class SaveLoadMixin:
         Example:
             >>> model.push_to_hub("me/smollm2-contact-lora", private=True)   # doctest: +SKIP
         """
-        from .hub import model_card, push_folder
+        from .hub import push_folder
 
-        first = next(iter(self.peft_config.values()))
-        card = model_card(first.base_model_name_or_path, [*(tags or []), first.peft_type.lower()])
+        card = self._model_card(tags)
         return push_folder(
             self.save_pretrained, repo_id, card=card, commit_message=commit_message or "Upload adapter",
             commit_description=commit_description, private=private, token=token, revision=revision, create_pr=create_pr,
@@ -130,7 +144,13 @@ class SaveLoadMixin:
         **kwargs: Any,
     ) -> "PeftModel":
         """Load a saved adapter (peftkit's or ``peft``'s) onto ``model``. If the adapter does not fit,
-        the error names the first mismatching module and ``model`` is left as it was."""
+        the error names the first mismatching module and ``model`` is left as it was.
+        ``autocast_adapter_dtype=False`` keeps the adapter in the dtype of the layers it adapts
+        (by default adapters on float16/bfloat16 layers are float32, as in peft).
+
+        Example:
+            >>> model = PeftModel.from_pretrained(base, "out/adapter", is_trainable=True)  # doctest: +SKIP
+        """
         check_adapter_name(adapter_name)
         config = config or PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
         config.inference_mode = not is_trainable
@@ -144,6 +164,8 @@ class SaveLoadMixin:
                 p.requires_grad_(flag)
             raise
         peft_model.set_adapter(adapter_name)
+        if not kwargs.get("autocast_adapter_dtype", True):  # keep the adapter in its layers' dtype (as peft)
+            peft_model._cast_adapter_to_base_dtype(adapter_name)
         return peft_model
 
     def load_adapter(
@@ -155,14 +177,22 @@ class SaveLoadMixin:
         revision: Optional[str] = None,
         **kwargs: Any,
     ) -> checkpoint.LoadResult:
-        """Load another saved adapter beside the existing ones (it is not made active)."""
+        """Load another saved adapter beside the existing ones (it is not made active).
+        ``autocast_adapter_dtype=False`` keeps it in the dtype of the layers it adapts (as peft).
+
+        Example:
+            >>> model.load_adapter("out/other", adapter_name="other")  # doctest: +SKIP
+        """
         check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise AdapterError(f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first")
         config = PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
         config.inference_mode = not is_trainable
         path = checkpoint.adapter_weights_path(model_id, subfolder=subfolder, revision=revision)
-        return self._load(adapter_name, config, path)
+        result = self._load(adapter_name, config, path)
+        if not kwargs.get("autocast_adapter_dtype", True):  # keep the adapter in its layers' dtype (as peft)
+            self._cast_adapter_to_base_dtype(adapter_name)
+        return result
 
     def _load(self, adapter_name: str, config: PeftConfig, path: str) -> checkpoint.LoadResult:
         """Build the adapter and fill it from the file at ``path``, checking before any work: the
@@ -173,7 +203,7 @@ class SaveLoadMixin:
         limit = sum(t.numel for t in header.values()) + sum(p.numel() for p in self.parameters())
         # Initialisation is skipped (the saved values overwrite it); PiSSA/OLoRA must not touch the base.
         with allocation_limit(limit, f"{path}: adapter {adapter_name!r}"):
-            self._inject(adapter_name, config, config.for_loading())
+            self._inject(adapter_name, config, config.for_loading(), keep_config=True)
         try:
             checkpoint.check_fits_file(self, header, adapter_name, path)
             weights = checkpoint.read_adapter_file(path)
@@ -181,7 +211,6 @@ class SaveLoadMixin:
         except BaseException:
             self.delete_adapter(adapter_name)
             raise
-        self._apply_trainability()
         if config.inference_mode:
             self.eval()  # an adapter loaded for inference runs without dropout, as in peft
         return result

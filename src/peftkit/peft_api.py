@@ -13,15 +13,15 @@ call, holding the module's own ``peft_config`` dict, so nothing is copied and no
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from . import checkpoint
 from .config import PeftConfig
-from .errors import AdapterError
-from .layers import AdapterLayer
+from .errors import AdapterError, CheckpointError
+from .layers import AdapterLayer, ModulesToSaveWrapper
 from .model import PeftModel
 from .registry import method_for_config
 
@@ -54,16 +54,15 @@ def inject_adapter_in_model(
     if not isinstance(peft_config, PeftConfig):
         raise TypeError(f"peft_config must be a peftkit config such as LoraConfig, got {type(peft_config).__name__}")
     spec = method_for_config(peft_config)
-    needs_peft_model = [hook for hook in ("on_add", "model_tensors", "prepare_inputs") if getattr(spec, hook) is not None]
-    if needs_peft_model:
+    if spec.uses_shared_state:
         raise AdapterError(
-            f"{spec.peft_type} adapters keep state on the PeftModel ({', '.join(needs_peft_model)}), so they cannot be "
+            f"{spec.peft_type} adapters keep shared state on the PeftModel (beside their layers), so they cannot be "
             "injected into a plain module; use peftkit.get_peft_model(model, config) instead"
         )
     if state_dict is not None:
         peft_config = _targeting_state_dict(peft_config, spec.layer_cls.adapter_param_names, state_dict)
     view = _view(model)
-    view.add_adapter(adapter_name, peft_config)
+    view.add_adapter(adapter_name, peft_config, low_cpu_mem_usage=low_cpu_mem_usage)
     view.set_adapter(adapter_name)
     return model
 
@@ -119,6 +118,7 @@ def set_peft_model_state_dict(
             "set_peft_model_state_dict(ignore_mismatched_sizes=True) would leave some adapter tensors unloaded; "
             "peftkit loads a checkpoint whole or not at all. Fix the checkpoint or the adapter's config instead"
         )
+    model = _unwrapped(model, unwrap_compiled=False)
     if isinstance(model, PeftModel):
         return checkpoint.set_peft_model_state_dict(model, peft_model_state_dict, adapter_name)
     view = _view(model)
@@ -170,9 +170,72 @@ def _targeting_state_dict(config: PeftConfig, attributes: tuple[str, ...], state
     return config
 
 
+def get_base_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's state dict under the keys it had before adapters were added
+    (``peft.get_base_model_state_dict``): ``<path>.base_layer.weight`` reads ``<path>.weight``,
+    a saved module's frozen ``original_module`` its own keys, and adapter tensors are left out.
+
+    Example:
+        >>> sd = pk.get_base_model_state_dict(peft_model)   # doctest: +SKIP
+        >>> "model.layers.0.self_attn.q_proj.weight" in sd   # doctest: +SKIP
+        True
+    """
+    base, wrappers = _wrapper_paths(model)
+    result = {}
+    for key, value in base.state_dict().items():
+        owner = _owning_wrapper(key, wrappers)
+        if owner is None:
+            result[key] = value
+            continue
+        rest = key[len(owner) + 1:]
+        inner = wrappers[owner]._wrapped_attr + "."
+        if rest.startswith(inner):  # the wrapped module's own tensors; anything else is an adapter's
+            result[f"{owner}.{rest[len(inner):]}"] = value
+    return result
+
+
+def set_base_model_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True) -> Any:
+    """Load a state dict keyed as the base model was before adapters were added into the base
+    model's tensors of ``model`` (``peft.set_base_model_state_dict``; the counterpart of
+    :func:`get_base_model_state_dict`). ``strict``: every base tensor must be given, and nothing else.
+
+    Example:
+        >>> pk.set_base_model_state_dict(peft_model, original_model.state_dict())   # doctest: +SKIP
+    """
+    base, wrappers = _wrapper_paths(model)
+    translated = {}
+    for key, value in state_dict.items():
+        owner = _owning_wrapper(key, wrappers)
+        translated[key if owner is None else f"{owner}.{wrappers[owner]._wrapped_attr}.{key[len(owner) + 1:]}"] = value
+    if strict:
+        expected = set(get_base_model_state_dict(model))
+        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        if missing or unexpected:
+            raise CheckpointError(f"set_base_model_state_dict(strict=True): missing keys {missing[:5]}, unexpected keys "
+                                  f"{unexpected[:5]}; pass the base model's own state dict, or strict=False")
+    return base.load_state_dict(translated, strict=False)
+
+
+def _wrapper_paths(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
+    """The user's model inside ``model`` and its adapter wrappers by path (deepest paths first)."""
+    model = _unwrapped(model, unwrap_compiled=True)
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    found = {key: m for key, m in base.named_modules() if isinstance(m, (AdapterLayer, ModulesToSaveWrapper)) and key}
+    return base, dict(sorted(found.items(), key=lambda item: -len(item[0])))
+
+
+def _owning_wrapper(key: str, wrappers: dict[str, Any]) -> Optional[str]:
+    return next((path for path in wrappers if key.startswith(path + ".")), None)
+
+
 def _unwrapped(model: nn.Module, unwrap_compiled: bool) -> nn.Module:
-    """The module inside ``torch.compile``'s wrapper (when asked, as peft), else ``model``."""
+    """The module inside FSDP's wrappers (its parameters are the model's own with
+    ``use_orig_params=True``; keys then carry no ``_fsdp_wrapped_module.``, as peft writes them) and,
+    when asked (as peft), inside ``torch.compile``'s wrapper; else ``model``."""
+    while isinstance(getattr(model, "_fsdp_wrapped_module", None), nn.Module):
+        model = model._fsdp_wrapped_module
     return getattr(model, "_orig_mod", model) if unwrap_compiled else model
 
 
-__all__ = ["delete_injected_adapter", "get_peft_model_state_dict", "inject_adapter_in_model", "set_peft_model_state_dict"]
+__all__ = ["delete_injected_adapter", "get_base_model_state_dict", "get_peft_model_state_dict", "inject_adapter_in_model",
+           "set_base_model_state_dict", "set_peft_model_state_dict"]

@@ -10,6 +10,7 @@ through the ``peftkit.methods`` entry point group, loaded lazily on the first lo
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Callable, Optional
@@ -126,11 +127,29 @@ class MethodSpec:
     inject_parameters: Optional[Callable[..., list]] = None
     # At most this many adapters of the method may be active at once (None: no limit).
     max_active_adapters: Optional[int] = None
+    # At most this many adapters of the method may be trainable (not inference_mode) in one model
+    # (AdaLoRA: its rank budget follows one adapter's training). None: no limit.
+    max_trainable_adapters: Optional[int] = None
     # Why adapters of this method can never be merged into the base weights (None: see layer_cls).
     merge_error: Optional[str] = None
     # Where the user's model sits in the checkpoint's key space: peft writes ``base_model.model.``
     # for methods that wrap layers and ``base_model.`` for prompt-learning methods.
     key_prefix: str = "base_model.model."
+    # peft's tuner flag: the method keeps state on the model that its layers share (VeRA's
+    # projections, a prompt encoder, bottleneck placement), so it needs a PeftModel and cannot be
+    # injected into a plain module with inject_adapter_in_model().
+    uses_shared_state: bool = False
+
+    @property
+    def prefix(self) -> str:
+        """The prefix of the method's parameter names, as peft's tuners give it (``lora_`` for
+        LoRA and AdaLoRA, ``hada_`` for LoHa, ``vera_lambda_``...): what the layer's tensor
+        attributes share up to their last ``_``; ``<peft type>_`` for methods without layers."""
+        names = list(getattr(self.layer_cls, "adapter_param_names", ()) or ())
+        if not names:
+            return f"{str(self.peft_type).lower()}_"
+        shared = os.path.commonprefix(names)
+        return shared[: shared.rfind("_") + 1] or f"{str(self.peft_type).lower()}_"
 
     def factory_for(self, module: nn.Module) -> Optional[LayerFactory]:
         """The first factory that accepts ``module``, or None (a quantized module only matches

@@ -17,3 +17,18 @@ def set_module(root: nn.Module, key: str, new: nn.Module) -> nn.Module:
     old = getattr(parent, name)
     setattr(parent, name, new)
     return old
+
+
+def get_submodules(root: nn.Module, key: str) -> tuple[nn.Module, nn.Module, str]:
+    """``(parent, module, name)`` for the module at ``key``: what code replacing a module needs
+    (peft's ``_get_submodules``).
+
+    Example::
+
+        >>> import torch.nn as nn
+        >>> parent, module, name = get_submodules(nn.Sequential(nn.Sequential(nn.Linear(2, 2))), "0.0")
+        >>> type(module).__name__, name
+        ('Linear', '0')
+    """
+    parent_key, _, name = key.rpartition(".")
+    return get_module(root, parent_key), get_module(root, key), name

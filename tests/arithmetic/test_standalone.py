@@ -60,8 +60,9 @@ def test_ia3_stays_ia3_with_linear():
 def test_adalora_combines_by_svd_into_lora_and_refuses_in_place():
     """AdaLoRA's change is ``B diag(E) A``: the svd types take it from ``delta_weight``; the result is
     LoRA, which an AdaLoRA model cannot hold, so ``add_weighted_adapter`` says where to go instead."""
-    make = lambda: pk.AdaLoraConfig(init_r=3, target_r=2, total_step=10, target_modules=LINEAR.targets)  # noqa: E731
-    model = build(pk, LINEAR.model().double(), {"a": make(), "b": make()})
+    # the second adapter is loaded for inference: AdaLoRA trains one adapter at a time, as in peft
+    make = lambda **kw: pk.AdaLoraConfig(init_r=3, target_r=2, total_step=10, target_modules=LINEAR.targets, **kw)  # noqa: E731
+    model = build(pk, LINEAR.model().double(), {"a": make(), "b": make(inference_mode=True)})
     weights = [0.8, -0.3]
     combined = combine_adapters(model, ["a", "b"], weights, combination_type="svd", svd_rank=16)
     assert combined.config.peft_type == "LORA" and combined.report.max_error < 1e-9

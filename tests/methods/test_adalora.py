@@ -48,7 +48,10 @@ class TestAdaLoraContract(MethodContract):
         return self.config(subject)  # E starts at zero
 
     def adapted(self, subject, name="default", seed=0, model=None, **kw) -> pk.PeftModel:
-        """Trained-like values: A, E and B drawn from N(0, 0.1^2)."""
+        """Trained-like values: A, E and B drawn from N(0, 0.1^2). A second adapter is added for
+        inference: AdaLoRA trains one adapter at a time (peft refuses a second trainable one)."""
+        if model is not None:
+            kw.setdefault("inference_mode", True)
         model = super().adapted(subject, name, seed, model, **kw)
         randomize_lora_weights(model, seed=seed, patterns=tuple(f"{t}.{name}" for t in ("lora_A", "lora_B", "lora_E")))
         return model
@@ -303,3 +306,14 @@ def test_inference_adapters_have_no_allocator(tmp_path):
     trainable = pk.PeftModel.from_pretrained(make_model("llama"), tmp_path, is_trainable=True)
     assert list(trainable.base_model.rank_allocators) == ["default"]
     assert float(orthogonal_regularization(trainable).detach()) > 0
+
+
+def test_a_second_trainable_adalora_adapter_is_refused_as_in_peft():
+    import torch.nn as nn
+
+    base = nn.Sequential(nn.Linear(8, 8))
+    model = pk.get_peft_model(base, pk.AdaLoraConfig(target_modules=["0"], total_step=10))
+    with pytest.raises(pk.AdapterError, match="AdaLoraModel supports only 1 trainable adapter"):
+        model.add_adapter("b", pk.AdaLoraConfig(target_modules=["0"], total_step=10))
+    assert list(model.peft_config) == ["default"]
+    model.add_adapter("frozen", pk.AdaLoraConfig(target_modules=["0"], total_step=10, inference_mode=True))

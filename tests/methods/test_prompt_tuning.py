@@ -94,7 +94,6 @@ def test_loaded_adapter_can_train_further(tmp_path):
     [
         (dict(num_virtual_tokens=0), "num_virtual_tokens"),
         (dict(num_virtual_tokens=-2), "num_virtual_tokens"),
-        (dict(), "num_virtual_tokens"),
         (dict(num_virtual_tokens=4, prompt_tuning_init="TEXT", prompt_tuning_init_text="x"), "tokenizer_name_or_path"),
         (dict(num_virtual_tokens=4, prompt_tuning_init="TEXT", tokenizer_name_or_path="t"), "prompt_tuning_init_text"),
         (dict(num_virtual_tokens=4, tokenizer_kwargs={"use_fast": True}), "tokenizer_kwargs"),
@@ -105,6 +104,12 @@ def test_loaded_adapter_can_train_further(tmp_path):
 def test_bad_config_names_the_field(kwargs, field):
     with pytest.raises(pk.ConfigError, match=field):
         pk.PromptTuningConfig(task_type="CAUSAL_LM", **kwargs)
+
+
+def test_num_virtual_tokens_may_be_left_out_of_a_config_but_not_of_an_adapter():
+    config = pk.PromptTuningConfig(task_type="CAUSAL_LM")  # as in peft: the config alone is fine
+    with pytest.raises(pk.ConfigError, match="num_virtual_tokens: is required"):
+        pk.get_peft_model(make_model("llama"), config)
 
 
 def test_bad_setup_leaves_the_model_unchanged():

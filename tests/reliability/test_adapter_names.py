@@ -100,7 +100,7 @@ def test_load_adapter_refuses_bad_names_and_save_stays_inside(label, saved, tmp_
         model.load_adapter(saved, adapter_name=BAD_NAMES[label][0])
     assert_model_unchanged(model, before)
     model.save_pretrained(tmp_path / "out")  # only the good adapter, inside out/
-    assert sorted(folder_state(tmp_path / "out")) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(folder_state(tmp_path / "out")) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
 
 
 @pytest.mark.parametrize("call", ["set_adapter", "delete_adapter", "save_pretrained", "merge_adapter", "forward"])

@@ -93,7 +93,7 @@ def test_checkpoint_holds_no_pickles(tmp_path):
     folder = state.save_checkpoint(str(tmp_path / "step-00001"), model, opt, sched, state.Progress(1, 0, 1))
     names = sorted(os.listdir(folder))
     assert names == ["COMPLETE", "adapter", "optimizer.safetensors", "run_state.safetensors", "state.json"]
-    assert sorted(os.listdir(os.path.join(folder, "adapter"))) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(os.listdir(os.path.join(folder, "adapter"))) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
 
 
 def test_latest_checkpoint_skips_incomplete(tmp_path):

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from pydantic import field_validator
 
+from ..config import PeftType
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
 from .adalora_allocator import RankAllocator
@@ -49,7 +50,7 @@ class AdaLoraConfig(LoraConfig):
         (12, 4, None)
     """
 
-    peft_type: ClassVar[str] = "ADALORA"
+    peft_type: ClassVar[str] = PeftType.ADALORA
 
     target_r: int = 8
     init_r: int = 12
@@ -112,12 +113,14 @@ class AdaLoraConfig(LoraConfig):
     def check(self) -> list[tuple[str, str]]:
         problems = super().check()
         if self.total_step is None or self.total_step <= 0:
-            problems.append(("total_step", "AdaLoRA needs the number of training steps for its rank schedule: set "
-                                           "total_step > 0 (peftkit train fills it from the run's steps when unset)"))
+            problems.append(("total_step", "AdaLoRA does not work when `total_step` is None, supply a value > 0. "
+                                           "It is the number of training steps of the rank schedule (peftkit train "
+                                           "fills it from the run's steps when unset)"))
         elif self.tinit >= self.total_step - self.tfinal:
-            problems.append(("tinit", f"the schedule leaves no steps to reallocate ranks: need tinit ({self.tinit}) < "
-                                      f"total_step - tfinal ({self.total_step} - {self.tfinal}); lower tinit/tfinal "
-                                      "or raise total_step (in peftkit train: the run's steps, unless set)"))
+            problems.append(("tinit", "The supplied schedule values don't allow for a budgeting phase. Decrease "
+                                      f"`tfinal`/`tinit` or increase `total_step`: need tinit ({self.tinit}) < "
+                                      f"total_step - tfinal ({self.total_step} - {self.tfinal}) (in peftkit train: "
+                                      "total_step is the run's steps, unless set)"))
         if self.target_r > self.init_r:
             problems.append(("target_r", f"is larger than init_r ({self.target_r} > {self.init_r}); AdaLoRA only "
                                          "removes ranks, so set target_r <= init_r"))
@@ -291,6 +294,7 @@ ADALORA = register_method(
         on_step_end=_on_step_end,
         extra_loss=orthogonal_regularization,
         on_add=_on_add,
+        max_trainable_adapters=1,
         on_delete=_on_delete,
         run_defaults=_run_defaults,
         run_state=_run_state,

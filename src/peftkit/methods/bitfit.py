@@ -22,9 +22,9 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
-from ..config import TargetedConfig
+from ..config import TargetedConfig, PeftType
 from ..errors import AdapterError, TargetError
-from ..layers import BASE_ADAPTER, AdapterLayer, group_rows
+from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, warn_if_merged_already
 from ..registry import LayerFactory, MethodSpec, register_method
 from ..targets import compact_names, iter_plain_modules
 from .lora_layers import adapter_dtype, is_conv1d
@@ -46,7 +46,7 @@ class BitFitConfig(TargetedConfig):
         'BITFIT'
     """
 
-    peft_type: ClassVar[str] = "BITFIT"
+    peft_type: ClassVar[str] = PeftType.BITFIT
 
     def default_target_modules(self, model: nn.Module) -> list[str]:
         """Names of the modules with a bias that BitFit can adapt (called when target_modules is unset)."""
@@ -131,6 +131,7 @@ class BitFitLayer(AdapterLayer):
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         names = self.active_adapters if adapter_names is None else adapter_names
+        warn_if_merged_already(self, names)
         for name in names:
             if name not in self.adapter_names or name in self.merged_adapters:
                 continue

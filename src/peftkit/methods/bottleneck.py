@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 import torch.nn as nn
 from pydantic import AfterValidator, BeforeValidator, field_validator
 
-from ..config import PeftConfig, _normalise_names, finite_number
+from ..config import PeftConfig, _normalise_names, finite_number, PeftType
 from ..errors import TargetError
 from ..registry import MethodSpec, register_method
 from ..targets import iter_plain_modules, is_target, modules_to_save_for, name_matches
@@ -76,7 +76,7 @@ class BottleneckConfig(PeftConfig):
         96
     """
 
-    peft_type: ClassVar[str] = "BOTTLENECK"
+    peft_type: ClassVar[str] = PeftType.BOTTLENECK
 
     adapter_type: Literal["houlsby", "pfeiffer", "parallel"] = "houlsby"
     # The adapter width: give one of the two (neither: hidden size / 16).
@@ -240,5 +240,6 @@ def _on_add(peft_model: Any, adapter_name: str, config: BottleneckConfig) -> Non
 
 
 BOTTLENECK = register_method(
-    MethodSpec(peft_type="BOTTLENECK", config_cls=BottleneckConfig, layer_cls=BottleneckLayer, on_add=_on_add)
+    MethodSpec(peft_type="BOTTLENECK", config_cls=BottleneckConfig, layer_cls=BottleneckLayer, on_add=_on_add,
+               uses_shared_state=True)
 )

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import TargetError
-from ..layers import group_rows
+from ..layers import group_rows, warn_if_merged_already
 
 if TYPE_CHECKING:
     from .lora import LoraConfig
@@ -288,6 +288,7 @@ class DoraMixin:
     # ------------------------------------------------------------ merging
     def merge(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
         names = self.active_adapters if adapter_names is None else list(adapter_names)
+        warn_if_merged_already(self, names)
         todo = [n for n in names if n in self.adapter_names and n not in self.merged_adapters]
         if any(n in self.lora_magnitude_vector for n in todo):
             # a DoRA norm is that of the weight forward sees, without merged adapters (as peft)

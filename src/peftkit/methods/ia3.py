@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Optional, Union
 import torch.nn as nn
 from pydantic import field_validator
 
-from ..config import TargetedConfig, _normalise_names
+from ..config import PeftType, TargetedConfig, _normalise_names
 from ..errors import TargetError
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method

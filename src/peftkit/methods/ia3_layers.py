@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import AdapterError
-from ..layers import BASE_ADAPTER, AdapterLayer, group_rows
+from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, warn_if_merged_already
 from .lora_layers import adapter_dtype
 
 if TYPE_CHECKING:
@@ -162,6 +162,7 @@ class IA3Layer(AdapterLayer):
         """Multiply the adapters' scales into ``base_layer.weight`` (and its bias when the
         output is scaled). ``safe_merge`` refuses a result with NaN/inf and changes nothing."""
         names = self.active_adapters if adapter_names is None else adapter_names
+        warn_if_merged_already(self, names)
         base = self.base_layer
         for name in names:
             if name not in self.ia3_l or name in self.merged_adapters:

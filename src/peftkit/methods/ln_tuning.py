@@ -20,9 +20,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 
-from ..config import TargetedConfig
+from ..config import TargetedConfig, PeftType
 from ..errors import AdapterError, TargetError
-from ..layers import BASE_ADAPTER, AdapterLayer, group_rows
+from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, warn_if_merged_already
 from ..registry import LayerFactory, MethodSpec, register_method
 from ..targets import compact_names, iter_plain_modules
 
@@ -70,7 +70,7 @@ class LNTuningConfig(TargetedConfig):
         'LN_TUNING'
     """
 
-    peft_type: ClassVar[str] = "LN_TUNING"
+    peft_type: ClassVar[str] = PeftType.LN_TUNING
 
     def default_target_modules(self, model: nn.Module) -> list[str]:
         """peft's per-architecture names, or every norm layer of an architecture peft does not know."""
@@ -150,6 +150,7 @@ class LNTuningLayer(AdapterLayer):
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         names = self.active_adapters if adapter_names is None else adapter_names
+        warn_if_merged_already(self, names)
         names = [n for n in names if n in self.adapter_names and n not in self.merged_adapters]
         if not names:
             return

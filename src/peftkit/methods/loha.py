@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import PeftType
 from ..registry import MethodSpec, register_method
 from .lycoris import LycorisConfig, LycorisLayer, lycoris_factories, rebuild_cp, uses_effective_conv
 
@@ -26,7 +27,7 @@ class LoHaConfig(LycorisConfig):
         (8, 16, True)
     """
 
-    peft_type: ClassVar[str] = "LOHA"
+    peft_type: ClassVar[str] = PeftType.LOHA
 
 
 def _kaiming(shape: tuple[int, ...]) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from pydantic import field_validator
 
+from ..config import PeftType
 from ..registry import MethodSpec, register_method
 from .lycoris import LycorisConfig, LycorisLayer, lycoris_factories, rebuild_cp, uses_effective_conv
 
@@ -27,7 +28,7 @@ class LoKrConfig(LycorisConfig):
         (-1, False)
     """
 
-    peft_type: ClassVar[str] = "LOKR"
+    peft_type: ClassVar[str] = PeftType.LOKR
 
     decompose_both: bool = False
     decompose_factor: int = -1

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 import torch.nn as nn
 from pydantic import field_validator
 
-from ..config import ANY_VALUE, PeftConfig, TargetedConfig, finite_number, mapping_values
+from ..config import ANY_VALUE, PeftConfig, TargetedConfig, finite_number, mapping_values, PeftType
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
 from .lora_conversion import convert_mutated_init
@@ -32,7 +32,7 @@ class LoraConfig(TargetedConfig):
         (16, 32)
     """
 
-    peft_type: ClassVar[str] = "LORA"
+    peft_type: ClassVar[str] = PeftType.LORA
     # peft LoRA features peftkit does not implement: accepted only at their "unused" value.
     peft_only_keys: ClassVar[dict[str, Any]] = {
         **PeftConfig.peft_only_keys,

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 from pydantic import field_validator
 
+from ..config import PeftType
 from .prompt_learning import (
     Positive,
     PromptEncoderModule,
@@ -43,7 +44,7 @@ class PromptEncoderConfig(PromptLearningConfig):
         'MLP'
     """
 
-    peft_type: ClassVar[str] = "P_TUNING"
+    peft_type: ClassVar[str] = PeftType.P_TUNING
 
     encoder_reparameterization_type: PromptEncoderReparameterizationType = PromptEncoderReparameterizationType.MLP
     encoder_hidden_size: Optional[Positive] = None

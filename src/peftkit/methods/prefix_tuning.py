@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal, Optional
 import torch
 import torch.nn as nn
 
+from ..config import PeftType
 from ..compat import cache_kwarg, pop_cache
 from ..errors import AdapterError, ConfigError
 from .prompt_learning import (
@@ -41,7 +42,7 @@ class PrefixTuningConfig(PromptLearningConfig):
         True
     """
 
-    peft_type: ClassVar[str] = "PREFIX_TUNING"
+    peft_type: ClassVar[str] = PeftType.PREFIX_TUNING
 
     init_weights: Optional[Literal["zero"]] = None
     encoder_hidden_size: Optional[Positive] = None

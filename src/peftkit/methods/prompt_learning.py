@@ -71,8 +71,6 @@ class PromptLearningConfig(PeftConfig):
 
     def check(self) -> list[tuple[str, str]]:
         problems = super().check()
-        if self.num_virtual_tokens is None:
-            problems.append(("num_virtual_tokens", "is required: how many virtual tokens to learn, e.g. 20"))
         if self.num_transformer_submodules not in (None, 1, 2):
             problems.append(("num_transformer_submodules", "must be 1 (decoder or encoder only) or 2 (encoder-decoder)"))
         return problems
@@ -172,6 +170,9 @@ def _attach(build: Callable[[PromptLearningConfig, nn.Module], PromptEncoderModu
     def on_add(peft_model: nn.Module, adapter_name: str, config: PromptLearningConfig) -> None:
         stored = peft_model.peft_config[adapter_name]
         model = peft_model.get_base_model()
+        if stored.num_virtual_tokens is None:  # a config may be built without it (as in peft), not used
+            raise ConfigError(f"Invalid {type(stored).__name__}:",
+                              [("num_virtual_tokens", "is required: how many virtual tokens to learn, e.g. 20")])
         if stored.task_type is None:
             raise ConfigError(
                 f"Invalid {type(stored).__name__}:",
@@ -238,6 +239,7 @@ def register_prompt_method(
             prepare_generate=prepare_generate,
             max_active_adapters=1,
             merge_error=MERGE_ERROR,
+            uses_shared_state=True,
             key_prefix="base_model.",
         )
     )

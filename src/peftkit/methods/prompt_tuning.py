@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Optional
 import torch
 import torch.nn as nn
 
+from ..config import PeftType
 from ..errors import ConfigError
 from .prompt_learning import (
     PromptEncoderModule,
@@ -45,7 +46,7 @@ class PromptTuningConfig(PromptLearningConfig):
         'TEXT'
     """
 
-    peft_type: ClassVar[str] = "PROMPT_TUNING"
+    peft_type: ClassVar[str] = PeftType.PROMPT_TUNING
 
     prompt_tuning_init: PromptTuningInit = PromptTuningInit.RANDOM
     prompt_tuning_init_text: Optional[str] = None

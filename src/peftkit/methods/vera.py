@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import field_validator
 
-from ..config import PeftConfig, TargetedConfig, finite_number
+from ..config import PeftConfig, TargetedConfig, finite_number, PeftType
 from ..layers import AdapterLayer
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
@@ -42,7 +42,7 @@ class VeraConfig(TargetedConfig):
         (256, 0.1, True)
     """
 
-    peft_type: ClassVar[str] = "VERA"
+    peft_type: ClassVar[str] = PeftType.VERA
     peft_only_keys: ClassVar[dict[str, Any]] = dict(PeftConfig.peft_only_keys)
 
     r: int = 256
@@ -237,5 +237,6 @@ VERA = register_method(
         on_add=_on_add,
         on_delete=_on_delete,
         model_tensors=_model_tensors,
+        uses_shared_state=True,
     )
 )

@@ -1,0 +1,31 @@
+"""Deliberate differences from peft: tests that check behaviour peftkit chooses not to have.
+
+Each entry is a regular expression searched in the test id and the reason; the same list, with the
+same reasons, is in docs/peft-compatibility.md. Keep it short: a difference is a decision, not a
+place to park failures.
+
+Example::
+
+    >>> deliberate_difference("tests/test_custom_models.py::TestPeftCustomModel::test_save_pretrained_pickle[x]")
+    'peftkit never writes or loads pickles (safe_serialization=False is refused)'
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+DIFFERENCES: list[tuple[str, str]] = [
+    (r"::test_save_pretrained_pickle\[", "peftkit never writes or loads pickles (safe_serialization=False is refused)"),
+    (r"::test_from_pretrained_forward_compatible", "an adapter_config.json key peftkit does not know, with a "
+     "non-default value, is an error in peftkit (peft warns and ignores it): an adapter never loads with "
+     "silently different behaviour (DESIGN: configs are strict; keys at their default value only warn)"),
+    (r"::test_peft_version_", "peft_version records which peft release wrote a file (patched through peft's "
+                              "private peft.config.__version__ / _get_commit_hash); peftkit is not peft and "
+                              "does not claim a peft version (it accepts the key when reading)"),
+]
+
+
+def deliberate_difference(nodeid: str) -> Optional[str]:
+    """The reason a test checks a deliberate difference, or None."""
+    return next((reason for pattern, reason in DIFFERENCES if re.search(pattern, nodeid)), None)

@@ -1,0 +1,86 @@
+"""save_pretrained's model card (README.md) and the peft-style config identity of from_pretrained."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+import yaml
+from tiny_models import tiny_llama
+
+import peftkit as pk
+
+
+def _card(folder) -> dict:
+    text = (folder / "README.md").read_text()
+    return yaml.safe_load(text.split("---")[1])
+
+
+def test_save_pretrained_writes_a_peft_model_card(tmp_path):
+    base = tiny_llama()
+    base.config._name_or_path = "org/tiny-llama"
+    model = pk.get_peft_model(base, pk.LoraConfig(target_modules=["q_proj"]))
+    model.save_pretrained(tmp_path)
+    card = _card(tmp_path)
+    assert card["library_name"] == "peft"
+    assert card["base_model"] == "org/tiny-llama"
+    assert "lora" in card["tags"]
+
+
+def test_a_model_without_config_gets_no_base_model_and_a_user_card_stays(tmp_path):
+    model = pk.get_peft_model(nn.Sequential(nn.Linear(4, 4)), pk.IA3Config(target_modules=["0"], feedforward_modules=[]))
+    model.save_pretrained(tmp_path / "a")
+    assert "base_model" not in _card(tmp_path / "a")
+    assert _card(tmp_path / "a")["tags"] == ["peftkit", "ia3"]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "README.md").write_text("my own card")
+    model.save_pretrained(tmp_path / "b")
+    assert (tmp_path / "b" / "README.md").read_text() == "my own card"
+
+
+def test_peft_type_reads_as_its_value_and_active_peft_config():
+    model = pk.get_peft_model(nn.Sequential(nn.Linear(4, 4)), pk.LoraConfig(target_modules=["0"]))
+    config = model.active_peft_config
+    assert config is model.peft_config["default"]
+    assert config.peft_type.value == "LORA" and f"{config.peft_type}" == "LORA" and config.peft_type == "LORA"
+
+
+def test_from_pretrained_keeps_the_config_object_it_is_given(tmp_path):
+    pk.get_peft_model(nn.Sequential(nn.Linear(4, 4)), pk.LoraConfig(target_modules=["0"])).save_pretrained(tmp_path)
+    config = pk.LoraConfig.from_pretrained(tmp_path)
+    loaded = pk.PeftModel.from_pretrained(nn.Sequential(nn.Linear(4, 4)), tmp_path, config=config)
+    assert loaded.peft_config["default"] is config and config.inference_mode
+
+
+def test_from_json_file_returns_the_dict(tmp_path):
+    pk.LoraConfig(r=4, target_modules=["0"]).save_pretrained(tmp_path)
+    data = pk.PeftConfig.from_json_file(tmp_path / "adapter_config.json")
+    assert data["peft_type"] == "LORA" and data["r"] == 4
+
+
+def test_loading_with_autocast_adapter_dtype_false_keeps_the_layers_dtype(tmp_path):
+    import torch
+
+    base = lambda: nn.Sequential(nn.Linear(4, 4)).to(torch.bfloat16)  # noqa: E731
+    pk.get_peft_model(base(), pk.LoraConfig(target_modules=["0"])).save_pretrained(tmp_path)
+    kept = pk.PeftModel.from_pretrained(base(), tmp_path, autocast_adapter_dtype=False)
+    kept.load_adapter(tmp_path, adapter_name="other", autocast_adapter_dtype=False)
+    assert {p.dtype for n, p in kept.named_parameters() if "lora_" in n} == {torch.bfloat16}
+    upcast = pk.PeftModel.from_pretrained(base(), tmp_path)
+    assert {p.dtype for n, p in upcast.named_parameters() if "lora_" in n} == {torch.float32}
+
+
+def test_loaded_adapters_train_as_asked_and_leave_the_others_alone(tmp_path):
+    """peft's rule: load_adapter(is_trainable=True) gives a trainable adapter even when it is not
+    active; loading or adding another adapter never changes the requires_grad of existing ones."""
+    make = lambda: nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))  # noqa: E731
+    pk.get_peft_model(make(), pk.LoraConfig(target_modules=["0", "1"])).save_pretrained(tmp_path)
+    model = pk.PeftModel.from_pretrained(make(), tmp_path, is_trainable=True)
+    model.base_model.model[0].lora_A["default"].weight.requires_grad_(False)  # a user's own choice
+    model.load_adapter(tmp_path, adapter_name="other", is_trainable=True)
+    model.load_adapter(tmp_path, adapter_name="frozen")
+    model.add_adapter("added", pk.LoraConfig(target_modules=["0"]))
+    grads = {n: p.requires_grad for n, p in model.named_parameters() if "lora_" in n}
+    assert all(g for n, g in grads.items() if ".other." in n)
+    assert not any(g for n, g in grads.items() if ".frozen." in n or ".added." in n)
+    assert grads["base_model.model.0.lora_A.default.weight"] is False
+    assert grads["base_model.model.1.lora_A.default.weight"] is True
+    assert model.active_adapters == ["default"]
