@@ -235,16 +235,17 @@ class LoraLinear(LoraLayer):
     def _forward_mixed(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Mixed batches in two batched matmuls (see peftkit.kernels.multi_lora); the generic
         per-adapter loop where that does not apply (dropout while training, DoRA, heavy padding)."""
-        names = rows_for_batch(self.row_adapters, x.shape[0])  # generate's beams / samples repeat rows
-        plan = None
+        names = tuple(rows_for_batch(self.row_adapters, x.shape[0]))  # generate's beams / samples repeat rows
+        present, padding = (), 0.0
         if not args and not kwargs and not self.merged_adapters:
-            plan = multi_lora.row_plan(tuple(names), frozenset(self.adapter_names), x.device)
+            present, padding = multi_lora.adapters_in_rows(names, frozenset(self.adapter_names))
         special = getattr(self, "lora_magnitude_vector", {})  # DoRA adapters take the generic path
-        if (plan is None or plan.padding > multi_lora.MAX_PADDING or any(n in special for n in plan.names)
-                or (self.training and any(isinstance(self.lora_dropout[n], nn.Dropout) for n in plan.names))):
+        if (not present or padding > multi_lora.MAX_PADDING or any(n in special for n in present)
+                or (self.training and any(isinstance(self.lora_dropout[n], nn.Dropout) for n in present))):
             return super()._forward_mixed(x, *args, **kwargs)
-        weights = [(self.lora_A[n].weight, self.lora_B[n].weight, self.scaling[n]) for n in plan.names]
-        a_stack, b_stack = self._stacks.get(plan.names, weights)
+        weights = [(self.lora_A[n].weight, self.lora_B[n].weight, self.scaling[n]) for n in present]
+        slots, a_stack, b_stack = self._stacks.get(present, weights)
+        plan = multi_lora.row_plan(names, slots, x.device)
         return multi_lora.add_mixed_lora_(self.base_layer(x), x, plan, a_stack, b_stack)
 
     @property
