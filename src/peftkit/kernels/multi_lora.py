@@ -116,7 +116,7 @@ def row_plan(row_adapters: tuple[str, ...], slots: tuple[Optional[str], ...], de
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Slot:
     """What one slot of the stack holds, and how to tell that the adapter has not changed since."""
 
@@ -155,6 +155,8 @@ class StackCache:
         self._b: Optional[torch.Tensor] = None
         self._slots: list[Optional[_Slot]] = []
         self._where: dict[str, int] = {}  # adapter name -> its slot
+        self._views: dict[tuple[int, ...], tuple] = {}  # slots used -> (names, A view, B view)
+        self._inference = False
         self._steps = -1
         self._clock = 0
 
@@ -165,9 +167,11 @@ class StackCache:
         if torch.is_grad_enabled() and any(a.requires_grad or b.requires_grad for a, b, _ in weights):
             return present, *_stack(weights)
         self._clock += 1
-        if not self._update(present, weights):
-            self._rebuild(present, weights)
-        used = [self._where[name] for name in present]
+        used = self._held(present, weights)
+        if used is None:
+            if not self._update(present, weights):
+                self._rebuild(present, weights)
+            used = [self._where[name] for name in present]
         for k in used:
             self._slots[k].last_used = self._clock
         unused = len(self._slots) - len(used)
@@ -177,15 +181,42 @@ class StackCache:
                 index = torch.tensor(used, device=self._a.device)
                 return present, self._a.index_select(0, index), self._b.index_select(0, index)
             self._compact(set(used))
-        names = tuple(slot.name if slot is not None and slot.last_used == self._clock else None for slot in self._slots)
-        n = len(self._slots)
-        return names, self._a[:n], self._b[:n]
+            used = [self._where[name] for name in present]
+        key = tuple(used)
+        if key not in self._views:  # forgotten whenever a slot changes; slicing costs more than this lookup
+            if len(self._views) >= 64:
+                self._views.clear()
+            names: list[Optional[str]] = [None] * len(self._slots)
+            for name, k in zip(present, used):
+                names[k] = name
+            n = len(self._slots)
+            self._views[key] = (tuple(names), self._a[:n], self._b[:n])
+        return self._views[key]
+
+    def _held(self, present: tuple[str, ...], weights: Weights) -> Optional[list[int]]:
+        """The slots of ``present`` when every one holds its adapter's current weights, else None.
+        Runs for every layer of every forward, so it is a plain loop."""
+        if (self._a is None or self._steps != _optimizer_steps
+                or (self._inference and not torch.is_inference_mode_enabled())):
+            return None
+        where, slots, used = self._where, self._slots, []
+        for name, (a, b, scaling) in zip(present, weights):
+            k = where.get(name)
+            if k is None:
+                return None
+            slot = slots[k]
+            # weak references: a deleted adapter's tensor compares unequal even if its id is reused
+            if (slot.a() is not a or slot.b() is not b or slot.a_version != a._version
+                    or slot.b_version != b._version or slot.scaling != scaling):
+                return None
+            used.append(k)
+        return used
 
     # ------------------------------------------------------------------ slots
     def _update(self, present: tuple[str, ...], weights: Weights) -> bool:
         """Bring the slots up to date in place; False where only a rebuild will do."""
         if (self._a is None or self._steps != _optimizer_steps
-                or (self._a.is_inference() and not torch.is_inference_mode_enabled())):
+                or (self._inference and not torch.is_inference_mode_enabled())):
             return False
         missing = [(name, w) for name, w in zip(present, weights)
                    if name not in self._where or not self._slots[self._where[name]].holds(*w)]
@@ -236,6 +267,7 @@ class StackCache:
             del self._where[self._slots[k].name]
         self._slots[k] = _Slot(name, weakref.ref(a), a._version, weakref.ref(b), b._version, scaling)
         self._where[name] = k
+        self._views.clear()
 
     def _rebuild(self, present: tuple[str, ...], weights: Weights) -> None:
         """Fresh stacks for ``present`` alone, with room for as many adapters again."""
@@ -247,6 +279,7 @@ class StackCache:
         self._a = torch.empty(room, r_max, *a0.shape[1:], dtype=a_dtype, device=a0.device)
         self._b = torch.empty(room, b0.shape[0], r_max, dtype=b_dtype, device=b0.device)
         self._slots, self._where, self._steps = [None] * len(present), {}, _optimizer_steps
+        self._inference = self._a.is_inference()
         for k, (name, w) in enumerate(zip(present, weights)):
             self._write(k, name, w)
 
@@ -265,6 +298,7 @@ class StackCache:
             if slot is not None and self._where.get(slot.name, -1) >= len(used):
                 del self._where[slot.name]
         del self._slots[len(used):]
+        self._views.clear()
 
 
 def _stack(weights: Weights) -> tuple[torch.Tensor, torch.Tensor]:

@@ -181,6 +181,12 @@ class LoraLayer(DoraMixin, AdapterLayer):
         raise AdapterError(f"{type(self).__name__} ({self.key!r}) has no row layout for adapter arithmetic")
 
 
+def _weight_of(linear: nn.Module) -> torch.Tensor:
+    """``linear.weight`` without ``Module.__getattr__`` where it is a plain parameter."""
+    weight = linear._parameters.get("weight")
+    return weight if weight is not None else linear.weight
+
+
 class LoraLinear(LoraLayer):
     """LoRA on ``nn.Linear``, or on GPT-2's ``Conv1D`` with ``fan_in_fan_out=True``."""
 
@@ -236,14 +242,16 @@ class LoraLinear(LoraLayer):
         """Mixed batches in two batched matmuls (see peftkit.kernels.multi_lora); the generic
         per-adapter loop where that does not apply (dropout while training, DoRA, heavy padding)."""
         names = tuple(rows_for_batch(self.row_adapters, x.shape[0]))  # generate's beams / samples repeat rows
+        # plain dict lookups below: Module.__getattr__ per adapter cost ~100 us a layer with 16 adapters
+        a_modules, b_modules = self._modules["lora_A"]._modules, self._modules["lora_B"]._modules
         present, padding = (), 0.0
         if not args and not kwargs and not self.merged_adapters:
-            present, padding = multi_lora.adapters_in_rows(names, frozenset(self.adapter_names))
+            present, padding = multi_lora.adapters_in_rows(names, frozenset(a_modules))
         special = getattr(self, "lora_magnitude_vector", {})  # DoRA adapters take the generic path
         if (not present or padding > multi_lora.MAX_PADDING or any(n in special for n in present)
                 or (self.training and any(isinstance(self.lora_dropout[n], nn.Dropout) for n in present))):
             return super()._forward_mixed(x, *args, **kwargs)
-        weights = [(self.lora_A[n].weight, self.lora_B[n].weight, self.scaling[n]) for n in present]
+        weights = [(_weight_of(a_modules[n]), _weight_of(b_modules[n]), self.scaling[n]) for n in present]
         slots, a_stack, b_stack = self._stacks.get(present, weights)
         plan = multi_lora.row_plan(names, slots, x.device)
         return multi_lora.add_mixed_lora_(self.base_layer(x), x, plan, a_stack, b_stack)
