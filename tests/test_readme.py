@@ -99,6 +99,7 @@ def readme_serve_command() -> list[str]:
     return shlex.split(line, comments=True)[1:]
 
 
+@pytest.mark.slow  # trains a tiny run, then starts a server process (~20-30 s on 2 shared cores)
 def test_client_block_runs_against_a_live_peftkit_serve(tmp_path, monkeypatch, capsys):
     """The README's serve line with the tiny model in place of SmolLM2 and a tiny run in place of
     `runs/<id>`, started as a process on a free port of 127.0.0.1; the client block runs verbatim
