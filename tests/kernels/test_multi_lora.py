@@ -167,8 +167,8 @@ def stacked(slots, a_stack, b_stack, weights: dict) -> None:
             continue
         a, b, s = weights[name]
         r = a.shape[0]
-        assert torch.equal(a_stack[k, :r], a) and not a_stack[k, r:].any()
-        assert torch.equal(b_stack[k, :, :r], b * s) and not b_stack[k, :, r:].any()
+        assert torch.equal(a_stack[k, :, :r], a.T) and not a_stack[k, :, r:].any()  # stored transposed
+        assert torch.equal(b_stack[k, :r], (b * s).T) and not b_stack[k, r:].any()
 
 
 def test_a_changing_mix_writes_only_the_adapters_that_join(monkeypatch):
@@ -231,4 +231,4 @@ def test_stacks_saved_for_backward_are_never_overwritten(slow_path):
     (fast,) = torch.autograd.grad(first, embeds)
     slow_out = slow_path(model, inputs_embeds=embeds, adapter_names=["a", "b"] * 3).logits.sum()
     (slow,) = torch.autograd.grad(slow_out, embeds)
-    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-3)  # a sum over all logits: float32 order

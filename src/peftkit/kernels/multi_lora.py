@@ -135,8 +135,9 @@ class _Slot:
 
 
 class StackCache:
-    """One layer's adapters stacked by slot: ``A`` as ``(slots, r_max, in)``, ``scaling * B`` as
-    ``(slots, out, r_max)``, ranks zero-padded.
+    """One layer's adapters stacked by slot, transposed for the matmuls: ``A^T`` as ``(slots, in,
+    r_max)``, ``(scaling * B)^T`` as ``(slots, r_max, out)``, ranks zero-padded. (Contiguous
+    transposes: on a CPU the batched matmuls ran ~1.5x faster than on transposed views.)
 
     A batch's adapters that are already in a slot are used where they are; a new one is copied into
     spare room or into the slot of the adapter least recently used; slots that the batch leaves
@@ -240,7 +241,7 @@ class StackCache:
 
     def _fits(self, weights: Weights) -> bool:
         a_buf, b_buf = self._a, self._b
-        return all(a.shape[0] <= a_buf.shape[1] and a.shape[1:] == a_buf.shape[2:] and b.shape[0] == b_buf.shape[1]
+        return all(a.shape[0] <= a_buf.shape[2] and a.shape[1] == a_buf.shape[1] and b.shape[0] == b_buf.shape[2]
                    and torch.promote_types(a.dtype, a_buf.dtype) == a_buf.dtype
                    and torch.promote_types(b.dtype, b_buf.dtype) == b_buf.dtype and a.device == a_buf.device
                    for a, b, _ in weights)
@@ -259,10 +260,10 @@ class StackCache:
     def _write(self, k: int, name: str, w: tuple[torch.Tensor, torch.Tensor, float]) -> None:
         a, b, scaling = w
         r = a.shape[0]
-        self._a[k, :r].copy_(a)
-        self._a[k, r:].zero_()
-        torch.mul(b, scaling, out=self._b[k, :, :r])
-        self._b[k, :, r:].zero_()
+        self._a[k, :, :r].copy_(a.T)
+        self._a[k, :, r:].zero_()
+        torch.mul(b.T, scaling, out=self._b[k, :r])
+        self._b[k, r:].zero_()
         if self._slots[k] is not None:
             del self._where[self._slots[k].name]
         self._slots[k] = _Slot(name, weakref.ref(a), a._version, weakref.ref(b), b._version, scaling)
@@ -276,8 +277,8 @@ class StackCache:
         a_dtype = functools.reduce(torch.promote_types, (a.dtype for a, _, _ in weights))
         b_dtype = functools.reduce(torch.promote_types, (b.dtype for _, b, _ in weights))
         room = 2 * len(present)  # on a CPU, room never written is hardly memory (pages are committed when touched)
-        self._a = torch.empty(room, r_max, *a0.shape[1:], dtype=a_dtype, device=a0.device)
-        self._b = torch.empty(room, b0.shape[0], r_max, dtype=b_dtype, device=b0.device)
+        self._a = torch.empty(room, a0.shape[1], r_max, dtype=a_dtype, device=a0.device)
+        self._b = torch.empty(room, r_max, b0.shape[0], dtype=b_dtype, device=b0.device)
         self._slots, self._where, self._steps = [None] * len(present), {}, _optimizer_steps
         self._inference = self._a.is_inference()
         for k, (name, w) in enumerate(zip(present, weights)):
@@ -303,8 +304,8 @@ class StackCache:
 
 def _stack(weights: Weights) -> tuple[torch.Tensor, torch.Tensor]:
     r_max = max(a.shape[0] for a, _, _ in weights)
-    pad_a = [torch.nn.functional.pad(a, (0, 0, 0, r_max - a.shape[0])) for a, _, _ in weights]
-    pad_b = [torch.nn.functional.pad(b * s, (0, r_max - b.shape[1])) for _, b, s in weights]
+    pad_a = [torch.nn.functional.pad(a.T, (0, r_max - a.shape[0])) for a, _, _ in weights]
+    pad_b = [torch.nn.functional.pad((b * s).T, (0, 0, 0, r_max - b.shape[1])) for _, b, s in weights]
     return torch.stack(pad_a), torch.stack(pad_b)
 
 
@@ -313,14 +314,15 @@ def add_mixed_lora_(result: torch.Tensor, x: torch.Tensor, plan: RowPlan, a_stac
     input ``x`` (``(B, ..., in)``). Added in place when no autograd graph is being recorded.
 
     Example:
-        >>> result = add_mixed_lora_(base_out, x, plan, *stacks.get(plan.names, weights))  # doctest: +SKIP
+        >>> slots, a_stack, b_stack = stacks.get(present, weights)                         # doctest: +SKIP
+        >>> add_mixed_lora_(base_out, x, row_plan(rows, slots, x.device), a_stack, b_stack)  # doctest: +SKIP
     """
     k, m = len(plan.names), plan.per_slot
     xs = x.index_select(0, plan.gather).to(a_stack.dtype).reshape(k, -1, x.shape[-1])  # (K, M*T, in)
-    h = torch.bmm(xs, a_stack.transpose(1, 2))  # (K, M*T, r): small, so padding is zeroed here
+    h = torch.bmm(xs, a_stack)  # (K, M*T, r): small, so padding is zeroed here
     if plan.keep is not None:
         h = (h.view(k, m, -1, h.shape[-1]) * plan.keep.to(h.dtype)[:, :, None, None]).view_as(h)
-    delta = torch.bmm(h, b_stack.transpose(1, 2)).reshape(k * m, *x.shape[1:-1], b_stack.shape[1])
+    delta = torch.bmm(h, b_stack).reshape(k * m, *x.shape[1:-1], b_stack.shape[2])
     delta = delta.to(result.dtype)
     if torch.is_grad_enabled():
         return result.index_add(0, plan.gather, delta)
