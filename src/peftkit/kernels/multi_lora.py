@@ -10,7 +10,7 @@ adapter in slot ``k`` form entry ``k`` of a ``(K, rows, ...)`` batch, ranks padd
 
 A server's batch changes its mix of adapters at every step (requests join and leave), so the
 stack is kept by slot: an adapter that joins is copied into a free slot, one that leaves frees its
-slot, and nothing else moves; restacking every adapter on each change took 7-10% of a 32-adapter
+slot, and the others move only once many slots are free; restacking every adapter on each change took 7-10% of a 32-adapter
 server's CPU time (docs/benchmarks.md, B9).
 """
 
