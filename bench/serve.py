@@ -249,9 +249,9 @@ def measure(candidates: list[Candidate], load: Load, rounds: int) -> list[Result
         for round_ in range(rounds):
             for i, (server, c) in enumerate(zip(servers, candidates)):
                 runs[i].append(asyncio.run(_drive(server.url, c.adapters, load)))
-                seconds, tokens = runs[i][-1][:2]
-                print(f"round {round_ + 1}/{rounds}: {c.server}, {len(c.adapters)} adapter(s): {tokens / seconds:.1f} tok/s",
-                      flush=True)
+                seconds, tokens, cpu = runs[i][-1][0], runs[i][-1][1], runs[i][-1][4]
+                print(f"round {round_ + 1}/{rounds}: {c.server}, {len(c.adapters)} adapter(s): {tokens / seconds:.1f} tok/s, "
+                      f"{tokens / cpu:.1f} tok/cpu-s", flush=True)
     gc.collect()
     results = []
     for i, c in enumerate(candidates):

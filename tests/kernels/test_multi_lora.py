@@ -122,12 +122,17 @@ def test_beam_search_expands_rows():
 
 
 def test_row_plan_layout():
-    plan = multi_lora.row_plan(("x", "__base__", "y", "x", "z"), frozenset({"x", "y"}), torch.device("cpu"))
+    plan = multi_lora.row_plan(("x", "__base__", "y", "x", "z"), ("x", "y"), torch.device("cpu"))
     assert plan.names == ("x", "y") and plan.per_slot == 2 and plan.real_rows == 3
     assert plan.gather.tolist() == [0, 3, 2, 2]
     assert plan.keep.tolist() == [[1.0, 1.0], [1.0, 0.0]] and plan.padding == 4 / 3
-    even = multi_lora.row_plan(("x", "y", "y", "x"), frozenset({"x", "y"}), torch.device("cpu"))
+    even = multi_lora.row_plan(("x", "y", "y", "x"), ("x", "y"), torch.device("cpu"))
     assert even.keep is None and even.gather.tolist() == [0, 3, 1, 2]
+    # a slot no row uses (None: its adapter left the batch) is all padding and costs no padding share
+    spare = multi_lora.row_plan(("y", "x"), ("x", None, "y"), torch.device("cpu"))
+    assert spare.names == ("x", None, "y") and spare.gather.tolist() == [1, 0, 0]
+    assert spare.keep.tolist() == [[1.0], [0.0], [1.0]] and spare.padding == 1.0
+    assert multi_lora.adapters_in_rows(("b", "__base__", "a", "b"), frozenset({"a", "b"})) == (("b", "a"), 4 / 3)
 
 
 def test_stacks_follow_a_fused_optimizer_step():
@@ -152,3 +157,78 @@ def test_stacks_follow_a_fused_optimizer_step():
     assert torch.equal(after[0], before[0])  # adapter "a" did not train
     torch.testing.assert_close(after[1:2], alone, atol=ATOL, rtol=0)
     assert not torch.allclose(after[1], before[1])
+
+
+def stacked(slots, a_stack, b_stack, weights: dict) -> None:
+    """Every named slot holds its adapter's A and scaling * B, zero-padded to the stack's rank."""
+    assert a_stack.shape[0] == b_stack.shape[0] == len(slots)
+    for k, name in enumerate(slots):
+        if name is None:
+            continue
+        a, b, s = weights[name]
+        r = a.shape[0]
+        assert torch.equal(a_stack[k, :, :r], a.T) and not a_stack[k, :, r:].any()  # stored transposed
+        assert torch.equal(b_stack[k, :r], (b * s).T) and not b_stack[k, r:].any()
+
+
+def test_a_changing_mix_writes_only_the_adapters_that_join(monkeypatch):
+    """A server's batch changes its mix at every step: joining adapters are copied into a slot
+    each, leaving ones free theirs, and the others are not copied again."""
+    gen = torch.Generator().manual_seed(0)
+    weights = {f"a{i}": (torch.randn(4 + i % 3, 8, generator=gen), torch.randn(6, 4 + i % 3, generator=gen), 0.5 + i)
+               for i in range(12)}
+    stacks = multi_lora.StackCache()
+    writes = []
+    real = multi_lora.StackCache._write
+    monkeypatch.setattr(multi_lora.StackCache, "_write", lambda self, k, name, w: writes.append(name) or real(self, k, name, w))
+
+    def get(*names):
+        writes.clear()
+        with torch.inference_mode():
+            slots, a_stack, b_stack = stacks.get(names, [weights[n] for n in names])
+        assert {n for n in slots if n is not None} == set(names)
+        stacked(slots, a_stack, b_stack, weights)
+        return slots
+
+    get(*[f"a{i}" for i in range(8)])
+    assert len(writes) == 8
+    slots = get(*[f"a{i}" for i in range(1, 9)])          # a0 leaves, a8 joins: one copy
+    assert writes == ["a8"] and slots.count(None) == 1   # a0's slot rides along as padding
+    get("a9")                                             # a prefill beside the batch: one copy, nothing evicted
+    assert writes == ["a9"]
+    slots = get(*[f"a{i}" for i in range(2, 10)])
+    assert writes == [] and slots.count(None) == 2
+    slots = get(*[f"a{i}" for i in range(2, 7)])          # half leave: the last slots move into the gaps
+    assert writes == [] and len(slots) == 5 and None not in slots
+    weights["a3"][1].mul_(2.0)                            # changed in place: rewritten
+    get("a2", "a3", "a4")
+    assert writes == ["a3"]
+    slots, a_stack, _ = stacks.get(("a2",), [weights["a2"]])  # outside inference mode: fresh, correct stacks
+    stacked(slots, a_stack, _, weights)
+
+
+def test_mixes_that_change_every_forward_equal_the_loop(slow_path):
+    model = adapters({"a": {}, "b": {"r": 4}, "c": {"r": 2, "target_modules": ["q_proj"]}, "d": {}})
+    gen = torch.Generator().manual_seed(1)
+    pool = ["a", "b", "c", "d", "__base__"]
+    with torch.inference_mode():
+        for _ in range(12):
+            rows = torch.randint(1, 7, (1,), generator=gen).item()
+            names = [pool[i] for i in torch.randint(0, len(pool), (rows,), generator=gen).tolist()]
+            fast = model(input_ids=IDS[:rows], adapter_names=names).logits
+            slow = slow_path(model, input_ids=IDS[:rows], adapter_names=names).logits
+            torch.testing.assert_close(fast, slow, atol=ATOL, rtol=0)
+
+
+def test_stacks_saved_for_backward_are_never_overwritten(slow_path):
+    """Frozen adapters, an input that needs gradients: two mixed forwards before one backward."""
+    model = adapters({"a": {}, "b": {}, "c": {}})
+    for p in model.parameters():
+        p.requires_grad_(False)
+    embeds = model.get_input_embeddings()(IDS).detach().requires_grad_(True)
+    first = model(inputs_embeds=embeds, adapter_names=["a", "b"] * 3).logits.sum()
+    model(inputs_embeds=embeds, adapter_names=["c", "b"] * 3).logits.sum()
+    (fast,) = torch.autograd.grad(first, embeds)
+    slow_out = slow_path(model, inputs_embeds=embeds, adapter_names=["a", "b"] * 3).logits.sum()
+    (slow,) = torch.autograd.grad(slow_out, embeds)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-3)  # a sum over all logits: float32 order

@@ -1,6 +1,6 @@
-"""Faults: a client that leaves mid-stream or while queued, timeouts, a failing model call, and
-shutdown (graceful through ``peftkit serve`` and SIGTERM; bounded when requests outlast the
-grace period). After each, the server still answers."""
+"""Faults: a client that leaves mid-stream (alone, or from a batch it shares) or while queued,
+timeouts, a failing model call, and shutdown (graceful through ``peftkit serve`` and SIGTERM;
+bounded when requests outlast the grace period). After each, the server still answers."""
 
 from __future__ import annotations
 
@@ -54,6 +54,32 @@ def test_a_client_leaving_mid_stream_or_in_the_queue_frees_its_place(assets):
             assert _cancelled(server) == 2
         reply = server.client().completions.create(model="a", prompt="hello", max_tokens=5, temperature=0)
         assert reply.choices[0].text == ref.answer(adapter, ref.tok("hello")["input_ids"], 5)
+
+
+def test_a_client_leaving_mid_stream_leaves_the_rest_of_its_batch_as_it_was(assets, tmp_path):
+    """Requests for two adapters and the base decode in one batch; the client of one adapter's
+    stream leaves: its row and adapter slot are dropped between two steps, and the other answers
+    still equal each adapter's greedy answer alone."""
+    base, adapter, ref = assets
+    other = make_adapter(base, tmp_path / "b", 2, r=2)
+    settings = ServeSettings(model=str(base), served_model_name="tiny", adapters={"a": str(adapter), "b": str(other)},
+                             threads=1)
+    with LiveServer(settings) as server, server.http() as http, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        def ask(model):
+            return server.client().completions.create(model=model, prompt="hello", max_tokens=40, temperature=0,
+                                                      extra_body={"ignore_eos": True}).choices[0].text
+
+        with slow_steps(server, 0.01):
+            with http.stream("POST", "/v1/completions", json={"model": "b", "stream": True, **LONG}) as leaving:
+                lines = leaving.iter_lines()  # kept: a dropped iterator closes the stream
+                assert next(lines).startswith("data: ")
+                futures = {model: pool.submit(ask, model) for model in ("a", "tiny")}
+                wait_until(lambda: server.ctx.engine.stats()["running"] == 3)  # they joined b's batch
+            answers = {model: f.result(timeout=60) for model, f in futures.items()}
+        wait_until(lambda: server.ctx.engine.stats()["in_flight"] == 0)
+        assert sample(server, "peftkit_serve_requests_total", {"endpoint": "cmpl", "model": "b", "status": "499"}) == 1
+    prompt = ref.tok("hello")["input_ids"]
+    assert answers == {"a": ref.answer(adapter, prompt, 40, ignore_eos=True), "tiny": ref.answer(None, prompt, 40, ignore_eos=True)}
 
 
 def test_timeouts_are_504_and_503_in_openais_shape(assets):

@@ -229,6 +229,12 @@ class LoraLayer(DoraMixin, AdapterLayer):
         raise AdapterError(f"{type(self).__name__} ({self.key!r}) has no row layout for adapter arithmetic")
 
 
+def _weight_of(linear: nn.Module) -> torch.Tensor:
+    """``linear.weight`` without ``Module.__getattr__`` where it is a plain parameter."""
+    weight = linear._parameters.get("weight")
+    return weight if weight is not None else linear.weight
+
+
 class LoraLinear(LoraLayer):
     """LoRA on ``nn.Linear``, or on GPT-2's ``Conv1D`` with ``fan_in_fan_out=True``."""
 
@@ -285,17 +291,20 @@ class LoraLinear(LoraLayer):
     def _forward_mixed(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Mixed batches in two batched matmuls (see peftkit.kernels.multi_lora); the generic
         per-adapter loop where that does not apply (dropout while training, DoRA, heavy padding)."""
-        names = rows_for_batch(self.row_adapters, x.shape[0])  # generate's beams / samples repeat rows
-        plan = None
+        names = tuple(rows_for_batch(self.row_adapters, x.shape[0]))  # generate's beams / samples repeat rows
+        # plain dict lookups below: Module.__getattr__ per adapter cost ~100 us a layer with 16 adapters
+        a_modules, b_modules = self._modules["lora_A"]._modules, self._modules["lora_B"]._modules
+        present, padding = (), 0.0
         if not args and not kwargs and not self.merged_adapters:
-            plan = multi_lora.row_plan(tuple(names), frozenset(self.adapter_names), x.device)
+            present, padding = multi_lora.adapters_in_rows(names, frozenset(a_modules))
         special = getattr(self, "lora_magnitude_vector", {})  # DoRA / lora_bias adapters take the generic path
-        if (plan is None or plan.padding > multi_lora.MAX_PADDING
-                or any(n in special or self.lora_bias.get(n) for n in plan.names)
-                or (self.training and any(isinstance(self.lora_dropout[n], nn.Dropout) for n in plan.names))):
+        if (not present or padding > multi_lora.MAX_PADDING
+                or any(n in special or self.lora_bias.get(n) for n in present)
+                or (self.training and any(isinstance(self.lora_dropout[n], nn.Dropout) for n in present))):
             return super()._forward_mixed(x, *args, **kwargs)
-        weights = [(self.lora_A[n].weight, self.lora_B[n].weight, self.scaling[n]) for n in plan.names]
-        a_stack, b_stack = self._stacks.get(plan.names, weights)
+        weights = [(_weight_of(a_modules[n]), _weight_of(b_modules[n]), self.scaling[n]) for n in present]
+        slots, a_stack, b_stack = self._stacks.get(present, weights)
+        plan = multi_lora.row_plan(names, slots, x.device)
         return multi_lora.add_mixed_lora_(self.base_layer(x), x, plan, a_stack, b_stack)
 
     @property
