@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from .errors import AdapterNotFoundError, ConfigError, CorruptFileError
+from .dataclass_view import dataclass_fields
+from .errors import AdapterNotFoundError, ConfigError, CorruptFileError, UnknownFieldError
 from .names import child_path, short_repr
 from .untrusted import read_json
 
@@ -113,6 +114,12 @@ class PeftConfig(BaseModel):
     # value is a feature we cannot honour, so reading it is an error rather than a silent change.
     peft_only_keys: ClassVar[dict[str, Any]] = {"auto_mapping": ANY_VALUE, "peft_version": ANY_VALUE}
 
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        # dataclasses.replace / fields / asdict work on every config, as on peft's (dataclass_view.py)
+        type.__setattr__(cls, "__dataclass_fields__", dataclass_fields(cls))
+
     task_type: Optional[TaskType] = None
     base_model_name_or_path: Optional[str] = None
     revision: Optional[str] = None
@@ -136,7 +143,9 @@ class PeftConfig(BaseModel):
             problems = self.check()
         except ValidationError as e:
             problems = _problems(type(self).__name__, e, list(type(self).model_fields))
-            raise ConfigError(title, problems + self._cross_field_problems(data, problems)) from None
+            unknown = any(err["type"] == "extra_forbidden" for err in e.errors())
+            raise (UnknownFieldError if unknown else ConfigError)(
+                title, problems + self._cross_field_problems(data, problems)) from None
         except (TypeError, AttributeError, KeyError, IndexError, OverflowError) as e:
             # a validator (a plugin's, say) that met a value of a shape it did not expect: still a
             # config problem, reported as one (the values may come from a file someone else wrote)

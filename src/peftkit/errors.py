@@ -17,6 +17,11 @@ class ConfigError(PeftkitError, ValueError):
         super().__init__(f"{title}\n{lines}")
 
 
+class UnknownFieldError(ConfigError, TypeError):
+    """A config was given a keyword argument it has no field for. Also a ``TypeError``, which is what
+    Python (and ``peft``'s dataclass configs) raise for an unexpected keyword argument."""
+
+
 class TargetError(PeftkitError, ValueError):
     """The adapter's targets do not fit the model (nothing matched, unsupported layer type, ...)."""
 

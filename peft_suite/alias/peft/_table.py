@@ -58,7 +58,7 @@ TOP_LEVEL = {
     "set_peft_model_state_dict": "peftkit:set_peft_model_state_dict",
     "PeftWarning": MISSING("peftkit has no warning class of its own"),
     "NoMatchingPeftModuleError": MISSING("peftkit has no NoMatchingPeftModuleError"),
-    "PeftMixedModel": MISSING("PeftMixedModel is not in peftkit yet (issue 19, another part)"),
+    "PeftMixedModel": "peftkit:PeftMixedModel",
     "get_base_model_state_dict": "peftkit:get_base_model_state_dict",
     "set_base_model_state_dict": "peftkit:set_base_model_state_dict",
     "get_layer_status": MISSING("get_layer_status is not in peftkit"),
