@@ -62,10 +62,10 @@ def test_grouped_merge_is_refused_before_anything_is_merged():
     assert not model.base_model.model.plain.merged_adapters
 
 
-def test_grouped_convolution_takes_plain_lora_only():
-    with pytest.raises(TargetError, match="use_dora=True"):
-        pk.get_peft_model(Net(), pk.LoraConfig(target_modules=["grouped"], r=4, use_dora=True))
-    model = pk.get_peft_model(Net(), pk.LoraConfig(target_modules=["plain"], use_dora=True))  # ungrouped: fine
+def test_grouped_convolution_takes_dora_and_lora_bias():
+    # DoRA on grouped convolutions in detail: test_dora_conv_groups.py
+    model = pk.get_peft_model(Net(), pk.LoraConfig(target_modules=["grouped", "plain"], r=4, use_dora=True))
+    assert model.base_model.model.grouped.lora_magnitude_vector["default"].weight.shape == (1, 8, 1, 1)
     assert "default" in model.base_model.model.plain.lora_magnitude_vector
     grouped = pk.get_peft_model(Net(), pk.LoraConfig(target_modules=["grouped"], r=4, lora_bias=True))
     assert grouped.base_model.model.grouped.lora_B["default"].bias.shape == (8,)
