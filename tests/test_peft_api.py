@@ -163,5 +163,21 @@ def test_base_model_state_dict_round_trip_under_original_keys():
     assert model.base_model.model[0].lora_A["default"].weight.abs().sum() > 0  # adapters untouched
     with pytest.raises(pk.CheckpointError, match="missing keys"):
         pk.set_base_model_state_dict(model, {"0.weight": expected["0.weight"]})
+    # not strict: what is missing or extra is reported in the base model's own key names, never the adapters'
+    result = pk.set_base_model_state_dict(model, {"0.weight": expected["0.weight"], "2.weight": fresh["0.weight"]},
+                                          strict=False)
+    assert result.missing_keys == ["0.bias", "1.bias", "1.weight"] and result.unexpected_keys == ["2.weight"]
+    assert pk.set_base_model_state_dict(model, expected, strict=False) == ([], [])
     assert model.targeted_module_names == ["0"]
     assert torch.equal(model.base_model.model[0].get_delta_weight("default"), model.base_model.model[0].delta_weight("default"))
+
+
+def test_only_one_adapter_may_train_the_base_biases():
+    """peft's rule and words: the base biases would be shared by two adapters with bias != 'none'."""
+    import torch.nn as nn
+
+    model = pk.get_peft_model(nn.Sequential(nn.Linear(4, 4)), pk.LoraConfig(target_modules=["0"], bias="all"))
+    with pytest.raises(ValueError, match="supports only 1 adapter with bias"):
+        model.add_adapter("other", pk.LoraConfig(target_modules=["0"], bias="lora_only"))
+    assert "other" not in model.peft_config
+    model.add_adapter("plain", pk.LoraConfig(target_modules=["0"]))  # bias="none" beside it is fine

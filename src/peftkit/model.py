@@ -284,6 +284,12 @@ class PeftModel(MergeMixin, SaveLoadMixin, nn.Module):
                 "trainable adapter. When using multiple adapters, set inference_mode to True for all adapters "
                 "except the one you want to train."
             )
+        biased = [n for n, c in [*self.peft_config.items(), (adapter_name, config)] if getattr(c, "bias", "none") != "none"]
+        if len(biased) > 1:  # the base biases train with the adapter: two adapters would share (and fight over) them
+            raise AdapterError(  # peft's words (its tests match them), then which adapters
+                f"{type(config).__name__.removesuffix('Config')}Model supports only 1 adapter with bias. When using "
+                f"multiple adapters, set bias to 'none' for all adapters (adapters with bias: {biased})"
+            )
         same = init_config is config
         config = config if keep_config else config.model_copy(deep=True)
         init_config = config if same else init_config.model_copy(deep=True)

@@ -13,7 +13,7 @@ call, holding the module's own ``peft_config`` dict, so nothing is copied and no
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -207,13 +207,22 @@ def set_base_model_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
     for key, value in state_dict.items():
         owner = _owning_wrapper(key, wrappers)
         translated[key if owner is None else f"{owner}.{wrappers[owner]._wrapped_attr}.{key[len(owner) + 1:]}"] = value
-    if strict:
-        expected = set(get_base_model_state_dict(model))
-        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-        if missing or unexpected:
-            raise CheckpointError(f"set_base_model_state_dict(strict=True): missing keys {missing[:5]}, unexpected keys "
-                                  f"{unexpected[:5]}; pass the base model's own state dict, or strict=False")
-    return base.load_state_dict(translated, strict=False)
+    expected = set(get_base_model_state_dict(model))
+    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+    if strict and (missing or unexpected):
+        raise CheckpointError(f"set_base_model_state_dict(strict=True): missing keys {missing[:5]}, unexpected keys "
+                              f"{unexpected[:5]}; pass the base model's own state dict, or strict=False")
+    base.load_state_dict(translated, strict=False)
+    # keys as the caller names them: the adapters' own tensors are never "missing" from a base state dict
+    return BaseKeys(missing, unexpected)
+
+
+class BaseKeys(NamedTuple):
+    """What :func:`set_base_model_state_dict` did not find, in the base model's own key names
+    (the fields of ``torch.nn.Module.load_state_dict``'s result)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
 
 
 def _wrapper_paths(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:

@@ -51,7 +51,7 @@ class LoraLayer(DoraMixin, AdapterLayer):
     adapter_param_names = ("lora_A", "lora_B", MAGNITUDE)
     adapter_setting_names = ("r", "lora_alpha", "scaling", "use_rslora", "lora_dropout", "lora_bias")
     # What holds one adapter's tensor: a module (nn.Linear, nn.Conv2d) or a bare nn.Parameter.
-    tensor_holder: type[nn.Module] = nn.ModuleDict
+    _tensor_holder: type[nn.Module] = nn.ModuleDict
     # Whether this layer type can give lora_B a bias (LoraConfig.lora_bias; peft: not embeddings).
     supports_lora_bias: bool = True
 
@@ -60,7 +60,7 @@ class LoraLayer(DoraMixin, AdapterLayer):
         self._init_dora()
         for attr in self.adapter_param_names:
             if attr != MAGNITUDE:
-                setattr(self, attr, self.tensor_holder())
+                setattr(self, attr, self._tensor_holder())
         self.lora_dropout = nn.ModuleDict()
         self.r: dict[str, int] = {}
         self.lora_alpha: dict[str, float] = {}
@@ -388,7 +388,7 @@ class LoraEmbedding(LoraLayer):
     table, then ``lora_embedding_B`` (dim x r) maps it up. A starts at zero, B random."""
 
     adapter_param_names = ("lora_embedding_A", "lora_embedding_B", MAGNITUDE)
-    tensor_holder = nn.ParameterDict
+    _tensor_holder = nn.ParameterDict
     supports_lora_bias = False  # the tables are bare parameters (peft refuses it too)
     supports_dora = True  # one magnitude per embedding dimension (a column of the table), as peft
 
