@@ -49,3 +49,17 @@ def test_an_unknown_keyword_is_a_type_error_and_a_config_error():
     with pytest.raises(ConfigError) as info:
         pk.LoraConfig(r=-1)
     assert not isinstance(info.value, TypeError)  # a bad value stays a ValueError
+
+
+def test_a_file_without_peft_type_is_not_an_adapter_config(tmp_path):
+    """peft's rule and words: any JSON is not a config; the error is a TypeError and a ConfigError."""
+    import json
+
+    from peftkit.errors import NotAConfigError
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"foo": "bar", "baz": 123}))
+    for cls in (pk.LoraConfig, pk.IA3Config, pk.PromptEncoderConfig):
+        with pytest.raises(TypeError, match=r"missing required keys: \{'peft_type'\}") as info:
+            cls.from_pretrained(tmp_path)
+        assert isinstance(info.value, NotAConfigError) and "adapter_config.json" in str(info.value)
+    assert pk.LoraConfig.from_dict({"r": 4}).r == 4  # a dict built in code needs no peft_type

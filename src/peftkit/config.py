@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Optional, Union
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .dataclass_view import dataclass_fields
-from .errors import AdapterNotFoundError, ConfigError, CorruptFileError, UnknownFieldError
+from .errors import AdapterNotFoundError, ConfigError, CorruptFileError, NotAConfigError, UnknownFieldError
 from .names import child_path, short_repr
 from .untrusted import read_json
 
@@ -239,6 +239,11 @@ class PeftConfig(BaseModel):
             if peft_type is None:
                 raise ConfigError(f"Invalid {source}:", [("peft_type", "missing; cannot tell which method this is")])
             target = get_method(str(peft_type), source=source).config_cls
+        elif peft_type is None and source != "config":  # a file: every adapter_config.json names its method
+            raise NotAConfigError(  # peft's words first (its tests match them), then ours
+                f"The {cls.__name__} config that is trying to be loaded is missing required keys: {{'peft_type'}}.",
+                [("peft_type", f"missing from {source}: it is not an adapter config (adapter_config.json written by "
+                               f"peft or peftkit always has it)")])
         elif peft_type is not None and str(peft_type) != cls.peft_type:
             raise ConfigError(
                 f"Invalid {source}:",

@@ -22,6 +22,11 @@ class UnknownFieldError(ConfigError, TypeError):
     Python (and ``peft``'s dataclass configs) raise for an unexpected keyword argument."""
 
 
+class NotAConfigError(ConfigError, TypeError):
+    """A file read as an adapter config is not one (no ``peft_type``). Also a ``TypeError``, as
+    ``peft`` raises for it."""
+
+
 class TargetError(PeftkitError, ValueError):
     """The adapter's targets do not fit the model (nothing matched, unsupported layer type, ...)."""
 
