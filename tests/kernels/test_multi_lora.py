@@ -232,3 +232,17 @@ def test_stacks_saved_for_backward_are_never_overwritten(slow_path):
     slow_out = slow_path(model, inputs_embeds=embeds, adapter_names=["a", "b"] * 3).logits.sum()
     (slow,) = torch.autograd.grad(slow_out, embeds)
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-3)  # a sum over all logits: float32 order
+
+
+def test_training_after_inference_mode_with_the_same_rows():
+    """Row plans are cached; one made under torch.inference_mode (generate, the server) holds
+    inference tensors, which autograd cannot save: training with the same rows afterwards works."""
+    multi_lora._row_plan.cache_clear()
+    model = adapters({"a": {}, "b": {"r": 4}})
+    names = ["a", "b", "a", "b", "b", "a"]
+    with torch.inference_mode():
+        model(input_ids=IDS, adapter_names=names)
+    model.train()
+    model(input_ids=IDS, labels=IDS, adapter_names=names).loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

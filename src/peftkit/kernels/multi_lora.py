@@ -83,7 +83,6 @@ class RowPlan:
         return used * self.per_slot / max(1, self.real_rows)
 
 
-@functools.lru_cache(maxsize=64)
 def row_plan(row_adapters: tuple[str, ...], slots: tuple[Optional[str], ...], device: torch.device) -> Optional[RowPlan]:
     """Lay ``row_adapters`` (one name per batch row) out over ``slots`` (the stack's adapter per
     slot, in order); rows whose name has no slot (``"__base__"``, an adapter this layer lacks) use
@@ -95,6 +94,14 @@ def row_plan(row_adapters: tuple[str, ...], slots: tuple[Optional[str], ...], de
         >>> plan.names, plan.per_slot, plan.gather.tolist()
         (('a', 'b'), 2, [0, 2, 1, 1])
     """
+    # A plan made under torch.inference_mode holds inference tensors, which autograd refuses to
+    # save: plans are cached per mode, so generating (or serving) first never breaks training after.
+    return _row_plan(row_adapters, slots, device, torch.is_inference_mode_enabled())
+
+
+@functools.lru_cache(maxsize=64)
+def _row_plan(row_adapters: tuple[str, ...], slots: tuple[Optional[str], ...], device: torch.device,
+              inference: bool) -> Optional[RowPlan]:
     groups: dict[Optional[str], list[int]] = {name: [] for name in slots if name is not None}
     for i, name in enumerate(row_adapters):
         if name in groups:
