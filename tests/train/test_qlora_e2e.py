@@ -96,7 +96,10 @@ def test_merge_writes_a_lossless_16bit_model(tmp_path, capsys):
     assert interop["peft on the same quantized base vs peftkit"]["relative"] < 1e-5
     assert interop["peftkit from peft's saved file vs peft"]["relative"] < 1e-5
     on_float32, bases = interop["peftkit on the float32 base vs quantized base"], interop["  the bases alone (adapter disabled)"]
-    assert 0 < on_float32["relative"] < 0.5 and 0 < bases["relative"] < 0.5
+    # On float32 the adapter's outputs move by about what 4-bit quantization moves the base's own;
+    # how far that is depends on the tiny random model and on bitsandbytes' CPU kernels (0.1 to 0.7
+    # relative on the machines seen so far), so the check is the comparison, not a fixed bound.
+    assert 0 < bases["relative"] and 0 < on_float32["relative"] < 1.5 * bases["relative"] + 0.05
 
 
 def bench_script(name: str):
