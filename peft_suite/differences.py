@@ -23,6 +23,13 @@ DIFFERENCES: list[tuple[str, str]] = [
     (r"::test_peft_version_", "peft_version records which peft release wrote a file (patched through peft's "
                               "private peft.config.__version__ / _get_commit_hash); peftkit is not peft and "
                               "does not claim a peft version (it accepts the key when reading)"),
+    (r"::test_save_pretrained_with_target_modules\[", "a list target_modules stays a list in peftkit (a set is "
+     "accepted and sorted); peft turns lists into sets. Keeping the order makes saved configs and the training "
+     "runs versioned by them byte-reproducible (a set of strings iterates in a per-process order); membership, "
+     "iteration and the saved adapter_config.json (a list either way) behave the same"),
+    (r"::test_ia3_is_feedforward_subset_invalid_config$", "the test compares the whole error text (an anchored "
+     "regex); peftkit raises the same ValueError with peft's sentence in it, but every config error names the "
+     "config class, each wrong field and its fix, one line per problem"),
 ]
 
 

@@ -100,6 +100,7 @@ def test_peft_only_keys_cover_everything_peft_writes():
         (dict(layers_to_transform=-1), "layers_to_transform"),
         (dict(layers_pattern="layers"), "layers_pattern"),
         (dict(target_modules=r".*\.q_proj", layers_to_transform=[0]), "layers_to_transform"),
+        (dict(target_modules=r".*\.q_proj", layers_to_transform=0), "layers_to_transform"),  # index 0 is set
         (dict(lora_alpha=float("nan")), "lora_alpha"),
         (dict(lora_alpha=float("inf")), "lora_alpha"),
         (dict(task_type="CAUSAL"), "task_type"),
@@ -531,3 +532,12 @@ def test_peft_style_config_helpers(tmp_path):
         assert pk.PeftConfig.from_json_file(path) == config.to_dict()
     with pytest.raises(pk.ConfigError, match="Invalid task type: 'nope'. Must be one of the following task types: CAUSAL_LM"):
         pk.LoraConfig(task_type="nope")
+
+
+def test_layer_selection_errors_carry_peft_sentences_and_the_fix():
+    # Code written against peft matches peft's sentences; ours add which field and how to fix it.
+    with pytest.raises(ConfigError, match="`layers_pattern` cannot be used when `target_modules` is a str.") as info:
+        LoraConfig(target_modules=".*foo", layers_pattern=["bar"])
+    assert "put the layer index in the regex" in str(info.value)
+    with pytest.raises(ConfigError, match="When `layers_pattern` is specified, `layers_to_transform` must also be"):
+        LoraConfig(target_modules=["q"], layers_pattern="layers")

@@ -400,12 +400,16 @@ class TargetedConfig(PeftConfig):
 
     def check(self) -> list[tuple[str, str]]:
         problems = super().check() + regex_problems(self)
+        # Each message starts with peft's sentence for the same mistake, so code that matches peft's
+        # errors keeps working; ours adds the fix.
         if self.layers_pattern and self.layers_to_transform is None:
-            problems.append(("layers_pattern", "only has an effect together with layers_to_transform; set both"))
-        if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
-            problems.append(
-                ("layers_to_transform", "cannot be combined with a regex target_modules; put the layer index in the regex")
-            )
+            problems.append(("layers_pattern", "When `layers_pattern` is specified, `layers_to_transform` must also be "
+                             "specified. Set both (layers_pattern names the stack, layers_to_transform the indices)"))
+        if isinstance(self.target_modules, str):
+            for field in ("layers_to_transform", "layers_pattern"):
+                if getattr(self, field) not in (None, "", []):  # layer index 0 counts
+                    problems.append((field, f"`{field}` cannot be used when `target_modules` is a str. A regex "
+                                     "target_modules chooses layers itself: put the layer index in the regex"))
         return problems
 
 

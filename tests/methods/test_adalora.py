@@ -276,7 +276,7 @@ def test_bad_config_names_the_field(kwargs, field):
 
 
 def test_unused_lora_fields_warn_and_peft_only_features_are_refused():
-    with pytest.warns(UserWarning, match="r has no effect in AdaLoRA; set init_r"):
+    with pytest.warns(UserWarning, match=r"`r` is not used in AdaLora and will be ignored. Set init_r"):
         pk.AdaLoraConfig(**ada("llama"), r=16)
     for feature in ({"use_dora": True}, {"loftq_config": {"loftq_bits": 4}}):
         with pytest.raises(pk.ConfigError, match=next(iter(feature))):

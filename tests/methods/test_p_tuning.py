@@ -110,3 +110,29 @@ def test_unreadable_model_shape_names_the_field():
 def test_peftkit_train_loss_falls(tmp_path):
     losses = train_losses(tmp_path, {"method": "p_tuning", "num_virtual_tokens": 8}, max_steps=12, lr=3e-2)
     assert sum(losses[-3:]) / 3 < losses[0] - 0.3, losses
+
+
+def test_encoders_build_from_their_config_alone_as_in_peft():
+    # peft builds PromptEncoder(config) / PrefixEncoder(config) / PromptEmbedding(config, word_embeddings)
+    from peftkit.methods.p_tuning import PromptEncoder
+    from peftkit.methods.prefix_tuning import PrefixEncoder
+    from peftkit.methods.prompt_tuning import PromptEmbedding
+
+    shape = dict(num_virtual_tokens=4, token_dim=8, num_transformer_submodules=1)
+    encoder = PromptEncoder(pk.PromptEncoderConfig(encoder_hidden_size=6, **shape))
+    assert encoder(torch.arange(4)).shape == (4, 8)
+    prefix = PrefixEncoder(pk.PrefixTuningConfig(num_layers=2, num_attention_heads=2, **shape))
+    assert prefix.embedding.weight.shape == (4, 2 * 2 * 8)
+    words = torch.nn.Embedding(10, 8)
+    config = pk.PromptTuningConfig(prompt_tuning_init="SAMPLE_VOCAB", **shape)
+    embedding = PromptEmbedding(config, words)
+    rows = embedding.embedding.weight
+    assert all(any(torch.equal(row, word) for word in words.weight) for row in rows)  # rows drawn from the vocabulary
+
+
+def test_mlp_encoder_warns_that_encoder_num_layers_is_ignored():
+    from peftkit.methods.p_tuning import PromptEncoder
+
+    config = pk.PromptEncoderConfig(num_virtual_tokens=2, token_dim=8, num_transformer_submodules=1, encoder_num_layers=5)
+    with pytest.warns(UserWarning, match="`encoder_num_layers` is ignored"):
+        PromptEncoder(config)

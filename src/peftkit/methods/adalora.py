@@ -106,8 +106,9 @@ class AdaLoraConfig(LoraConfig):
     @classmethod
     def _unused(cls, value: Any, info: Any) -> Any:
         if value != LoraConfig.model_fields[info.field_name].default:
-            hint = "; set init_r for the starting rank" if info.field_name == "r" else ""
-            warnings.warn(f"AdaLoraConfig.{info.field_name} has no effect in AdaLoRA{hint}", stacklevel=2)
+            hint = " Set init_r for the starting rank." if info.field_name == "r" else ""
+            # peft's sentence first (code may match it), then the fix
+            warnings.warn(f"Note that `{info.field_name}` is not used in AdaLora and will be ignored.{hint}", stacklevel=2)
         return value
 
     def check(self) -> list[tuple[str, str]]:

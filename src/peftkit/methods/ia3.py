@@ -76,8 +76,8 @@ class IA3Config(TargetedConfig):
         if isinstance(ff, list) and isinstance(targets, list):
             missing = [name for name in ff if not _covers(targets, name)]
             if missing:
-                problems.append(("feedforward_modules", f"{missing} are not in target_modules {targets}; a "
-                                 "feedforward module must also be a target: add it to target_modules or drop it"))
+                problems.append(("feedforward_modules", f"`feedforward_modules` should be a subset of `target_modules`: "
+                                 f"{missing} are not in target_modules {targets}; add them to target_modules or drop them"))
         return problems
 
     def fill_model_defaults(self, model: nn.Module) -> None:

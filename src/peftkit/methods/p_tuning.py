@@ -63,8 +63,9 @@ class PromptEncoder(PromptEncoderModule):
     """Embedding rows through ``mlp_head`` (MLP) or ``lstm_head`` then ``mlp_head`` (LSTM), with
     peft's attribute names; no head when the embedding holds a saved prompt."""
 
-    def __init__(self, config: PromptEncoderConfig, model: nn.Module):
-        dim, hidden = config.token_dim, config.encoder_hidden_size
+    def __init__(self, config: PromptEncoderConfig, model: Optional[nn.Module] = None):
+        # ``model`` is unused (the registry passes it to every encoder); optional as in peft.
+        dim, hidden = config.token_dim, config.encoder_hidden_size or config.token_dim  # unset: as wide as a token
         super().__init__(config.num_virtual_tokens * config.num_transformer_submodules, dim)
         self.use_lstm = config.encoder_reparameterization_type == PromptEncoderReparameterizationType.LSTM
         if config.holds_prompt:
@@ -76,7 +77,9 @@ class PromptEncoder(PromptEncoderModule):
             self.mlp_head = nn.Sequential(nn.Linear(2 * hidden, 2 * hidden), nn.ReLU(), nn.Linear(2 * hidden, dim))
         else:
             if config.encoder_num_layers != type(config).model_fields["encoder_num_layers"].default:
-                warnings.warn("encoder_num_layers is ignored with the MLP encoder: it always has 3 linear layers", stacklevel=2)
+                # peft's exact words (its tests compare them); "2 MLP layers": two hidden layers
+                warnings.warn("for MLP, the argument `encoder_num_layers` is ignored. Exactly 2 MLP layers are used.",
+                              stacklevel=2)
             self.mlp_head = nn.Sequential(
                 nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, dim)
             )

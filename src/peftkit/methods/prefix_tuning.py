@@ -62,7 +62,7 @@ class PrefixEncoder(PromptEncoderModule):
     """One row per virtual token holding every layer's keys and values (``2 * num_layers *
     token_dim``), or, with ``prefix_projection``, ``token_dim`` per row through ``transform``."""
 
-    def __init__(self, config: PrefixTuningConfig, model: nn.Module):
+    def __init__(self, config: PrefixTuningConfig, model: Optional[nn.Module] = None):
         width = config.num_layers * 2 * config.token_dim
         project = config.prefix_projection and not config.holds_prompt
         super().__init__(config.num_virtual_tokens, config.token_dim if project else width)

@@ -143,6 +143,21 @@ class PromptEncoderModule(nn.Module):
     def encode(self, rows: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        """The prompt rows for virtual-token ``indices`` (``(tokens,)`` or ``(batch, tokens)``), as
+        peft's encoders compute them; peftkit itself calls :meth:`prompt`.
+
+        Example::
+
+            >>> encoder(torch.arange(config.num_virtual_tokens)).shape  # doctest: +SKIP
+            torch.Size([20, 768])
+        """
+        rows = self.embedding(indices)
+        if not self.has_head:
+            return rows
+        # encode() maps one sequence of rows (the LSTM reads them in order): one call per batch row
+        return self.encode(rows) if rows.dim() == 2 else torch.stack([self.encode(r) for r in rows])
+
     def prompt(self) -> torch.Tensor:
         """The prompt, ``(rows, width)``: the same for every batch row, so it is computed once."""
         rows = self.embedding.weight
@@ -211,7 +226,10 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def input_embeddings(model: nn.Module) -> nn.Module:
-    """The wrapped model's token embedding table (``get_input_embeddings()``)."""
+    """The wrapped model's token embedding table (``get_input_embeddings()``); an embedding table
+    itself is returned as is (peft's encoders take the table, peftkit's registry passes the model)."""
+    if isinstance(model, nn.Embedding):
+        return model
     table = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if table is None:
         raise AdapterError(f"{type(model).__name__} has no get_input_embeddings(); prompt learning needs the token embeddings")
