@@ -27,6 +27,9 @@ DIFFERENCES: list[tuple[str, str]] = [
      "accepted and sorted); peft turns lists into sets. Keeping the order makes saved configs and the training "
      "runs versioned by them byte-reproducible (a set of strings iterates in a per-process order); membership, "
      "iteration and the saved adapter_config.json (a list either way) behave the same"),
+    (r"TestModelAndLayerStatus::test_mixed_model_raises$", "peft refuses get_layer_status / get_model_status on a "
+     "PeftMixedModel; peftkit reports a mixed model's layers too (each layer of a stack, the inner ones at "
+     "<path>.base_layer), since mixed stacks are where irregular states are most likely"),
     (r"::test_ia3_is_feedforward_subset_invalid_config$", "the test compares the whole error text (an anchored "
      "regex); peftkit raises the same ValueError with peft's sentence in it, but every config error names the "
      "config class, each wrong field and its fix, one line per problem"),

@@ -60,6 +60,7 @@ from .peft_api import (
     set_peft_model_state_dict,
 )
 from .quantized.training import prepare_model_for_kbit_training
+from .status import TunerLayerStatus, TunerModelStatus, get_layer_status, get_model_status
 from .registry import (
     LayerFactory,
     MethodSpec,
@@ -116,9 +117,13 @@ __all__ = [
     "PromptTuningInit",
     "TargetError",
     "TaskType",
+    "TunerLayerStatus",
+    "TunerModelStatus",
     "VeraConfig",
     "get_base_model_state_dict",
+    "get_layer_status",
     "get_method",
+    "get_model_status",
     "get_peft_model",
     "get_peft_model_state_dict",
     "hotswap_adapter",

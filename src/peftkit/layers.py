@@ -124,11 +124,17 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
     # ((IA)³ rescales). Stacked layers (a mixed model) of additive kinds commute; a non-additive
     # layer applies to everything inside it, which constrains merging (peftkit.merge).
     additive: bool = True
+    # What status reports (peftkit.status) call this kind of layer after the method's name, when it is
+    # not the wrapped module's class name (peft's class name: "ParamWrapper", "SVDLinear").
+    peft_kind: Optional[str] = None
 
     def __init__(self, base_layer: nn.Module, key: str = ""):
         super().__init__()
         self.base_layer = base_layer
         self.key = key  # the module's path in the model, for error messages
+        # ``selected_adapters``: the names last selected (the model's active adapters, some perhaps not
+        # on this layer); ``active_adapters``: the selected ones this layer holds, which it computes with.
+        self.selected_adapters: list[str] = []
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self.disabled = False
@@ -194,6 +200,7 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
     def set_adapter(self, adapter_names: str | list[str], trainable: bool = True) -> None:
         """Make ``adapter_names`` the active adapters; only they get gradients (if ``trainable``)."""
         adapter_names = [adapter_names] if isinstance(adapter_names, str) else adapter_names
+        self.selected_adapters = list(adapter_names)
         self.active_adapters = [n for n in adapter_names if n in self.adapter_names]
         for name in self.adapter_names:
             for _, p in self.adapter_parameters(name):
@@ -208,6 +215,7 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
             if adapter_name in holder:
                 del holder[adapter_name]
         self.active_adapters = [n for n in self.active_adapters if n != adapter_name]
+        self.selected_adapters = [n for n in self.selected_adapters if n != adapter_name]
 
     def stacking_refusal(self, adapter_name: str) -> Optional[str]:
         """Why ``adapter_name`` of this layer cannot sit over another adapter layer of the same module
@@ -346,7 +354,7 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
     def enable_adapters(self, enabled: bool) -> None:
         """Turn the adapters of this layer on or off; off, they also stop training (as in peft)."""
         if enabled:
-            self.set_adapter(self.active_adapters)
+            self.set_adapter(self.selected_adapters or self.active_adapters)
         else:
             for name in self.adapter_names:
                 for _, p in self.adapter_parameters(name):

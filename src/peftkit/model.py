@@ -14,7 +14,7 @@ import inspect
 import types
 import warnings
 import weakref
-from typing import Any, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,9 @@ from .model_running import RunningMixin
 from .names import adapter_name_list, short_repr
 from .registry import MethodSpec, method_for_config
 from .targets import iter_adapter_modules
+
+if TYPE_CHECKING:
+    from .status import TunerLayerStatus, TunerModelStatus
 
 
 # What peft's tuner object (``peft_model.base_model``) offers that code calls on it: answered by
@@ -234,6 +237,47 @@ class PeftModel(AdapterManagementMixin, RunningMixin, MergeMixin, SaveLoadMixin,
         """Print the trainable / total parameter counts, as ``peft`` does."""
         trainable, total = self.get_nb_trainable_parameters()
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    def get_layer_status(self) -> list["TunerLayerStatus"]:
+        """Each adapter layer's state (enabled, active, merged, trainable, devices): see
+        :func:`peftkit.status.get_layer_status`.
+
+        Example:
+            >>> [s.merged_adapters for s in model.get_layer_status()]  # doctest: +SKIP
+            [[], []]
+        """
+        from .status import get_layer_status  # here: peftkit.status builds on this module
+
+        return get_layer_status(self)
+
+    def get_model_status(self) -> "TunerModelStatus":
+        """The adapters' state over the whole model, ``"irregular"`` where layers disagree: see
+        :func:`peftkit.status.get_model_status`.
+
+        Example:
+            >>> model.get_model_status().active_adapters  # doctest: +SKIP
+            ['default']
+        """
+        from .status import get_model_status
+
+        return get_model_status(self)
+
+    def set_requires_grad(self, adapter_names: Union[str, list[str]], requires_grad: bool = True) -> None:
+        """Switch gradients of the named adapters' tensors on or off everywhere (layers, saved modules,
+        model-level tensors) without changing which adapters are active (peft's method); the next
+        ``set_adapter`` makes trainability follow the active adapters again.
+
+        Example:
+            >>> model.set_requires_grad("other", requires_grad=True)  # train "other" too  # doctest: +SKIP
+        """
+        names = self._check_names(adapter_names)
+        for _, module in self._adapter_modules():
+            for name in names:
+                for _, p in module.adapter_parameters(name):
+                    p.requires_grad_(requires_grad)
+        for name in names:
+            for p in checkpoint.model_level_parameters(self, name):
+                p.requires_grad_(requires_grad)
 
     # ------------------------------------------------------------------ selecting adapters
     def set_adapter(self, adapter_name: Union[str, list[str]]) -> None:

@@ -52,13 +52,15 @@ class BaseLayerKind:
     ``refusal(module)``: why no factory can adapt a claimed module, and what to do instead (None: it
     can be adapted); ``prepare_model(model)``: runs on a model before adapters are injected into it;
     ``check_merge(peft_model, layers, adapter_names)``: runs before anything is merged, and may raise
-    to refuse the merge (the model is then unchanged)."""
+    to refuse the merge (the model is then unchanged); ``storage_name(module)``: what status reports
+    (:mod:`peftkit.status`) call how a claimed module stores its weight (``"bnb 4bit"``)."""
 
     name: str
     claims: Callable[[nn.Module], bool]
     refusal: Callable[[nn.Module], Optional[str]] = lambda module: None
     prepare_model: Callable[[nn.Module], None] = lambda model: None
     check_merge: Callable[..., None] = lambda peft_model, layers, adapter_names: None
+    storage_name: Callable[[nn.Module], Optional[str]] = lambda module: None
 
 
 @dataclass

@@ -61,8 +61,8 @@ TOP_LEVEL = {
     "PeftMixedModel": "peftkit:PeftMixedModel",
     "get_base_model_state_dict": "peftkit:get_base_model_state_dict",
     "set_base_model_state_dict": "peftkit:set_base_model_state_dict",
-    "get_layer_status": MISSING("get_layer_status is not in peftkit"),
-    "get_model_status": MISSING("get_model_status is not in peftkit"),
+    "get_layer_status": "peftkit:get_layer_status",
+    "get_model_status": "peftkit:get_model_status",
     **_methods(
         "AdamssConfig", "AdaptionPromptConfig", "BOFTConfig", "BeftConfig", "C3AConfig", "CPTConfig",
         "CartridgeConfig", "DeftConfig", "DeloraConfig", "FourierFTConfig", "FrodConfig", "GloraConfig",

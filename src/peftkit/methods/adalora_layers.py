@@ -38,6 +38,7 @@ class AdaLoraLinear(AdapterLayer):
     """AdaLoRA on ``nn.Linear``, or on GPT-2's ``Conv1D`` with ``fan_in_fan_out=True``."""
 
     adapter_param_names = ("lora_A", "lora_B", "lora_E")
+    peft_kind = "SVDLinear"  # what status reports call it (peft's class name)
     adapter_setting_names = ("r", "lora_alpha", "scaling", "ranknum", "lora_dropout")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: "AdaLoraConfig", key: str, fan_in_fan_out: bool = False):

@@ -48,6 +48,7 @@ class LoraParameter(WeightMergeMixin, LoraLayer):
 
     supports_lora_bias = False
     factor_layout_refusal = "LoRA on a parameter interleaves the experts along the rank axis"
+    peft_kind = "ParamWrapper"  # what status reports call it (peft's class name)
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config: "LoraConfig", key: str, parameter_name: str):
         self.parameter_name = parameter_name  # read by add_adapter (through the layout)

@@ -41,8 +41,20 @@ def guard_model(model: nn.Module) -> None:
             kind.guard(module)
 
 
+def storage_name(module: nn.Module) -> str | None:
+    """The quantized kind's name as status reports give it (peft's spelling: ``"bnb 4bit"``).
+
+    Example:
+        >>> storage_name(model.q_proj.base_layer)  # doctest: +SKIP
+        'bnb 4bit'
+    """
+    kind = kind_of(module)
+    return kind.name.replace("-", " ") if kind is not None else None
+
+
 register_base_layer_kind(BaseLayerKind(
-    "quantized", claims=is_quantized_module, refusal=refusal, prepare_model=guard_model, check_merge=check_merge))
+    "quantized", claims=is_quantized_module, refusal=refusal, prepare_model=guard_model, check_merge=check_merge,
+    storage_name=storage_name))
 
 
 __all__ = [
