@@ -172,7 +172,12 @@ def test_sequence_classification_head_trains_and_saves(tmp_path):
 def test_all_linear_resolves_to_names_in_saved_config(tmp_path):
     model = pk.get_peft_model(tiny_llama(), pk.LoraConfig(r=2, target_modules="all-linear"))
     targets = model.peft_config["default"].target_modules
-    assert "lm_head" not in targets and len(targets) == 2 * 7
+    # stored as the short names that select the same 2 x 7 projections (as peft writes "all-linear")
+    assert targets == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert len(model.targeted_module_names) == 2 * 7 and "lm_head" not in model.targeted_module_names
+    model.save_pretrained(tmp_path)
+    again = pk.PeftModel.from_pretrained(tiny_llama(), tmp_path)
+    assert again.targeted_module_names == model.targeted_module_names
 
 
 def test_forward_generate_and_attributes_pass_through():

@@ -17,7 +17,10 @@ from .layers import AdapterLayer, ModulesToSaveWrapper, unwrap_layer
 from .meta import move_to_meta
 from .names import check_adapter_name
 from .registry import MethodSpec, base_layer_kinds, method_for_config, refusal
-from .targets import TASK_HEADS, find_targets, iter_plain_modules, modules_to_save_for, name_matches, resolve_target_modules
+from .targets import (
+    TASK_HEADS, find_targets, iter_plain_modules, modules_to_save_for, name_matches, resolve_target_modules,
+    short_target_names,
+)
 from .tree import get_module, set_module
 
 
@@ -84,7 +87,7 @@ class AdapterManagementMixin:
             self._check_factories(spec, targets)
             for kind in base_layer_kinds():  # e.g. switch off a quantized backend's inference-only tricks
                 kind.prepare_model(model)
-            resolved = resolve_target_modules(model, config)
+            resolved = short_target_names(model, config, resolve_target_modules(model, config), targets)
             config.target_modules = resolved
             init_config.target_modules = resolved
         else:

@@ -170,6 +170,33 @@ def resolve_target_modules(model: nn.Module, config: TargetedConfig) -> Optional
     return targets
 
 
+def short_target_names(model: nn.Module, config: TargetedConfig, resolved, targets: list[str]):
+    """What ``config.target_modules`` stores once ``targets`` (the matched paths) are adapted:
+    ``"all-linear"`` and lists of at least 20 names (``peft``'s rule) become the fewest names that
+    match exactly the same modules (:mod:`peftkit.target_names`); anything else stays as resolved.
+
+    Example:
+        >>> short_target_names(model, LoraConfig(target_modules="all-linear"), keys, keys)  # doctest: +SKIP
+        ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']
+    """
+    from .target_names import MIN_TARGET_MODULES_FOR_OPTIMIZATION, condensed_targets
+
+    asked = config.target_modules
+    all_linear = isinstance(asked, str) and asked.lower() == ALL_LINEAR
+    if isinstance(resolved, str) or not (all_linear or len(resolved) >= MIN_TARGET_MODULES_FOR_OPTIMIZATION):
+        return resolved
+    keys = [key for key, _ in iter_plain_modules(model)]
+    names = condensed_targets(targets, keys)
+    if names is None:
+        return resolved
+    # kept only if the short names select the same modules and the config stays valid (IA3 wants its
+    # feedforward_modules among the targets, by name)
+    trial = config.model_copy(update={"target_modules": names})
+    if [key for key in keys if is_target(key, trial, names)] != targets or trial.check():
+        return resolved
+    return names
+
+
 def compact_names(model: nn.Module, keys: list[str]) -> list[str]:
     """``keys`` as short peft-style names: a leaf name (``"ln_1"``) where every module of that name
     is among ``keys``, the full key otherwise. Matching the result selects exactly ``keys``."""
@@ -206,6 +233,37 @@ def is_target(key: str, config: TargetedConfig, targets: str | list[str]) -> boo
         wanted = [wanted] if isinstance(wanted, int) else wanted
         return idx is not None and idx in wanted
     return True
+
+
+def check_target_module_exists(config: TargetedConfig, key: str) -> bool:
+    """Whether ``config`` adapts the module at path ``key`` by its names alone (``target_modules``,
+    ``exclude_modules``, ``layers_to_transform``): ``peft``'s helper for checking a config, with no
+    model at hand (so ``"all-linear"`` and an unset ``target_modules`` match nothing here).
+
+    Example:
+        >>> check_target_module_exists(LoraConfig(target_modules=["q_proj"]), "model.layers.0.self_attn.q_proj")
+        True
+    """
+    targets = config.target_modules
+    if targets is None or (isinstance(targets, str) and targets.lower() == ALL_LINEAR):
+        return False
+    return is_target(key, config, targets)
+
+
+def inspect_matched_modules(peft_model: nn.Module, adapter_name: str = "default") -> dict[str, list[str]]:
+    """``{"matched": [...], "unmatched": [...]}``: the module paths of the user's model that
+    ``adapter_name``'s layers wrap, and all the others (``peft``'s helper for debugging a config).
+
+    Example:
+        >>> inspect_matched_modules(peft_model)["matched"]  # doctest: +SKIP
+        ['model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.v_proj']
+    """
+    from .layers import AdapterLayer
+
+    adapted = {key for key, module in iter_adapter_modules(peft_model.get_base_model())
+               if isinstance(module, AdapterLayer) and adapter_name in module.adapter_names}
+    keys = [key for key, _ in iter_plain_modules(peft_model.get_base_model()) if key]
+    return {"matched": [k for k in keys if k in adapted], "unmatched": [k for k in keys if k not in adapted]}
 
 
 def find_targets(model: nn.Module, config: TargetedConfig) -> list[str]:

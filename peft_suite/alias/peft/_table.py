@@ -86,10 +86,10 @@ SUBMODULES = {
     "peft.tuners.tuners_utils": {
         "BaseTunerLayer": "peftkit:AdapterLayer",
         "BaseTuner": MISSING("peftkit has no BaseTuner"),
-        "check_target_module_exists": MISSING("check_target_module_exists is not in peftkit"),
-        "inspect_matched_modules": MISSING("inspect_matched_modules is not in peftkit"),
+        "check_target_module_exists": "peftkit.targets:check_target_module_exists",
+        "inspect_matched_modules": "peftkit.targets:inspect_matched_modules",
         "_maybe_include_all_linear_layers": MISSING("_maybe_include_all_linear_layers is not in peftkit"),
-        "_find_minimal_target_modules": MISSING("_find_minimal_target_modules is not in peftkit"),
+        "_find_minimal_target_modules": "peftkit.target_names:find_minimal_target_modules",
         "_filter_state_dict_by_key_prefixes": MISSING("_filter_state_dict_by_key_prefixes is not in peftkit"),
         "_get_tuner_state_dict_key_prefixes": MISSING("_get_tuner_state_dict_key_prefixes is not in peftkit"),
     },
@@ -125,7 +125,7 @@ SUBMODULES = {
     },
     "peft.utils.constants": {
         "DUMMY_MODEL_CONFIG": MISSING("DUMMY_MODEL_CONFIG is not in peftkit"),
-        "MIN_TARGET_MODULES_FOR_OPTIMIZATION": MISSING("MIN_TARGET_MODULES_FOR_OPTIMIZATION is not in peftkit"),
+        "MIN_TARGET_MODULES_FOR_OPTIMIZATION": "peftkit.target_names:MIN_TARGET_MODULES_FOR_OPTIMIZATION",
     },
     "peft.utils.hotswap": {
         "hotswap_adapter": "peftkit:hotswap_adapter",
