@@ -6,18 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from toy_models import LinearNet
+
 import peftkit as pk
 from peftkit.status import get_layer_status, get_model_status
-
-
-class Small(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin0 = nn.Linear(10, 10)
-        self.lin1 = nn.Linear(10, 10)
-
-    def forward(self, x):
-        return self.lin1(self.lin0(x))
 
 
 class Large(nn.Module):
@@ -130,39 +122,39 @@ def test_set_requires_grad_changes_training_not_the_selection():
 
 
 def test_modules_to_save_are_reported_and_count_for_irregularity():
-    model = pk.get_peft_model(Small(), pk.LoraConfig(target_modules=["lin0"], modules_to_save=["lin1"]))
-    saved = by_name(model)["model.lin1"]
+    model = pk.get_peft_model(LinearNet(), pk.LoraConfig(target_modules=["lin1"], modules_to_save=["lin2"]))
+    saved = by_name(model)["model.lin2"]
     assert saved.module_type == "ModulesToSaveWrapper"
     assert (saved.active_adapters, saved.requires_grad, saved.available_adapters) == (["default"], {"default": True}, ["default"])
 
-    model.base_model.model.lin1.modules_to_save["default"].weight.requires_grad_(False)
+    model.base_model.model.lin2.modules_to_save["default"].weight.requires_grad_(False)
     assert model.get_model_status().requires_grad == {"default": "irregular"}
 
 
 def test_target_parameters_and_other_methods_get_peft_type_names():
-    model = pk.get_peft_model(Small(), pk.LoraConfig(target_parameters=["lin0.weight"], target_modules=["lin1"]))
+    model = pk.get_peft_model(LinearNet(), pk.LoraConfig(target_parameters=["lin1.weight"], target_modules=["lin2"]))
     assert [(s.name, s.module_type) for s in model.get_layer_status()] == [
-        ("model.lin0", "lora.ParamWrapper"), ("model.lin1", "lora.Linear")]
-    loha = pk.get_peft_model(Small(), pk.LoHaConfig(target_modules=["lin0"]))
+        ("model.lin1", "lora.ParamWrapper"), ("model.lin2", "lora.Linear")]
+    loha = pk.get_peft_model(LinearNet(), pk.LoHaConfig(target_modules=["lin1"]))
     assert [s.module_type for s in loha.get_layer_status()] == ["loha.Linear"]
     assert loha.get_model_status().adapter_model_type == "LoHaModel"
-    ada = pk.get_peft_model(Small(), pk.AdaLoraConfig(target_modules=["lin0"], total_step=10))
+    ada = pk.get_peft_model(LinearNet(), pk.AdaLoraConfig(target_modules=["lin1"], total_step=10))
     assert [s.module_type for s in ada.get_layer_status()] == ["adalora.SVDLinear"]
 
 
 def test_mixed_model_lists_every_layer_of_a_stack():
-    model = pk.get_peft_model(Small(), pk.LoraConfig(target_modules=["lin0"]), "lora", mixed=True)
-    model.add_adapter("loha", pk.LoHaConfig(target_modules=["lin0"]))
+    model = pk.get_peft_model(LinearNet(), pk.LoraConfig(target_modules=["lin1"]), "lora", mixed=True)
+    model.add_adapter("loha", pk.LoHaConfig(target_modules=["lin1"]))
     status = model.get_layer_status()
     assert sorted((s.name, s.module_type) for s in status) == [
-        ("model.lin0", "loha.Linear"), ("model.lin0.base_layer", "lora.Linear")]
+        ("model.lin1", "loha.Linear"), ("model.lin1.base_layer", "lora.Linear")]
     assert model.get_model_status().adapter_model_type == "MixedModel"
 
 
 def test_a_model_with_injected_layers_reports_relative_names():
-    model = pk.inject_adapter_in_model(pk.LoraConfig(target_modules=["lin0"]), Small())
+    model = pk.inject_adapter_in_model(pk.LoraConfig(target_modules=["lin1"]), LinearNet())
     status = get_model_status(model)
-    assert [s.name for s in get_layer_status(model)] == ["lin0"]
+    assert [s.name for s in get_layer_status(model)] == ["lin1"]
     assert (status.base_model_type, status.adapter_model_type, status.peft_types) == ("other", "None", {})
 
 
@@ -170,7 +162,7 @@ def test_a_model_without_adapter_layers_is_refused_clearly():
     with pytest.raises(pk.AdapterError, match="No adapter layers found in the model"):
         get_layer_status(nn.Linear(2, 2))
     with pytest.raises(pk.AdapterError, match="No adapter layers found in the model"):
-        get_model_status(Small())
+        get_model_status(LinearNet())
 
 
 def test_quantized_base_reports_its_storage():

@@ -16,7 +16,8 @@ from .errors import (
     PeftkitError,
     TargetError,
 )
-from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper
+from .layers import BASE_ADAPTER, AdapterLayer
+from .modules_to_save import ModulesToSaveWrapper
 from .methods.bitfit import BitFitConfig
 from .methods.bottleneck import BottleneckConfig
 from .methods.ia3 import IA3Config

@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from .meta import assign_into_meta
 from .config import PeftConfig, _resolve_file
 from .errors import CheckpointError, CorruptFileError
-from .layers import AdapterLayer, ModulesToSaveWrapper, layer_stack
+from .layers import AdapterLayer, layer_stack
+from .modules_to_save import ModulesToSaveWrapper
 from .targets import iter_adapter_modules, iter_plain_modules
 from .untrusted import FLOAT_DTYPES, TensorInfo, read_safetensors_header
 

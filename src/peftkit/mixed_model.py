@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 import torch.nn as nn
 
 from .config import PeftConfig
-from .errors import AdapterError, TargetError
+from .errors import AdapterError
 from .layers import BASE_ADAPTER, AdapterLayer
 from .model import PeftModel
 from .names import adapter_name_list
@@ -99,24 +99,16 @@ class PeftMixedModel(PeftModel):
     def _check_method_fits(self, spec: MethodSpec) -> None:
         _require_mixable(spec)
 
-    def _check_factories(self, spec: MethodSpec, targets: list[str]) -> None:
-        model = self.get_base_model()
-        for key in targets:
-            module = get_module(model, key)
-            if isinstance(module, spec.layer_cls):
-                continue
-            base = module.get_base_layer() if isinstance(module, AdapterLayer) else module
-            if any(kind.claims(base) for kind in base_layer_kinds()):
-                raise TargetError(
-                    f"module {key!r} is a quantized {type(base).__name__}; a mixed model adapts plain layers only "
-                    "(peft refuses quantized layers in mixed models too). Use a PeftModel, or exclude the module"
-                )
-            if spec.factory_for(base) is None:
-                supported = ", ".join(f.label for f in spec.layer_factories if not f.quantized)
-                raise TargetError(
-                    f"module {key!r} is a {type(base).__name__}, which {spec.peft_type} cannot adapt (supported: "
-                    f"{supported}). Narrow target_modules or add it to exclude_modules."
-                )
+    def _factory_refusal(self, spec: MethodSpec, key: str, module: nn.Module) -> Optional[str]:
+        base = module.get_base_layer() if isinstance(module, AdapterLayer) else module
+        if any(kind.claims(base) for kind in base_layer_kinds()):
+            return (f"module {key!r} is a quantized {type(base).__name__}; a mixed model adapts plain layers only "
+                    "(peft refuses quantized layers in mixed models too). Use a PeftModel, or exclude the module")
+        if spec.factory_for(base) is None:
+            supported = ", ".join(f.label for f in spec.layer_factories if not f.quantized)
+            return (f"module {key!r} is a {type(base).__name__}, which {spec.peft_type} cannot adapt (supported: "
+                    f"{supported}). Narrow target_modules or add it to exclude_modules.")
+        return None
 
     def _wrap(self, spec: MethodSpec, key: str, adapter_name: str, config: PeftConfig) -> None:
         """Join the method's layer if it is the outermost one at ``key``, else stack a new layer on

@@ -22,7 +22,8 @@ import torch.nn as nn
 from . import checkpoint
 from .config import PeftConfig
 from .errors import AdapterError
-from .layers import BASE_ADAPTER, AdapterLayer, ModulesToSaveWrapper, _ForwardsToBase
+from .layers import BASE_ADAPTER, AdapterLayer, _ForwardsToBase
+from .modules_to_save import ModulesToSaveWrapper
 from .merge import MergeMixin
 from .model_adapters import AdapterManagementMixin
 from .model_io import SaveLoadMixin

@@ -10,10 +10,15 @@ Example:
 
 from __future__ import annotations
 
+from typing import Optional
+
+import torch.nn as nn
+
 from . import checkpoint
 from .config import PeftConfig, TargetedConfig
 from .errors import AdapterError, TargetError
-from .layers import AdapterLayer, ModulesToSaveWrapper, unwrap_layer
+from .layers import AdapterLayer, unwrap_layer
+from .modules_to_save import ModulesToSaveWrapper
 from .meta import move_to_meta
 from .names import check_adapter_name
 from .registry import MethodSpec, base_layer_kinds, method_for_config, refusal
@@ -150,19 +155,26 @@ class AdapterManagementMixin:
                 config.modules_to_save = modules_to_save_for(config)
 
     def _check_factories(self, spec: MethodSpec, targets: list[str]) -> None:
+        """Refuse, before anything is wrapped, a target the method's layers cannot wrap."""
         model = self.get_base_model()
         for key in targets:
             module = get_module(model, key)
             if isinstance(module, spec.layer_cls):
-                continue
-            if isinstance(module, AdapterLayer) or spec.factory_for(module) is None:
-                supported = ", ".join(f.label for f in spec.layer_factories)
-                reason = refusal(module)
-                raise TargetError(
-                    f"module {key!r} is a {type(module).__name__}, which {spec.peft_type} cannot adapt"
+                continue  # the method's layer is there already: the adapter joins it
+            problem = self._factory_refusal(spec, key, module)
+            if problem:
+                raise TargetError(problem)
+
+    def _factory_refusal(self, spec: MethodSpec, key: str, module: nn.Module) -> Optional[str]:
+        """Why ``spec``'s layers cannot wrap ``module`` at ``key`` (None: they can); a mixed model
+        overrides it (it stacks on other methods' layers, and refuses quantized ones)."""
+        if isinstance(module, AdapterLayer) or spec.factory_for(module) is None:
+            supported = ", ".join(f.label for f in spec.layer_factories)
+            reason = refusal(module)
+            return (f"module {key!r} is a {type(module).__name__}, which {spec.peft_type} cannot adapt"
                     + (f": {reason}" if reason else "")
-                    + f" (supported: {supported}). Narrow target_modules or add it to exclude_modules."
-                )
+                    + f" (supported: {supported}). Narrow target_modules or add it to exclude_modules.")
+        return None
 
     def _wrap(self, spec: MethodSpec, key: str, adapter_name: str, config: PeftConfig) -> None:
         model = self.get_base_model()

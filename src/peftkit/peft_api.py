@@ -21,7 +21,8 @@ import torch.nn as nn
 from . import checkpoint
 from .config import PeftConfig
 from .errors import AdapterError, CheckpointError
-from .layers import AdapterLayer, ModulesToSaveWrapper
+from .layers import AdapterLayer
+from .modules_to_save import ModulesToSaveWrapper
 from .model import PeftModel
 from .registry import method_for_config
 

@@ -28,7 +28,8 @@ from typing import Iterable, Literal, Optional, Union
 import torch.nn as nn
 
 from .errors import AdapterError
-from .layers import AdapterLayer, ModulesToSaveWrapper
+from .layers import AdapterLayer
+from .modules_to_save import ModulesToSaveWrapper
 from .model import PeftModel
 from .registry import base_layer_kinds, registered_methods
 

@@ -58,7 +58,8 @@ def iter_plain_modules(model: nn.Module, prefix: str = "") -> Iterator[tuple[str
     layer that wraps another one of the same adapter (LoRA on two parameters of one module,
     :meth:`~peftkit.layers.AdapterLayer.nests_by_path`) is followed by the inner one, at
     ``<key>.base_layer``; layers a mixed model stacked on one module are not (see iter_adapter_modules)."""
-    from .layers import AdapterLayer, ModulesToSaveWrapper
+    from .layers import AdapterLayer
+    from .modules_to_save import ModulesToSaveWrapper
 
     for name, child in model.named_children():
         key = f"{prefix}.{name}" if prefix else name
@@ -83,7 +84,8 @@ def iter_adapter_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         >>> [(key, type(m).__name__) for key, m in iter_adapter_modules(mixed.get_base_model())]  # doctest: +SKIP
         [('lin0', 'LoHaLayer'), ('lin0', 'LoraLinear'), ('lin1', 'LoraLinear')]
     """
-    from .layers import AdapterLayer, ModulesToSaveWrapper, layer_stack
+    from .layers import AdapterLayer, layer_stack
+    from .modules_to_save import ModulesToSaveWrapper
 
     for key, module in iter_plain_modules(model):
         if isinstance(module, AdapterLayer):

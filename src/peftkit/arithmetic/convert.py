@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Optional, Union
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..layers import ModulesToSaveWrapper
+from ..modules_to_save import ModulesToSaveWrapper
 from . import plan as planning
 from .combine import CombinationReport, Plan, lora_config
 from .compute import dense_lowrank, warn_dropped_biases

@@ -23,7 +23,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from ..errors import AdapterError, ConfigError
-from ..layers import AdapterLayer, ModulesToSaveWrapper
+from ..layers import AdapterLayer
+from ..modules_to_save import ModulesToSaveWrapper
 from ..names import check_adapter_name
 from .lowrank import check_svd_options
 from .merge_utils import dare_linear, dare_ties, magnitude_prune, task_arithmetic, ties

@@ -21,7 +21,7 @@ import torch
 
 from .. import checkpoint
 from ..errors import AdapterError
-from ..layers import ModulesToSaveWrapper
+from ..modules_to_save import ModulesToSaveWrapper
 from ..registry import method_for_config
 from ..staging import staged_folder
 from .combine import Plan, affine_config, fill, lora_config, make_plan, planned_ranks
