@@ -164,11 +164,3 @@ def test_a_model_without_adapter_layers_is_refused_clearly():
     with pytest.raises(pk.AdapterError, match="No adapter layers found in the model"):
         get_model_status(LinearNet())
 
-
-def test_quantized_base_reports_its_storage():
-    from quantized.quantized_models import quantized_llama
-
-    model, _ = quantized_llama("bnb-nf4")
-    peft_model = pk.get_peft_model(model, pk.LoraConfig(target_modules=["q_proj", "v_proj"]))
-    assert {s.quantization_backend for s in peft_model.get_layer_status()} == {"bnb 4bit"}
-    assert peft_model.get_model_status().quantization_backend == "bnb 4bit"
