@@ -29,6 +29,9 @@ def _cls(name: str) -> type:
         ({}, "tests/test_other.py::TestOft::test_soft_thing", "oft (not in peftkit)"),
         ({}, "tests/test_other.py::TestThing::test_soft_prompts_save", "general"),
         ({}, "tests/test_other.py::TestIA3Weights::test_x", "IA3"),
+        # state-dict key prefixes are method-agnostic; prefix tuning keeps its word
+        ({}, "tests/test_tuners_utils.py::TestTunerStateDictKeyPrefixes::test_prefixes_lora", "general"),
+        ({}, "tests/test_other.py::TestPrefixTuning::test_x", "prefix tuning"),
         ({}, "tests/test_initialization.py::TestLoraInitialization::test_lora_init_orthogonal_odd_rank_raises",
          "init orthogonal (not in peftkit)"),
     ],
