@@ -50,6 +50,7 @@ _NAME_WORDS = [
     ("corda", None), ("loftq", None), ("arrow", None), ("kasa", None), ("hira", None), ("frod", None),
     ("road", None), ("miss", None), ("poly", None), ("deft", None), ("beft", None), ("c3a", None),
     ("cpt", None), ("osf", None), ("hra", None), ("oft", None), ("eva", None), ("init_orthogonal", None),
+    ("mica", None),
     # "prefixes": state-dict key prefixes (TestTunerStateDictKeyPrefixes), not prefix tuning
     ("prefixes", "general"),
     ("adalora", "AdaLoRA"), ("ln_tuning", "LN tuning"), ("lntuning", "LN tuning"), ("prefix", "prefix tuning"),
@@ -84,8 +85,12 @@ def _method_from_class(class_name: str, options: dict) -> str:
 
 
 def _options(params: dict[str, Any], config: Any) -> dict[str, Any]:
-    """The LoRA options of a test: its ``config_kwargs`` parameter, or the fields of a config instance."""
-    options = dict(params.get("config_kwargs") or {}) if isinstance(params.get("config_kwargs"), dict) else {}
+    """The LoRA options of a test: its ``config_kwargs`` parameters (one per adapter in two-adapter
+    tests), or the fields of a config instance."""
+    options: dict[str, Any] = {}
+    for name, value in params.items():  # config_kwargs, or config_kwargs_1 / _2 of two-adapter tests
+        if name.startswith("config_kwargs") and isinstance(value, dict):
+            options.update(value)
     if config is not None and not isinstance(config, type):
         options.update({k: _read(config, k) for k in ("use_dora", "init_lora_weights", *LORA_VARIANT_OPTIONS)
                         if _read(config, k) not in (None, False)})

@@ -120,9 +120,12 @@ def test_weight_based_inits_keep_outputs_and_move_weight_into_adapter(init):
     assert layer.lora_B["default"].weight.abs().sum() > 0  # and the adapter the principal part
 
 
-def test_pissa_adapter_reloads_without_touching_base(tmp_path):
+def test_pissa_adapter_marked_initialised_reloads_onto_the_residual_base_untouched(tmp_path):
+    """peft's recipe for shipping the residual base: init_lora_weights=True in the saved config
+    says "do not decompose again" (a config saying "pissa" re-runs it: tests/methods/test_pissa_loading.py)."""
     x = LINEAR.inputs()
     model = pk.get_peft_model(LINEAR.model(), pk.LoraConfig(r=4, target_modules=["lin1"], init_lora_weights="pissa"))
+    model.peft_config["default"].init_lora_weights = True
     model.save_pretrained(tmp_path)
     residual_base = model.get_base_model().lin1.base_layer.weight.detach().clone()
     fresh = LINEAR.model()

@@ -490,3 +490,18 @@ def test_empty_layers_to_transform_means_every_layer_as_in_peft():
     theirs = peft_adapted(llama4(), **kwargs)
     assert theirs == {_proj_key(i, "q_proj") for i in range(4)}
     assert set(find_targets(llama4(), LoraConfig(**kwargs))) == theirs
+
+
+def test_pattern_keys_that_select_no_adapted_module_warn():
+    """A typo in rank_pattern / alpha_pattern would silently train with the default rank: peft's
+    RuntimeWarning names exactly the keys that matched nothing, for every adapter added."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # keys that match stay silent
+        model = pk.get_peft_model(tiny_llama(), LoraConfig(target_modules=["q_proj", "v_proj"], rank_pattern={"q_proj": 2}))
+    with pytest.warns(RuntimeWarning) as record:
+        model.add_adapter("other", LoraConfig(target_modules=["q_proj"], rank_pattern={"q_proj": 2, "v_prj": 4},
+                                              alpha_pattern={"typo": 3}))
+    messages = sorted(str(w.message) for w in record if "did not match any targeted module" in str(w.message))
+    assert len(messages) == 2
+    assert messages[0].startswith("The following alpha_pattern keys did not match any targeted module and were ignored: ['typo']")
+    assert messages[1].startswith("The following rank_pattern keys did not match any targeted module and were ignored: ['v_prj']")

@@ -12,8 +12,10 @@ from .errors import (
     CheckpointError,
     ConfigError,
     CorruptFileError,
+    MergeError,
     PathError,
     PeftkitError,
+    PeftWarning,
     TargetError,
 )
 from .layers import BASE_ADAPTER, AdapterLayer
@@ -97,6 +99,7 @@ __all__ = [
     "LoKrConfig",
     "LoraConfig",
     "MODEL_TYPE_TO_PEFT_MODEL_MAPPING",
+    "MergeError",
     "MethodSpec",
     "ModulesToSaveWrapper",
     "PeftConfig",
@@ -109,6 +112,7 @@ __all__ = [
     "PeftModelForSequenceClassification",
     "PeftModelForTokenClassification",
     "PeftType",
+    "PeftWarning",
     "PathError",
     "PeftkitError",
     "PrefixTuningConfig",

@@ -183,8 +183,19 @@ class PeftConfig(BaseModel):
 
     def for_loading(self) -> "PeftConfig":
         """A copy used to build layers whose values will be overwritten by a checkpoint: methods
-        whose initialisation is costly or changes the base model (PiSSA) switch it off here."""
+        whose initialisation is costly switch it off here."""
         return self.model_copy(deep=True)
+
+    def base_changing_init(self) -> Optional[str]:
+        """The name of this config's initialisation if it rewrites the base model's weights
+        (LoRA's PiSSA and OLoRA move part of each weight into the adapter), else None. Loading
+        such an adapter re-runs it; peftkit then warns when it shares a model with other adapters.
+
+        Example:
+            >>> LoraConfig(init_lora_weights="pissa").base_changing_init()  # doctest: +SKIP
+            'PiSSA'
+        """
+        return None
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -35,6 +35,11 @@ class AdapterError(PeftkitError, ValueError):
     """An adapter name is unknown, duplicated or used where it cannot be."""
 
 
+class MergeError(AdapterError, RuntimeError):
+    """An adapter cannot be merged into its base layer as it is (e.g. a ``lora_B`` bias and no base
+    bias to add it to). Also a ``RuntimeError``, which is what ``peft`` raises there."""
+
+
 class CheckpointError(PeftkitError, ValueError):
     """A saved adapter cannot be read or does not fit the model it is loaded into."""
 
@@ -56,3 +61,14 @@ class CorruptFileError(PeftkitError, ValueError):
     def __init__(self, path: str, reason: str):
         self.path, self.reason = str(path), reason
         super().__init__(f"{path}: {reason}")
+
+
+class PeftWarning(UserWarning):
+    """The category of peftkit's warnings about adapters that work but not as one may expect (e.g.
+    ``lora_bias`` on a layer without a bias: it trains but cannot be merged). ``peft``'s name, so
+    ``warnings.filterwarnings("ignore", category=PeftWarning)`` works for code written for it.
+
+    Example:
+        >>> import warnings
+        >>> warnings.simplefilter("error", PeftWarning)  # doctest: +SKIP
+    """

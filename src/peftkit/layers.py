@@ -235,7 +235,8 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
             if safe_merge:
                 merged = weight.data + self.delta_weight(name).to(weight.dtype)
                 if not torch.isfinite(merged).all():
-                    raise AdapterError(f"merging adapter {name!r} gives NaN/inf weights; the base layer was left as it was")
+                    raise AdapterError(f"NaNs detected in the merged weights. The adapter {name!r} seems to be broken: "
+                                       "merging it gives NaN/inf weights; the base layer was left as it was")
                 weight.data.copy_(merged)
             else:
                 self.add_delta_(weight.data, name, 1.0)

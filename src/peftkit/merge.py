@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch.nn as nn
 
-from .errors import AdapterError
+from .errors import AdapterError, MergeError
 from .layers import AdapterLayer, layer_stack
 from .registry import base_layer_kinds
 from .tree import set_module
@@ -40,14 +40,15 @@ class MergeMixin:
             for name in names:
                 reason = name in layer.adapter_names and name not in layer.merged_adapters and layer.merge_refusal(name)
                 if reason:
-                    raise AdapterError(f"{reason}; nothing was merged")
+                    raise MergeError(f"{reason}; nothing was merged")
         if safe_merge:
             for layer in layers:
                 for name in chosen[id(layer)]:
                     if name in layer.adapter_names and name not in layer.merged_adapters:
                         if not layer.merge_is_finite(name):
                             raise AdapterError(
-                                f"merging adapter {name!r} into {layer.key!r} gives NaN/inf weights; nothing was merged"
+                                f"NaNs detected in the merged weights. The adapter {name!r} seems to be broken: merging "
+                                f"it into {layer.key!r} gives NaN/inf weights; nothing was merged"
                             )
         for kind in base_layer_kinds():  # may refuse (quantized bases: too much rounding); nothing is merged yet
             kind.check_merge(self, layers, names)

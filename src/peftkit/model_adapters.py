@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Optional
 
 import torch.nn as nn
@@ -23,8 +25,8 @@ from .meta import move_to_meta
 from .names import check_adapter_name
 from .registry import MethodSpec, base_layer_kinds, method_for_config, refusal
 from .targets import (
-    TASK_HEADS, find_targets, iter_plain_modules, modules_to_save_for, name_matches, resolve_target_modules,
-    short_target_names,
+    TASK_HEADS, find_targets, iter_plain_modules, matching_modules, modules_to_save_for, name_matches,
+    nothing_matched, resolve_target_modules, short_target_names,
 )
 from .tree import get_module, set_module
 
@@ -85,18 +87,21 @@ class AdapterManagementMixin:
         if "modules_to_save" in type(config).model_fields:
             self._add_task_heads(config, init_config)
         asks_parameters = bool(spec.parameter_targets and spec.parameter_targets(config))
-        if isinstance(config, TargetedConfig) and asks_parameters and not config.target_modules:
-            targets = []  # parameters only (peft: target_modules unset or [])
+        parameter_keys: list[str] = []
+        if isinstance(config, TargetedConfig) and asks_parameters:
+            targets, parameter_keys = _modules_and_parameters(model, config, spec)
+            asks_parameters = bool(parameter_keys)
         elif isinstance(config, TargetedConfig):
             targets = find_targets(model, config)
+        else:
+            targets = []
+        if targets:
             self._check_factories(spec, targets)
             for kind in base_layer_kinds():  # e.g. switch off a quantized backend's inference-only tricks
                 kind.prepare_model(model)
             resolved = short_target_names(model, config, resolve_target_modules(model, config), targets)
             config.target_modules = resolved
             init_config.target_modules = resolved
-        else:
-            targets = []
         self.peft_config[adapter_name] = config
         try:
             for key in targets:
@@ -114,6 +119,7 @@ class AdapterManagementMixin:
         except BaseException:
             self.delete_adapter(adapter_name)
             raise
+        _warn_unmatched_patterns(config, targets + parameter_keys)
         if len(self.peft_config) == 1:  # first adapter: freeze the base; adapters (and chosen biases) train
             for key, p in model.named_parameters():
                 p.requires_grad_(False)
@@ -218,3 +224,43 @@ class AdapterManagementMixin:
         if not self._active and self.peft_config:
             self._active = [next(iter(self.peft_config))]
         self._apply_trainability()
+
+
+def _modules_and_parameters(model: nn.Module, config: TargetedConfig, spec: MethodSpec) -> tuple[list[str], bool]:
+    """Targets of a config that names parameters (LoRA's ``target_parameters``), maybe modules too:
+    ``(module keys, keys of the modules whose parameters matched)``. Either side may match nothing, with peft's
+    RuntimeWarning naming it; nothing matched at all is an error."""
+    keys = matching_modules(model, config) if config.target_modules else []
+    found = spec.find_parameters(model, config, required=False)
+    wanted = spec.parameter_targets(config)
+    if not keys and not found:
+        if config.target_modules:
+            raise TargetError(f"{nothing_matched(model, config)} target_parameters={wanted!r} matched no parameter either.")
+        raise TargetError(  # peft's sentence (its tests match it), then what to do
+            "No `target_modules` passed but also no `target_parameters` found. Please check the values for these "
+            f"arguments. target_parameters={wanted!r} names no parameter of {type(model).__name__}: give full "
+            "names or dotted tails of names in model.named_parameters(), such as 'mlp.experts.gate_up_proj'"
+        )
+    if config.target_modules and not keys:  # peft prints the names as the set it keeps
+        shown = "{" + ", ".join(repr(n) for n in config.target_modules) + "}" if isinstance(config.target_modules, list) \
+            else repr(config.target_modules)
+        warnings.warn(f"target_modules={shown} were set but no module was matched. Only target_parameters are "
+                      "adapted.", RuntimeWarning, stacklevel=4)
+    if not found:
+        warnings.warn(f"target_parameters={wanted!r} were set but no parameter was matched. Only target_modules "
+                      "are adapted.", RuntimeWarning, stacklevel=4)
+    return keys, [key for key, _ in found]
+
+
+def _warn_unmatched_patterns(config: PeftConfig, adapted: list[str]) -> None:
+    """peft's RuntimeWarning (its tests match it) for ``rank_pattern`` / ``alpha_pattern`` keys that
+    select none of the adapted modules: a typo there silently trains with the default rank."""
+    for field in ("rank_pattern", "alpha_pattern"):
+        patterns = getattr(config, field, None) or {}
+        unmatched = sorted(p for p in patterns if not any(re.match(rf"(.*\.)?({p})$", key) for key in adapted))
+        if unmatched:
+            warnings.warn(
+                f"The following {field} keys did not match any targeted module and were ignored: {unmatched}. "
+                "Each key is a regex matched against the end of a module's path (see model.named_modules()).",
+                RuntimeWarning, stacklevel=4,
+            )

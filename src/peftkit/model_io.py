@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
@@ -11,10 +12,11 @@ import torch.nn as nn
 
 from . import checkpoint
 from .config import CONFIG_NAME, PeftConfig
-from .errors import AdapterError, CheckpointError
+from .errors import AdapterError, CheckpointError, TargetError
 from .hub import README_NAME
 from .names import check_adapter_name, child_path
 from .staging import staged_folder
+from .targets import find_targets
 from .untrusted import allocation_limit
 
 if TYPE_CHECKING:
@@ -201,19 +203,56 @@ class SaveLoadMixin:
         header's shapes against the layers, and only then the tensor data."""
         header = checkpoint.adapter_file_header(path)
         limit = sum(t.numel for t in header.values()) + sum(p.numel() for p in self.parameters())
-        # Initialisation is skipped (the saved values overwrite it); PiSSA/OLoRA must not touch the base.
-        with allocation_limit(limit, f"{path}: adapter {adapter_name!r}"):
-            self._inject(adapter_name, config, config.for_loading(), keep_config=True)
+        _warn_if_base_changing_with_others(self, config)
+        # PiSSA/OLoRA re-run (their adapter was saved for the residual base they leave); a failed
+        # load puts the base weights they rewrote back. Other initialisations are skipped.
+        originals = _target_weights(self, config) if config.base_changing_init() else []
         try:
-            checkpoint.check_fits_file(self, header, adapter_name, path)
-            weights = checkpoint.read_adapter_file(path)
-            result = checkpoint.set_peft_model_state_dict(self, weights, adapter_name=adapter_name, source=path)
+            with allocation_limit(limit, f"{path}: adapter {adapter_name!r}"):
+                self._inject(adapter_name, config, config.for_loading(), keep_config=True)
+            try:
+                checkpoint.check_fits_file(self, header, adapter_name, path)
+                weights = checkpoint.read_adapter_file(path)
+                result = checkpoint.set_peft_model_state_dict(self, weights, adapter_name=adapter_name, source=path)
+            except BaseException:
+                self.delete_adapter(adapter_name)
+                raise
         except BaseException:
-            self.delete_adapter(adapter_name)
+            for module, values in originals:
+                module.load_state_dict(values)
             raise
         if config.inference_mode:
             self.eval()  # an adapter loaded for inference runs without dropout, as in peft
         return result
+
+
+def _warn_if_base_changing_with_others(model: "PeftModel", config: PeftConfig) -> None:
+    """peft's warning (its tests match it) when an adapter whose loading rewrites the base weights
+    (PiSSA, OLoRA) shares a model with other adapters: each of them was trained on another base."""
+    if not model.peft_config:
+        return
+    changing = [c.base_changing_init() for c in (config, *model.peft_config.values())]
+    name = next((n for n in changing if n), None)
+    if name:
+        warnings.warn(
+            f"{name} changes the base weights of the model and should thus not be used with other adapters. "
+            "Consider converting the adapter into a plain LoRA adapter, which works on the original base: "
+            "save_pretrained(..., path_initial_model_for_weight_conversion=<the adapter saved right after "
+            "get_peft_model()>)",
+            stacklevel=3,
+        )
+
+
+def _target_weights(model: "PeftModel", config: PeftConfig) -> list[tuple[nn.Module, dict[str, torch.Tensor]]]:
+    """Copies of the weights of the modules ``config`` targets (to undo an initialisation that
+    rewrites them); empty when it targets none, which the injection then reports."""
+    base = model.get_base_model()
+    try:
+        keys = find_targets(base, config)
+    except TargetError:
+        return []
+    modules = [base.get_submodule(key) for key in keys]
+    return [(m, {k: v.detach().clone() for k, v in m.state_dict().items()}) for m in modules]
 
 
 def _initial_adapter(path: str | os.PathLike) -> tuple[PeftConfig, dict[str, torch.Tensor], str]:

@@ -120,8 +120,9 @@ class MethodSpec:
     mixable: bool = False
     # Methods that adapt ``nn.Parameter``s beside (or instead of) modules (LoRA's target_parameters).
     # ``parameter_targets(config) -> [names]``: the parameters a config asks for ([]: none; then
-    # the config may name no module at all). ``find_parameters(model, config) -> [(module key, name)]``
-    # matches them without changing anything (a TargetError when nothing matches: validation uses it);
+    # the config may name no module at all). ``find_parameters(model, config, required=True) ->
+    # [(module key, name)]`` matches them without changing anything (a TargetError when nothing
+    # matches and ``required``: validation uses it);
     # ``inject_parameters(model, adapter_name, config) -> [keys]`` wraps them in place (after the
     # module targets; a failure is rolled back like any other).
     parameter_targets: Optional[Callable[..., list]] = None

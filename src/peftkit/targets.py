@@ -275,14 +275,26 @@ def find_targets(model: nn.Module, config: TargetedConfig) -> list[str]:
         >>> find_targets(model, LoraConfig(target_modules=["q_proj"]))  # doctest: +SKIP
         ['model.layers.0.self_attn.q_proj', 'model.layers.1.self_attn.q_proj']
     """
-    targets = resolve_target_modules(model, config)
-    keys = [key for key, _ in iter_plain_modules(model) if is_target(key, config, targets)]
+    keys = matching_modules(model, config)
     if not keys:
-        raise TargetError(_nothing_matched(model, config, targets))
+        raise TargetError(nothing_matched(model, config))
     return keys
 
 
-def _nothing_matched(model: nn.Module, config: TargetedConfig, targets) -> str:
+def matching_modules(model: nn.Module, config: TargetedConfig) -> list[str]:
+    """Keys of the modules ``config`` adapts, in model order; empty when there are none (see
+    :func:`find_targets` for the version that raises).
+
+    Example:
+        >>> matching_modules(model, LoraConfig(target_modules=["nothing_here"]))  # doctest: +SKIP
+        []
+    """
+    targets = resolve_target_modules(model, config)
+    return [key for key, _ in iter_plain_modules(model) if is_target(key, config, targets)]
+
+
+def nothing_matched(model: nn.Module, config: TargetedConfig) -> str:
+    """The error text for ``target_modules`` that select no module: the names there are to pick."""
     names = [key for key, m in iter_plain_modules(model) if not list(m.children())]
     leaf_names = sorted({k.rsplit(".", 1)[-1] for k in names})
     sample = ", ".join(leaf_names[:12]) + (", ..." if len(leaf_names) > 12 else "")

@@ -46,7 +46,7 @@ def test_a_new_adapter_changes_nothing_and_training_reaches_a_and_b():
 
 
 def test_rank_must_be_a_multiple_of_groups():
-    with pytest.raises(TargetError, match="r=4 on 'depthwise'.*multiple of 6"):
+    with pytest.raises(TargetError, match="groups=6 and rank 4.*'depthwise'.*multiple of 6"):
         pk.get_peft_model(Net(), pk.LoraConfig(target_modules=["depthwise"], r=4))
     model = pk.get_peft_model(Net(), pk.LoraConfig(target_modules=["depthwise"], r=4, rank_pattern={"depthwise": 6}))
     assert model.base_model.model.depthwise.r["default"] == 6

@@ -189,7 +189,7 @@ def test_config_refuses_what_cannot_apply_to_a_weight(kwargs, field):
 
 
 def test_bad_targets_are_named():
-    with pytest.raises(TargetError, match="matched no parameter"):
+    with pytest.raises(TargetError, match="no `target_parameters` found.*'experts.no_such_thing'.* no parameter of"):
         pk.get_peft_model(mixtral(), pk.LoraConfig(target_parameters=["experts.no_such_thing"]))
     with pytest.raises(TargetError, match="already adapts"):
         pk.get_peft_model(mixtral(), pk.LoraConfig(target_modules=["q_proj"], target_parameters=["q_proj.weight"]))
@@ -224,3 +224,19 @@ def test_layer_answers_peft_s_attribute_names():
     inner = experts(adapted()).base_layer
     assert (inner.parameter_name, inner.num_experts, inner.in_features, inner.out_features) == ("gate_up_proj", 4, 16, 48)
     assert "parameter_name='gate_up_proj'" in repr(inner) and "in_features=16" in repr(inner)
+
+
+def test_one_side_matching_nothing_warns_and_adapts_the_other():
+    """target_modules and target_parameters together: one of them may match nothing (peft's
+    RuntimeWarning names it); the other is still adapted. Only both empty is an error."""
+    with pytest.warns(RuntimeWarning, match=r"target_modules=\{'no_such_module'\} were set but no module was matched"):
+        model = pk.get_peft_model(mixtral(), pk.LoraConfig(target_modules=["no_such_module"], target_parameters=EXPERTS))
+    assert any(isinstance(m, LoraParameter) for m in model.modules())
+    with pytest.warns(RuntimeWarning, match=r"target_parameters=\['experts.nothing'\] were set but no parameter"):
+        model = pk.get_peft_model(mixtral(), pk.LoraConfig(target_modules=["q_proj"], target_parameters=["experts.nothing"]))
+    assert not any(isinstance(m, LoraParameter) for m in model.modules())
+    assert model.targeted_module_names and all(k.endswith("q_proj") for k in model.targeted_module_names)
+    base = mixtral()
+    with pytest.raises(TargetError, match="matched no module.*matched no parameter either"):
+        pk.get_peft_model(base, pk.LoraConfig(target_modules=["nothing"], target_parameters=["experts.nothing"]))
+    assert not any(isinstance(m, pk.AdapterLayer) for m in base.modules())

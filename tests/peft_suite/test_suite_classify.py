@@ -34,6 +34,7 @@ def _cls(name: str) -> type:
         ({}, "tests/test_other.py::TestPrefixTuning::test_x", "prefix tuning"),
         ({}, "tests/test_initialization.py::TestLoraInitialization::test_lora_init_orthogonal_odd_rank_raises",
          "init orthogonal (not in peftkit)"),
+        ({}, "tests/test_initialization.py::TestLoraInitialization::test_lora_mica_freezes_B", "mica (not in peftkit)"),
     ],
 )
 def test_method_of(params, nodeid, expected):
@@ -54,6 +55,9 @@ def test_a_config_instance_names_its_method_and_variant():
         ({"config_cls": _cls("LoraConfig"), "config_kwargs": {"use_bdlora": {"x": 1}}}, "LoRA variant BD-LoRA is not in peftkit"),
         ({"config_cls": _cls("LoraConfig"), "config_kwargs": {"lora_bias": True}}, None),  # peftkit's to implement
         ({"config_cls": _cls("GloraConfig")}, "peft method Glora is not in peftkit"),
+        # two-adapter tests pass one config_kwargs per adapter
+        ({"config_cls": _cls("LoraConfig"), "config_kwargs_1": {"target_modules": ["lin0"]},
+          "config_kwargs_2": {"trainable_token_indices": {"emb": [3]}}}, "LoRA variant trainable tokens is not in peftkit"),
     ],
 )
 def test_static_not_applicable(params, expected):

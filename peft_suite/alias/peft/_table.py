@@ -56,7 +56,7 @@ TOP_LEVEL = {
     "inject_adapter_in_model": "peftkit:inject_adapter_in_model",
     "prepare_model_for_kbit_training": "peftkit:prepare_model_for_kbit_training",
     "set_peft_model_state_dict": "peftkit:set_peft_model_state_dict",
-    "PeftWarning": MISSING("peftkit has no warning class of its own"),
+    "PeftWarning": "peftkit:PeftWarning",
     "NoMatchingPeftModuleError": MISSING("peftkit has no NoMatchingPeftModuleError"),
     "PeftMixedModel": "peftkit:PeftMixedModel",
     "get_base_model_state_dict": "peftkit:get_base_model_state_dict",

@@ -13,7 +13,7 @@ from pydantic import field_validator
 from ..config import ANY_VALUE, PeftConfig, TargetedConfig, finite_number, mapping_values, PeftType
 from ..quantized.layers import quantized_factories
 from ..registry import LayerFactory, MethodSpec, register_method
-from .lora_conversion import convert_mutated_init
+from .lora_conversion import convert_mutated_init, mutates_base
 from .lora_conv import LoraConv
 from .lora_layers import LoraEmbedding, LoraLayer, LoraLinear, is_conv1d
 from .lora_mha import LoraMultiheadAttention
@@ -110,8 +110,9 @@ class LoraConfig(TargetedConfig):
     def check(self) -> list[tuple[str, str]]:
         problems = super().check()
         if self.lora_bias and self.init_lora_weights not in (True, False):
-            problems.append(("lora_bias", f"needs init_lora_weights True or False (as in peft), got "
-                                          f"{self.init_lora_weights!r}; set lora_bias=False or change the init"))
+            problems.append(("lora_bias", "The argument lora_bias=True is only supported with init_lora_weights=True "
+                                          f"or False (as in peft), got {self.init_lora_weights!r}; set lora_bias=False "
+                                          "or change the init"))
         if self.target_parameters:
             for field, value, allowed in (("lora_dropout", self.lora_dropout, 0.0), ("use_dora", self.use_dora, False),
                                           ("lora_bias", self.lora_bias, False)):
@@ -119,12 +120,23 @@ class LoraConfig(TargetedConfig):
                     problems.append((field, f"must be {allowed!r} with target_parameters (LoRA on a parameter changes "
                                             "the weight and never sees the input, as in peft)"))
         if self.lora_bias and self.use_dora:
-            problems.append(("lora_bias", "is not available with DoRA (as in peft); set lora_bias=False or use_dora=False"))
+            problems.append(("lora_bias", "The argument lora_bias=True is not supported for DoRA (as in peft); "
+                                          "set lora_bias=False or use_dora=False"))
         return problems
 
     def for_loading(self) -> "LoraConfig":
-        # PiSSA/OLoRA would rewrite the base weights and run an SVD for values about to be replaced.
-        return self.model_copy(update={"init_lora_weights": False}, deep=True)
+        # The saved values replace the initial ones, so no initialisation is needed, except
+        # PiSSA/OLoRA's: an adapter saved from it holds A and B for the *residual* base (W minus
+        # the top-r part), and re-running the (deterministic) decomposition is what turns the
+        # original base back into that residual, as peft does on loading. Files converted with
+        # path_initial_model_for_weight_conversion say init_lora_weights=True and skip it.
+        keep = self.base_changing_init() is not None
+        return self.model_copy(update={} if keep else {"init_lora_weights": False}, deep=True)
+
+    def base_changing_init(self) -> Optional[str]:
+        if not mutates_base(self.init_lora_weights):
+            return None
+        return "OLoRA" if self.init_lora_weights == "olora" else "PiSSA"
 
     def converted_from_mutated_init(
         self, trained: dict, initial_config: PeftConfig, initial: dict, where: str

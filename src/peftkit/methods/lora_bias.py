@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from ..errors import AdapterError, TargetError
+from ..errors import AdapterError, MergeError, PeftWarning, TargetError
 
 if TYPE_CHECKING:
     from .lora import LoraConfig
@@ -37,15 +37,16 @@ def check_lora_bias(layer: "LoraLayer", config: "LoraConfig", key: str) -> None:
     if not getattr(config, "lora_bias", False):
         return
     if not layer.supports_lora_bias:
-        raise TargetError(
-            f"lora_bias=True: {type(layer).__name__} ({key!r}) cannot give lora_B a bias (neither can peft); "
-            "exclude the module with exclude_modules or set lora_bias=False"
+        kind = type(layer).__name__.removeprefix("Lora")
+        raise TargetError(  # peft's sentence (its tests match it), then the fix
+            f"lora_bias=True is not supported for {kind} ({key!r}): its lora_B cannot have a bias (neither in "
+            "peft); exclude the module with exclude_modules or set lora_bias=False"
         )
     if getattr(layer.base_layer, "bias", None) is None:
-        warnings.warn(
-            f"lora_bias=True on {key!r}, whose {type(layer.base_layer).__name__} has no bias: the adapter trains, "
-            "but it cannot be merged into the base weights",
-            UserWarning,
+        warnings.warn(  # peft's sentence (its tests match it), then what it means
+            f"`lora_bias=True` was passed but the targeted layer of type {type(layer.base_layer).__name__} has no "
+            f"bias ({key!r}): the adapter trains, but it cannot be merged into the base weights",
+            PeftWarning,
             stacklevel=4,
         )
 
@@ -65,13 +66,14 @@ def merged_lora_bias(layer: "LoraLayer", names: list[str], sign: float, check_fi
         return None
     base_bias = getattr(layer.base_layer, "bias", None)
     if base_bias is None:
-        raise AdapterError(
-            f"adapter {biased[0]!r} has lora_bias=True but {layer.key!r} ({type(layer.base_layer).__name__}) has "
-            "no bias to merge it into (peft refuses this too); keep the adapter unmerged"
+        raise MergeError(  # peft's sentence (its tests match it), then which adapter and layer
+            "Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias: adapter "
+            f"{biased[0]!r} on {layer.key!r} ({type(layer.base_layer).__name__}); keep the adapter unmerged"
         )
     total = base_bias.detach().float().clone()
     for name in biased:
         total += sign * layer.scaling[name] * layer.lora_B[name].bias.detach().float()
     if check_finite and not torch.isfinite(total).all():
-        raise AdapterError(f"merging adapter {biased[0]!r} gives NaN/inf biases; the base layer was left as it was")
+        raise AdapterError(f"NaNs detected in the merged weights. The adapter {biased[0]!r} seems to be broken: "
+                           "merging it gives NaN/inf biases; the base layer was left as it was")
     return total.to(base_bias.dtype)

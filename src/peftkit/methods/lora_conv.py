@@ -57,10 +57,11 @@ class LoraConv(LoraLayer):
     def create_tensors(self, adapter_name: str, r: int) -> None:
         conv = self.base_layer
         if r % conv.groups:
-            raise TargetError(
-                f"r={r} on {self.key!r}: a convolution with groups={conv.groups} needs a rank that is a multiple of "
-                f"groups (as in peft); set r (or rank_pattern for this module) to a multiple of {conv.groups}, "
-                "or exclude the module"
+            raise TargetError(  # peft's sentences (its tests match them), then the fix
+                f"Targeting a {type(conv).__name__} with groups={conv.groups} and rank {r}. Currently, support is "
+                "limited to conv layers where the rank is divisible by groups. Either choose a different rank or do "
+                f"not target this specific layer. ({self.key!r}: set r, or rank_pattern for this module, to a "
+                f"multiple of {conv.groups}, or exclude the module with exclude_modules)"
             )
         conv_cls = type(conv)
         ones = (1,) * (conv.weight.dim() - 2)

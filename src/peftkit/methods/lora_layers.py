@@ -164,8 +164,8 @@ class LoraLayer(DoraMixin, AdapterLayer):
 
     def merge_refusal(self, adapter_name: str) -> str | None:
         if self.lora_bias.get(adapter_name) and getattr(self.base_layer, "bias", None) is None:
-            return (f"adapter {adapter_name!r} has lora_bias=True but {self.key!r} has no bias to merge it into "
-                    "(peft refuses this too); keep the adapter unmerged")
+            return ("Impossible to merge LoRA with `lora_bias=True` because the base layer has no bias: adapter "  # peft's words
+                    f"{adapter_name!r} on {self.key!r} ({type(self.base_layer).__name__}); keep the adapter unmerged")
         return super().merge_refusal(adapter_name)
 
     def merge_is_finite(self, adapter_name: str) -> bool:

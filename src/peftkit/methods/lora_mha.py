@@ -41,9 +41,10 @@ class LoraMultiheadAttention(WeightMergeMixin, LoraLayer):
 
     def __init__(self, base_layer: nn.MultiheadAttention, adapter_name: str, config: "LoraConfig", key: str):
         if not base_layer._qkv_same_embed_dim:
-            raise TargetError(
-                f"{key!r}: LoRA supports nn.MultiheadAttention with kdim == vdim == embed_dim only (one packed "
-                "in_proj_weight, as peft); exclude the module with exclude_modules"
+            raise TargetError(  # peft's sentence (its tests match it), then which module and the fix
+                "Only same embed for query/key/value is supported as of now for MultiheadAttention. "
+                f"{key!r}: LoRA needs kdim == vdim == embed_dim (one packed in_proj_weight); exclude the module "
+                "with exclude_modules"
             )
         if not isinstance(base_layer.out_proj, nn.Linear):
             raise TargetError(f"{key!r}: out_proj is a {type(base_layer.out_proj).__name__}, not an nn.Linear")

@@ -180,10 +180,11 @@ def _wrapper_of(module: nn.Module, parameter_name: str) -> LoraParameter | None:
     return None
 
 
-def find_parameters(model: nn.Module, config: "LoraConfig") -> list[tuple[str, str]]:
+def find_parameters(model: nn.Module, config: "LoraConfig", required: bool = True) -> list[tuple[str, str]]:
     """``(module key, parameter name)`` of every parameter ``config.target_parameters`` names, in
     model order and each module's parameter order (which decides the nesting, as in ``peft``); a
-    :class:`TargetError` when there is none, or one cannot be wrapped. Changes nothing.
+    :class:`TargetError` when one cannot be wrapped, or when there is none and ``required``
+    (``target_modules`` may still have matched: then the caller only warns). Changes nothing.
 
     Example:
         >>> find_parameters(mixtral, LoraConfig(target_parameters=["experts.gate_up_proj"]))[:1]  # doctest: +SKIP
@@ -201,12 +202,13 @@ def find_parameters(model: nn.Module, config: "LoraConfig") -> list[tuple[str, s
         holder = module.holder() if isinstance(module, LoraParameter) else getattr(module, "base_layer", module)
         names = [name for name, _ in holder.named_parameters(recurse=False) if _matches(f"{key}.{name}", wanted)]
         if names and isinstance(module, AdapterLayer) and not isinstance(module, LoraParameter):
-            raise TargetError(
-                f"target_parameters: {key}.{names[0]} belongs to {key!r}, which target_modules already adapts; "
+            raise TargetError(  # peft's sentence (its tests match it), then why and the fix
+                f"Trying to wrap an `nn.Parameter` of layer {key!r} of type {type(holder).__name__}, which is not a "
+                f"valid target. target_parameters: {key}.{names[0]} belongs to {key!r}, which target_modules already adapts; "
                 "target the module or its parameters, not both (e.g. target_modules=[] to adapt only parameters)"
             )
         found += [(key, name) for name in names]
-    if not found:
+    if not found and required:
         raise TargetError(
             f"target_parameters={wanted!r} matched no parameter of {type(model).__name__}; give full names or "
             "dotted tails such as 'mlp.experts.gate_up_proj' (see model.named_parameters())"
