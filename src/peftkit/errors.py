@@ -35,6 +35,11 @@ class AdapterError(PeftkitError, ValueError):
     """An adapter name is unknown, duplicated or used where it cannot be."""
 
 
+class HotswapKeyError(AdapterError, RuntimeError):
+    """An adapter being hotswapped in has tensors for modules the loaded adapter has no layers on.
+    Also a ``RuntimeError``, which ``peft``'s ``hotswap_adapter`` raises for it."""
+
+
 class CheckpointError(PeftkitError, ValueError):
     """A saved adapter cannot be read or does not fit the model it is loaded into."""
 
