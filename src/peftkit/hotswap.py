@@ -235,13 +235,15 @@ def _tidy(value: float) -> float | int:
 
 
 def _pad(layer: Any, name: str, rank: int) -> None:
-    """Zero-pad adapter ``name`` of ``layer`` to ``rank``. The scaling stays as it is (so the outputs
-    are bit for bit the same); ``lora_alpha`` grows with ``r`` so the configured scaling stays too."""
+    """Zero-pad adapter ``name`` of ``layer`` to ``rank``. The scaling stays as it is (folding a new
+    one into B would round B, which peft's exact-output checks notice); ``lora_alpha`` grows with
+    ``r`` so the configured scaling, and a saved config, stay consistent with it."""
     old_a, old_b = layer.lowrank_parameters(name)
     r = old_a.shape[0]
     if r == rank:
         return
-    holder_b = layer.lora_B[name] if isinstance(layer.lora_B, nn.ModuleDict) else None
+    holders = getattr(layer, "lora_B", None)  # embeddings keep bare parameters (lora_embedding_B), no bias
+    holder_b = holders[name] if isinstance(holders, nn.ModuleDict) else None
     old_bias = getattr(holder_b, "bias", None)
     with torch.no_grad():
         layer.create_tensors(name, rank)
