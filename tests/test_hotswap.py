@@ -413,3 +413,11 @@ def test_scale_layer_on_a_tensor_scaling_makes_a_new_tensor():
     before = layer.scaling["default"]
     layer.scale_layer(0.5)
     assert layer.scaling["default"] is not before and before.item() == 2.0 and layer.scaling["default"].item() == 1.0
+
+
+def test_prepare_without_target_rank_leaves_refused_layer_kinds_alone():
+    net = torch.nn.Sequential(torch.nn.MultiheadAttention(8, 2), torch.nn.Linear(8, 8))
+    model = pk.get_peft_model(net, pk.LoraConfig(target_modules=["0", "1"], r=2))
+    prepare_model_for_compiled_hotswap(model)
+    assert isinstance(model.base_model.model[1].scaling["default"], torch.Tensor)
+    assert isinstance(model.base_model.model[0].scaling["default"], float)  # hotswap refuses MHA anyway

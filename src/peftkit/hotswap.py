@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -185,6 +185,8 @@ def _scalings_to_tensors(layers: list[tuple[str, AdapterLayer, str]]) -> None:
     (hotswap folds into B), but code written for ``peft`` may set them between compiled calls."""
     for _, layer, name in layers:
         value = layer.scaling[name]
+        if layer.hotswap_refusal:  # never swapped (refused by name), and its paths expect a float
+            continue
         if not isinstance(value, torch.Tensor):
             device = layer.lowrank_parameters(name)[0].device
             layer.scaling[name] = torch.tensor(float(value), device=device)
