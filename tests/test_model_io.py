@@ -84,3 +84,23 @@ def test_loaded_adapters_train_as_asked_and_leave_the_others_alone(tmp_path):
     assert grads["base_model.model.0.lora_A.default.weight"] is False
     assert grads["base_model.model.1.lora_A.default.weight"] is True
     assert model.active_adapters == ["default"]
+
+
+def test_save_pretrained_saves_what_an_overridden_state_dict_returns_as_peft_does(tmp_path):
+    import peft
+    import pytest
+    from safetensors.torch import load_file
+
+    config = dict(target_modules=["0", "1"], r=2)
+    for library in (pk, peft):
+        model = library.get_peft_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4)), library.LoraConfig(**config))
+        state = model.state_dict()
+        del state["base_model.model.1.lora_A.default.weight"]
+        model.state_dict = lambda state=state: state  # peft's TestHotSwapping writes a partial adapter this way
+        if library is pk:
+            with pytest.warns(UserWarning, match=r"1\.lora_A\.weight.*left out of the saved adapter"):
+                model.save_pretrained(tmp_path / library.__name__)
+        else:
+            model.save_pretrained(tmp_path / library.__name__)
+    ours, theirs = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("peftkit", "peft"))
+    assert sorted(ours) == sorted(theirs) and "base_model.model.1.lora_A.weight" not in ours

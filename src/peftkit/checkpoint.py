@@ -10,6 +10,7 @@ peftkit never unpickles anything.
 from __future__ import annotations
 
 import os
+import warnings
 import re
 from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
@@ -19,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from .meta import assign_into_meta
 from .config import PeftConfig, _resolve_file
-from .errors import CheckpointError, CorruptFileError
+from .errors import CheckpointError, CorruptFileError, PeftWarning
 from .layers import AdapterLayer, layer_stack
 from .modules_to_save import ModulesToSaveWrapper
 from .targets import iter_adapter_modules, iter_plain_modules
@@ -205,7 +206,13 @@ def get_peft_model_state_dict(
         return {k: p.detach() for k, p in live.items()}
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
     # a tensor the method computes (a prompt encoder's output) is no parameter: it is saved as is
-    return {k: state_dict[names[id(p)]] if id(p) in names else p.detach() for k, p in live.items()}
+    out = {k: state_dict.get(names[id(p)]) if id(p) in names else p.detach() for k, p in live.items()}
+    absent = sorted(k for k, v in out.items() if v is None)
+    if absent:  # peft saves only what the given state dict has; say so, since the file then lacks them
+        warnings.warn(f"state_dict has no value for {len(absent)} tensor(s) of adapter {adapter_name!r} "
+                      f"({', '.join(absent[:4])}{' ...' if len(absent) > 4 else ''}); they are left out of the saved "
+                      "adapter, as peft does", PeftWarning, stacklevel=3)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _check_fit(

@@ -40,6 +40,11 @@ class MergeError(AdapterError, RuntimeError):
     bias to add it to). Also a ``RuntimeError``, which is what ``peft`` raises there."""
 
 
+class HotswapKeyError(AdapterError, RuntimeError):
+    """An adapter being hotswapped in has tensors for modules the loaded adapter has no layers on.
+    Also a ``RuntimeError``, which ``peft``'s ``hotswap_adapter`` raises for it."""
+
+
 class CheckpointError(PeftkitError, ValueError):
     """A saved adapter cannot be read or does not fit the model it is loaded into."""
 

@@ -69,6 +69,8 @@ class SaveLoadMixin:
             if name != "default":
                 child_path(save_directory, check_adapter_name(name), what=f"the folder of adapter {name!r}")
         initial = None if path_initial_model_for_weight_conversion is None else _initial_adapter(path_initial_model_for_weight_conversion)
+        if state_dict is None and _state_dict_overridden(self):
+            state_dict = self.state_dict()  # peft saves what model.state_dict() returns: honour an override
         outputs = []  # everything is computed (and checked) before the first file is written
         for name in names:
             tensors = checkpoint.get_peft_model_state_dict(
@@ -279,3 +281,16 @@ def _converted(
             f"with PiSSA or OLoRA, not to {config.peft_type} adapters; save without it"
         )
     return convert(tensors, initial_config, initial, f"adapter {name!r} (initial adapter {folder!r})")
+
+
+def _state_dict_overridden(model: nn.Module) -> bool:
+    """Whether ``model.state_dict`` is not ``nn.Module``'s: set on the instance or overridden by a
+    subclass. ``peft`` always saves from ``model.state_dict()``; peftkit reads the adapter layers
+    (cheaper, and no quantization hooks run) unless the caller replaced that method.
+
+    Example:
+        >>> model.state_dict = lambda: filtered  # doctest: +SKIP
+        >>> _state_dict_overridden(model)  # doctest: +SKIP
+        True
+    """
+    return "state_dict" in vars(model) or type(model).state_dict is not nn.Module.state_dict

@@ -119,7 +119,7 @@ class NormCache:
         reuse = not torch.is_grad_enabled()
         if not reuse:
             self.full.clear()
-        key = (_key(w_rows), _key(a), _key(b), scaling)
+        key = (_key(w_rows), _key(a), _key(b), _key(scaling) if isinstance(scaling, torch.Tensor) else scaling)
         hit = self.full.get(name)
         if reuse and hit is not None and hit[0] == key:
             return hit[1]

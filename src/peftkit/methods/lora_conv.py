@@ -52,6 +52,14 @@ class LoraConv(LoraLayer):
     def factor_layout_refusal(self) -> str | None:
         return "a grouped convolution's lora_B holds r / groups channels per group" if self.grouped else None
 
+    @property
+    def rank_blocks(self) -> int:
+        return self.base_layer.groups  # lora_B is grouped like the base: one block of A's channels per group
+
+    @property
+    def hotswap_refusal(self) -> str | None:
+        return None  # the grouped layout is rank_blocks, which hotswap and rank padding follow (as peft does)
+
     supports_dora = True  # one magnitude per output channel, shaped (1, out, 1, ...) as peft
 
     def create_tensors(self, adapter_name: str, r: int) -> None:

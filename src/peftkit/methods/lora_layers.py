@@ -118,7 +118,9 @@ class LoraLayer(DoraMixin, AdapterLayer):
     def scale_layer(self, scale: float) -> None:
         """Multiply the scaling of every active adapter by ``scale``."""
         for name in self.active_adapters:
-            self.scaling[name] *= scale
+            # a new value, never an in-place product: a tensor scaling (prepare_model_for_compiled_hotswap)
+            # is a cache key by identity (DoRA's norms, mixed batches), which an in-place change would fool
+            self.scaling[name] = self.scaling[name] * scale
 
     def unscale_layer(self, scale: float | None = None) -> None:
         """Undo :meth:`scale_layer` (``scale=None``: back to the configured scaling)."""
@@ -193,14 +195,25 @@ class LoraLayer(DoraMixin, AdapterLayer):
         """``scaling * B A`` in the base weight's layout (plain LoRA's merge delta)."""
 
     # ---- the adapter as a product of (units, K) rows: adapter arithmetic (peftkit.arithmetic) and hotswap
-    # Why this layer kind's A and B are no plain (r, ...) / (..., r, ...) pair that hotswap can pad
-    # and swap (None: they are); the layer kinds with experts, grouped or two projections set it.
+    # Why this layer kind's A and B are no plain (r, ...) / (..., r, ...) pair of one weight's update
+    # (None: they are); the layer kinds with experts, grouped or two projections set it.
     factor_layout_refusal: str | None = None
+    # How many equal blocks A's rank axis comes in. A grouped convolution's lora_B has the base's
+    # groups, so block g of A's channels feeds group g of B, and B's rank axis holds one block
+    # (r / groups columns). Rank padding and hotswap pad each block; 1 everywhere else.
+    rank_blocks: int = 1
+
+    @property
+    def hotswap_refusal(self) -> str | None:
+        """Why hotswap and rank padding cannot handle this layer's A and B (None: they can). The
+        factor layouts arithmetic refuses, except those described by :attr:`rank_blocks`."""
+        return self.factor_layout_refusal
 
     def lowrank_parameters(self, adapter_name: str) -> tuple[nn.Parameter, nn.Parameter]:
-        """The stored A and B tensors; the rank is A's first axis and B's second in every layer type."""
-        if self.factor_layout_refusal:
-            raise AdapterError(f"{self.key!r}: {self.factor_layout_refusal}; hotswap and rank padding are not "
+        """The stored A and B tensors; the rank is A's first axis and B's second in every layer type
+        (B's holds ``r / rank_blocks``)."""
+        if self.hotswap_refusal:
+            raise AdapterError(f"{self.key!r}: {self.hotswap_refusal}; hotswap and rank padding are not "
                                "available for it (load the adapter with load_adapter instead)")
         params = [p for _, p in self.adapter_parameters(adapter_name)]
         return params[0], params[1]
@@ -257,6 +270,10 @@ class LoraLinear(LoraLayer):
         b = modules["lora_B"]._modules[name]._parameters["weight"]
         if modules["lora_B"]._modules[name]._parameters["bias"] is not None:
             return super().forward(x)  # lora_bias: the fused kernel has no bias term for B
+        if isinstance(self.scaling[name], torch.Tensor):
+            # prepare_model_for_compiled_hotswap made it a tensor; the kernels take a Python number, which
+            # torch.compile would read out and specialise on: the plain path keeps it a graph input
+            return super().forward(x)
         if name in modules["lora_magnitude_vector"]._modules:
             base = modules["base_layer"]
             if self._dora_fast_path_applies(x, name, base):
