@@ -27,6 +27,7 @@ from .targets import (
     short_target_names,
 )
 from .tree import get_module, set_module
+from .weight_tying import TyingPlan, link_tied_layers, plan_weight_tying, tie_saved_modules
 
 
 class AdapterManagementMixin:
@@ -85,28 +86,42 @@ class AdapterManagementMixin:
         if "modules_to_save" in type(config).model_fields:
             self._add_task_heads(config, init_config)
         asks_parameters = bool(spec.parameter_targets and spec.parameter_targets(config))
+        tying = None
         if isinstance(config, TargetedConfig) and asks_parameters and not config.target_modules:
             targets = []  # parameters only (peft: target_modules unset or [])
         elif isinstance(config, TargetedConfig):
             targets = find_targets(model, config)
+            tying = plan_weight_tying(model, config, targets)
+            if tying and tying.via == "target_modules" and spec.tie_adapter is None:
+                tying = None  # a method that cannot tie: the config's own targets, as asked
+            targets = _with_tied_targets(targets, tying)
             self._check_factories(spec, targets)
             for kind in base_layer_kinds():  # e.g. switch off a quantized backend's inference-only tricks
                 kind.prepare_model(model)
-            resolved = short_target_names(model, config, resolve_target_modules(model, config), targets)
+            resolved = short_target_names(model, config, resolve_target_modules(model, config),
+                                          [k for k in targets if not tying or k not in tying.keys])
             config.target_modules = resolved
             init_config.target_modules = resolved
         else:
             targets = []
         self.peft_config[adapter_name] = config
         try:
+            followers = tying.followers if tying and tying.via == "target_modules" else []
             for key in targets:
+                if key not in followers:
+                    self._wrap(spec, key, adapter_name, init_config)
+            for key in followers:  # after the embedding, whose adapter they share (peft: the same order)
                 self._wrap(spec, key, adapter_name, init_config)
+            if followers:
+                self._tie_layers(spec, tying, adapter_name)
             if asks_parameters:
                 spec.inject_parameters(model, adapter_name, init_config)
             if low_cpu_mem_usage:  # the values will come from a state dict (peft's low_cpu_mem_usage)
                 move_to_meta(model, [p for _, m in self._adapter_modules() if isinstance(m, AdapterLayer)
                                      for _, p in m.adapter_parameters(adapter_name)])
-            self._wrap_modules_to_save(adapter_name, config)
+            self._wrap_modules_to_save(adapter_name, config, tying.keys if tying and tying.via == "modules_to_save" else ())
+            if tying and tying.via == "modules_to_save":
+                tie_saved_modules(model, adapter_name, tying)
             if spec.on_add:
                 spec.on_add(self, adapter_name, init_config)
             if not config.base_model_name_or_path:
@@ -184,13 +199,24 @@ class AdapterManagementMixin:
         else:
             set_module(model, key, spec.factory_for(module).build(module, adapter_name, config, key))
 
-    def _wrap_modules_to_save(self, adapter_name: str, config: PeftConfig) -> None:
+    def _tie_layers(self, spec: MethodSpec, tying: TyingPlan, adapter_name: str) -> None:
+        """The followers compute with the embedding's adapter tensors (the method's ``tie_adapter``),
+        and the layers of the group merge their shared delta once."""
+        model = self.get_base_model()
+        leader, followers = get_module(model, tying.leader), [get_module(model, k) for k in tying.followers]
+        for follower in followers:
+            spec.tie_adapter(leader, follower, adapter_name)
+        link_tied_layers([leader, *followers], adapter_name)
+
+    def _wrap_modules_to_save(self, adapter_name: str, config: PeftConfig, also: tuple[str, ...] | list[str] = ()) -> None:
+        """Wrap the modules ``config.modules_to_save`` names, and the paths in ``also`` (tied
+        embeddings: the input embedding and the modules sharing its weight)."""
         names = getattr(config, "modules_to_save", None) or []
-        if not names:
+        if not names and not also:
             return
         model = self.get_base_model()
         for key, module in list(iter_plain_modules(model)):
-            if not name_matches(key, names):
+            if not (key in also or (names and name_matches(key, names))):
                 continue
             if isinstance(module, ModulesToSaveWrapper):
                 module.add_adapter(adapter_name)
@@ -218,3 +244,14 @@ class AdapterManagementMixin:
         if not self._active and self.peft_config:
             self._active = [next(iter(self.peft_config))]
         self._apply_trainability()
+
+
+def _with_tied_targets(targets: list[str], tying: Optional[TyingPlan]) -> list[str]:
+    """The targets once tying is settled: through ``target_modules`` the input embedding and every
+    module tied to it get the adapter; through ``modules_to_save`` none of them does (they are trained
+    in full instead, as peft moves them out of the targets)."""
+    if tying is None:
+        return targets
+    if tying.via == "modules_to_save":
+        return [k for k in targets if k not in tying.keys]
+    return list(dict.fromkeys([*targets, *tying.keys]))

@@ -253,9 +253,10 @@ class LoraLinear(LoraLayer):
         modules = self._modules
         drop = modules["lora_dropout"]._modules[name]
         p = drop.p if isinstance(drop, nn.Dropout) else 0.0
-        a = modules["lora_A"]._modules[name]._parameters["weight"]
-        b = modules["lora_B"]._modules[name]._parameters["weight"]
-        if modules["lora_B"]._modules[name]._parameters["bias"] is not None:
+        # _weight_of: a tied adapter's factors are views of the embedding's (peftkit.weight_tying)
+        a = _weight_of(modules["lora_A"]._modules[name])
+        b = _weight_of(modules["lora_B"]._modules[name])
+        if modules["lora_B"]._modules[name]._parameters.get("bias") is not None:
             return super().forward(x)  # lora_bias: the fused kernel has no bias term for B
         if name in modules["lora_magnitude_vector"]._modules:
             base = modules["base_layer"]
