@@ -91,7 +91,7 @@ class AdapterManagementMixin:
             targets = []  # parameters only (peft: target_modules unset or [])
         elif isinstance(config, TargetedConfig):
             targets = find_targets(model, config)
-            tying = plan_weight_tying(model, config, targets)
+            tying = plan_weight_tying(model, config)
             if tying and tying.via == "target_modules" and spec.tie_adapter is None:
                 tying = None  # a method that cannot tie: the config's own targets, as asked
             targets = _with_tied_targets(targets, tying)

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .targets import ALL_LINEAR, iter_adapter_modules, iter_plain_modules, name_matches
+from .targets import iter_adapter_modules, iter_plain_modules
 
 if TYPE_CHECKING:
     from .config import PeftConfig
@@ -133,24 +133,33 @@ def tied_module_names(model: nn.Module) -> list[str]:
     return sorted(names)
 
 
-def plan_weight_tying(model: nn.Module, config: "PeftConfig", targets: list[str]) -> Optional[TyingPlan]:
-    """Decide what ``config`` ties on ``model`` given its matched ``targets``, and warn as ``peft`` does:
-    a tied module is part of the adapter but tying is not requested (or the method cannot tie), or
-    tying is requested but there is nothing to tie. None: nothing is tied.
+# Whether a config adapts the tied embedding is decided by these module names, as peft decides it
+# (not by the modules matched): a config must tie, or not, the same way in both libraries, or an
+# adapter saved by one would compute differently in the other.
+EMBEDDING_NAMES = ("embed_tokens", "lm_head")
+
+
+def _names_an_embedding(target_modules) -> bool:
+    if isinstance(target_modules, str):  # a regex, tried on the bare names ("all-linear" matches neither)
+        return any(re.fullmatch(target_modules, name) for name in EMBEDDING_NAMES)
+    return any(name.rsplit(".", 1)[-1] in EMBEDDING_NAMES for name in target_modules or [])
+
+
+def plan_weight_tying(model: nn.Module, config: "PeftConfig") -> Optional[TyingPlan]:
+    """Decide what ``config`` ties on ``model``, and warn as ``peft`` does: a tied module is part of
+    the adapter but tying is not requested (or the method cannot tie), or tying is requested but
+    there is nothing to tie. None: nothing is tied. The config names the embedding or the head
+    through ``modules_to_save`` or ``target_modules`` (by :data:`EMBEDDING_NAMES`); then the input
+    embedding leads and every module sharing its weight follows.
 
     Example:
-        >>> plan_weight_tying(llama, LoraConfig(target_modules=["embed_tokens"], ensure_weight_tying=True),
-        ...                   ["model.embed_tokens"])  # doctest: +SKIP
+        >>> plan_weight_tying(llama, LoraConfig(target_modules=["embed_tokens"], ensure_weight_tying=True))  # doctest: +SKIP
         TyingPlan(leader='model.embed_tokens', followers=['lm_head'], via='target_modules')
     """
     followers = tied_module_names(model)
     leader = input_embedding_name(model) if followers else None
-    group = {leader, *followers} if leader else set()
-    saved_names = getattr(config, "modules_to_save", None) or []
-    saved = bool(saved_names) and any(name_matches(key, saved_names) for key in group)
-    asked = getattr(config, "target_modules", None)
-    all_linear = isinstance(asked, str) and asked.lower() == ALL_LINEAR  # linear layers only: never an embedding
-    targeted = not all_linear and any(key in group for key in targets)
+    saved = any(name.rsplit(".", 1)[-1] in EMBEDDING_NAMES for name in getattr(config, "modules_to_save", None) or [])
+    targeted = _names_an_embedding(getattr(config, "target_modules", None))
     requested = getattr(config, "ensure_weight_tying", None)
     if requested:
         if not followers:
