@@ -106,7 +106,8 @@ def tied_module_names(model: nn.Module) -> list[str]:
     """Paths of the modules whose weight is the input embedding's (an LM head with
     ``tie_word_embeddings=True``), sorted; the embedding itself is not listed. Empty when the model's
     config says ``tie_word_embeddings=False`` (weights equal by chance are not tied), or when the model
-    has no input embedding. Modules already wrapped by adapters are found under their own paths.
+    has no input embedding. Modules already wrapped by adapters are found under their own paths
+    (a PeftModel answers for its user model). ``peft``'s ``_get_module_names_tied_with_embedding``.
 
     Example:
         >>> from transformers import LlamaConfig, LlamaForCausalLM
@@ -115,6 +116,8 @@ def tied_module_names(model: nn.Module) -> list[str]:
         >>> tied_module_names(LlamaForCausalLM(cfg))
         ['lm_head']
     """
+    if callable(getattr(model, "get_base_model", None)):  # a PeftModel: names are its user model's
+        model = model.get_base_model()
     if getattr(getattr(model, "config", None), "tie_word_embeddings", None) is False:
         return []  # tying is switched off for this checkpoint, even where weights are shared (peft: #2944)
     leader = input_embedding_name(model)
