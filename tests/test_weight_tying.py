@@ -189,3 +189,31 @@ def test_config_field_round_trip(tmp_path):
     pk.LoraConfig(target_modules=["q_proj"], ensure_weight_tying=True).save_pretrained(tmp_path)
     assert pk.PeftConfig.from_pretrained(tmp_path).ensure_weight_tying is True
     assert pk.LoraConfig().ensure_weight_tying is False
+
+
+@pytest.mark.parametrize("kwargs", [dict(target_modules=["q", "lm_head"]), dict(target_modules=["q"], modules_to_save=["lm_head"])],
+                         ids=["target_modules", "modules_to_save"])
+def test_encoder_decoder_ties_every_copy_and_round_trips(kwargs, tmp_path):
+    # T5 with tie_word_embeddings=True: shared, both stacks' embed_tokens and lm_head hold one table.
+    # (peft 0.21.2 itself breaks here: its modules_to_save route gives the embeddings nn.Linear copies,
+    # and its target route saves target_modules={"q", "shared"}, which it does not tie again on loading.)
+    assert tied_module_names(make_model("t5", tie_word_embeddings=True)) == ["decoder.embed_tokens", "encoder.embed_tokens", "lm_head"]
+    inputs = example_inputs("t5")
+    model = pk.get_peft_model(make_model("t5", tie_word_embeddings=True), pk.LoraConfig(**lora(**kwargs)))
+    randomize_lora_weights(model)
+    expected = model_outputs(model, inputs)["logits"]
+    inner = model.base_model.model
+    if "modules_to_save" in kwargs:
+        tables = [m.modules_to_save["default"].weight for m in (inner.shared, inner.encoder.embed_tokens, inner.lm_head)]
+        assert all(t is tables[0] for t in tables)
+    else:
+        assert inner.encoder.embed_tokens.lora_embedding_A["default"] is inner.shared.lora_embedding_A["default"]
+        assert inner.lm_head.lora_B["default"].weight.data_ptr() == inner.shared.lora_embedding_A["default"].data_ptr()
+    model.save_pretrained(tmp_path)
+    for low_cpu_mem_usage in (False, True):
+        loaded = pk.PeftModel.from_pretrained(make_model("t5", tie_word_embeddings=True), tmp_path,
+                                              low_cpu_mem_usage=low_cpu_mem_usage)
+        assert torch.allclose(model_outputs(loaded, inputs)["logits"], expected, atol=ATOL)
+    merged = model.merge_and_unload()
+    assert merged.lm_head.weight is merged.shared.weight
+    assert torch.allclose(model_outputs(merged, inputs)["logits"], expected, atol=1e-4)
