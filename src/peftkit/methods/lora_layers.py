@@ -203,6 +203,9 @@ class LoraLayer(DoraMixin, AdapterLayer):
             raise AdapterError(f"{self.key!r}: {self.factor_layout_refusal}; hotswap and rank padding are not "
                                "available for it (load the adapter with load_adapter instead)")
         params = [p for _, p in self.adapter_parameters(adapter_name)]
+        if len(params) < 2:  # ensure_weight_tying: the factors are views of the tied embedding's tensors
+            raise AdapterError(f"{self.key!r}: adapter {adapter_name!r} is tied to the input embedding's "
+                               "(ensure_weight_tying), whose tensors it reads; write them on the embedding's layer")
         return params[0], params[1]
 
     def lowrank_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
