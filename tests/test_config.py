@@ -436,7 +436,6 @@ def test_peft_reads_config_written_by_peftkit(tmp_path):
         ("use_qalora", False),
         ("loftq_config", {}),
         ("megatron_config", None),
-        ("ensure_weight_tying", False),
         ("layer_replication", None),
         ("peft_version", "9.9.9"),
         ("auto_mapping", None),
@@ -456,7 +455,6 @@ def test_peft_only_key_at_unused_value_is_dropped_silently(tmp_path, key, value)
     "key, value",
     [
         ("loftq_config", {"loftq_bits": 4}),
-        ("ensure_weight_tying", True),
         ("layer_replication", [[0, 2]]),
         ("alora_invocation_tokens", [5, 6]),
         ("trainable_token_indices", [1, 2]),
@@ -502,11 +500,11 @@ def test_misspelt_key_in_file_suggests_the_field(tmp_path):
 
 def test_all_bad_keys_in_a_file_are_reported_at_once(tmp_path):
     folder = _write_config(
-        tmp_path / "a", {"peft_type": "LORA", "ensure_weight_tying": True, "loftq_config": {"loftq_bits": 4}, "mystery": 1}
+        tmp_path / "a", {"peft_type": "LORA", "use_qalora": True, "loftq_config": {"loftq_bits": 4}, "mystery": 1}
     )
     with pytest.raises(ConfigError) as info:
         PeftConfig.from_pretrained(folder)
-    assert set(_problem_fields(info.value)) == {"ensure_weight_tying", "loftq_config", "mystery"}
+    assert set(_problem_fields(info.value)) == {"use_qalora", "loftq_config", "mystery"}
 
 
 def test_nan_alpha_in_file_is_refused(tmp_path):

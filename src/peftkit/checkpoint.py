@@ -25,6 +25,7 @@ from .layers import AdapterLayer, layer_stack
 from .modules_to_save import ModulesToSaveWrapper
 from .targets import iter_adapter_modules, iter_plain_modules
 from .untrusted import FLOAT_DTYPES, TensorInfo, read_safetensors_header
+from .weight_tying import tied_adapter_tensors
 
 if TYPE_CHECKING:
     from .model import PeftModel
@@ -198,6 +199,8 @@ def get_peft_model_state_dict(
     base, config = model.get_base_model(), model.peft_config[adapter_name]
     live = adapter_tensors(base, adapter_name, config)
     live.update({key: p for key, (_, p) in _optional_entries(base, adapter_name, config).items()})
+    # tied layers' factors, under their own keys as peft writes them (its loader expects them)
+    live.update(tied_adapter_tensors(base, adapter_name, key_prefix(config)))
     live.update(model_level_tensors(model, adapter_name))
     if save_embedding_layers is True:
         prefix = key_prefix(model.peft_config[adapter_name])
@@ -262,8 +265,10 @@ def _loading_targets(model: "PeftModel", adapter_name: str) -> tuple[dict[str, t
     expected = _adapter_entries(base, adapter_name, config)
     expected.update({key: (key, t) for key, t in model_level_tensors(model, adapter_name).items()})
     prefix = key_prefix(config)
-    extra = {prefix + n: p for n, p in base.named_parameters()}
+    # every name of a shared parameter: peft may save a tied table under the LM head's path too
+    extra = {prefix + n: p for n, p in base.named_parameters(remove_duplicate=False)}
     extra.update({key: p for key, (_, p) in _optional_entries(base, adapter_name, config).items()})
+    extra.update(tied_adapter_tensors(base, adapter_name, prefix))
     return expected, extra
 
 
@@ -290,11 +295,14 @@ def set_peft_model_state_dict(
     # A tensor saved under two keys (a saved module's bias, with bias="all") takes its value from
     # the required key, as in peft, which ignores the second one.
     required = {id(expected[key][1]) for key in peft_model_state_dict if key in expected}
+    # a tied layer's factors are views of the embedding's tensors, which take their values from the
+    # embedding's own keys (the file holds the same values twice)
+    tied = set(tied_adapter_tensors(model.get_base_model(), adapter_name, key_prefix(model.peft_config[adapter_name])))
     on_meta = {}  # adapters injected with low_cpu_mem_usage=True: their tensors get storage now
     with torch.no_grad():
         for key, tensor in peft_model_state_dict.items():
             target = expected[key][1] if key in expected else extra[key]
-            if key not in expected and id(target) in required:
+            if key in tied or (key not in expected and id(target) in required):
                 continue
             if target.is_meta:
                 on_meta[id(target)] = tensor

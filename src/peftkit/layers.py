@@ -139,6 +139,9 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         self.disabled = False
         # Per-row adapter names for one forward of a mixed batch; set and cleared by PeftModel.
         self.row_adapters: Optional[list[str]] = None
+        # adapter name -> the other layers that share this adapter's tensors and this layer's weight
+        # (tied embeddings: peftkit.weight_tying); they merge the shared delta once between them
+        self.tied_layers: dict[str, list["AdapterLayer"]] = {}
 
     # ------------------------------------------------------------------ methods implement these
     @abc.abstractmethod
@@ -215,6 +218,7 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
                 del holder[adapter_name]
         self.active_adapters = [n for n in self.active_adapters if n != adapter_name]
         self.selected_adapters = [n for n in self.selected_adapters if n != adapter_name]
+        self.__dict__.get("tied_layers", {}).pop(adapter_name, None)
 
     def stacking_refusal(self, adapter_name: str) -> Optional[str]:
         """Why ``adapter_name`` of this layer cannot sit over another adapter layer of the same module
@@ -231,6 +235,9 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         weight = self.base_layer.weight
         for name in names:
             if name not in self.adapter_names or name in self.merged_adapters:
+                continue
+            if self._merged_by_tied_layer(name):  # the shared weight holds this delta already
+                self.merged_adapters.append(name)
                 continue
             if safe_merge:
                 merged = weight.data + self.delta_weight(name).to(weight.dtype)
@@ -262,7 +269,16 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         """Subtract every merged adapter's delta again (restores the base weights up to rounding)."""
         weight = self.base_layer.weight
         while self.merged_adapters:
-            self.add_delta_(weight.data, self.merged_adapters.pop(), -1.0)
+            name = self.merged_adapters.pop()
+            if not self._merged_by_tied_layer(name):  # the last tied layer to unmerge takes the delta out
+                self.add_delta_(weight.data, name, -1.0)
+
+    def _merged_by_tied_layer(self, adapter_name: str) -> bool:
+        """Whether a layer tied to this one (same adapter tensors, same base weight) has merged
+        ``adapter_name``: their deltas are equal, so the shared weight must receive it only once."""
+        weight = getattr(self.get_base_layer(), "weight", None)
+        return any(adapter_name in other.merged_adapters and getattr(other.get_base_layer(), "weight", None) is weight
+                   for other in self.__dict__.get("tied_layers", {}).get(adapter_name, ()))
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disabled:

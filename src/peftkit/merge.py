@@ -68,7 +68,9 @@ class MergeMixin:
             base = layer.get_base_layer()
             w = getattr(base, "weight", None)  # None: a layer on another parameter (MoE experts)
             unmerged = any(n in layer.adapter_names and n not in layer.merged_adapters for n in names)
-            if w is not None and uses[id(w)] > 1 and unmerged:
+            # layers tied on purpose (ensure_weight_tying) share one adapter: merged once, they stay tied
+            tied = any(layer.__dict__.get("tied_layers", {}).get(n) for n in names)
+            if w is not None and uses[id(w)] > 1 and unmerged and not tied:
                 base.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
                 warnings.warn(f"{layer.key!r} shares its weight with another module (tied embeddings); merging unties it")
                 if getattr(getattr(model, "config", None), "tie_word_embeddings", False):

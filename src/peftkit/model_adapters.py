@@ -29,6 +29,7 @@ from .targets import (
     nothing_matched, resolve_target_modules, short_target_names,
 )
 from .tree import get_module, set_module
+from .weight_tying import TyingPlan, link_tied_layers, plan_weight_tying, tie_saved_modules
 
 
 class AdapterManagementMixin:
@@ -88,30 +89,44 @@ class AdapterManagementMixin:
             self._add_task_heads(config, init_config)
         asks_parameters = bool(spec.parameter_targets and spec.parameter_targets(config))
         parameter_keys: list[str] = []
+        tying = None
         if isinstance(config, TargetedConfig) and asks_parameters:
             targets, parameter_keys = _modules_and_parameters(model, config, spec)
             asks_parameters = bool(parameter_keys)
         elif isinstance(config, TargetedConfig):
             targets = find_targets(model, config)
+            tying = plan_weight_tying(model, config)
+            if tying and tying.via == "target_modules" and spec.tie_adapter is None:
+                tying = None  # a method that cannot tie: the config's own targets, as asked
+            targets = _with_tied_targets(targets, tying)
         else:
             targets = []
         if targets:
             self._check_factories(spec, targets)
             for kind in base_layer_kinds():  # e.g. switch off a quantized backend's inference-only tricks
                 kind.prepare_model(model)
-            resolved = short_target_names(model, config, resolve_target_modules(model, config), targets)
+            resolved = short_target_names(model, config, resolve_target_modules(model, config),
+                                          [k for k in targets if not tying or k not in tying.keys])
             config.target_modules = resolved
             init_config.target_modules = resolved
         self.peft_config[adapter_name] = config
         try:
+            followers = tying.followers if tying and tying.via == "target_modules" else []
             for key in targets:
+                if key not in followers:
+                    self._wrap(spec, key, adapter_name, init_config)
+            for key in followers:  # after the embedding, whose adapter they share (peft: the same order)
                 self._wrap(spec, key, adapter_name, init_config)
+            if followers:
+                self._tie_layers(spec, tying, adapter_name)
             if asks_parameters:
                 spec.inject_parameters(model, adapter_name, init_config)
             if low_cpu_mem_usage:  # the values will come from a state dict (peft's low_cpu_mem_usage)
                 move_to_meta(model, [p for _, m in self._adapter_modules() if isinstance(m, AdapterLayer)
                                      for _, p in m.adapter_parameters(adapter_name)])
-            self._wrap_modules_to_save(adapter_name, config)
+            self._wrap_modules_to_save(adapter_name, config, tying.keys if tying and tying.via == "modules_to_save" else ())
+            if tying and tying.via == "modules_to_save":
+                tie_saved_modules(model, adapter_name, tying)
             if spec.on_add:
                 spec.on_add(self, adapter_name, init_config)
             if not config.base_model_name_or_path:
@@ -190,13 +205,24 @@ class AdapterManagementMixin:
         else:
             set_module(model, key, spec.factory_for(module).build(module, adapter_name, config, key))
 
-    def _wrap_modules_to_save(self, adapter_name: str, config: PeftConfig) -> None:
+    def _tie_layers(self, spec: MethodSpec, tying: TyingPlan, adapter_name: str) -> None:
+        """The followers compute with the embedding's adapter tensors (the method's ``tie_adapter``),
+        and the layers of the group merge their shared delta once."""
+        model = self.get_base_model()
+        leader, followers = get_module(model, tying.leader), [get_module(model, k) for k in tying.followers]
+        for follower in followers:
+            spec.tie_adapter(leader, follower, adapter_name)
+        link_tied_layers([leader, *followers], adapter_name)
+
+    def _wrap_modules_to_save(self, adapter_name: str, config: PeftConfig, also: tuple[str, ...] | list[str] = ()) -> None:
+        """Wrap the modules ``config.modules_to_save`` names, and the paths in ``also`` (tied
+        embeddings: the input embedding and the modules sharing its weight)."""
         names = getattr(config, "modules_to_save", None) or []
-        if not names:
+        if not names and not also:
             return
         model = self.get_base_model()
         for key, module in list(iter_plain_modules(model)):
-            if not name_matches(key, names):
+            if not (key in also or (names and name_matches(key, names))):
                 continue
             if isinstance(module, ModulesToSaveWrapper):
                 module.add_adapter(adapter_name)
@@ -226,10 +252,10 @@ class AdapterManagementMixin:
         self._apply_trainability()
 
 
-def _modules_and_parameters(model: nn.Module, config: TargetedConfig, spec: MethodSpec) -> tuple[list[str], bool]:
+def _modules_and_parameters(model: nn.Module, config: TargetedConfig, spec: MethodSpec) -> tuple[list[str], list[str]]:
     """Targets of a config that names parameters (LoRA's ``target_parameters``), maybe modules too:
-    ``(module keys, keys of the modules whose parameters matched)``. Either side may match nothing, with peft's
-    RuntimeWarning naming it; nothing matched at all is an error."""
+    ``(module keys, keys of the modules whose parameters matched)``. Either side may match nothing,
+    with peft's RuntimeWarning naming it; nothing matched at all is an error."""
     keys = matching_modules(model, config) if config.target_modules else []
     found = spec.find_parameters(model, config, required=False)
     wanted = spec.parameter_targets(config)
@@ -264,3 +290,14 @@ def _warn_unmatched_patterns(config: PeftConfig, adapted: list[str]) -> None:
                 "Each key is a regex matched against the end of a module's path (see model.named_modules()).",
                 RuntimeWarning, stacklevel=4,
             )
+
+
+def _with_tied_targets(targets: list[str], tying: Optional[TyingPlan]) -> list[str]:
+    """The targets once tying is settled: through ``target_modules`` the input embedding and every
+    module tied to it get the adapter; through ``modules_to_save`` none of them does (they are trained
+    in full instead, as peft moves them out of the targets)."""
+    if tying is None:
+        return targets
+    if tying.via == "modules_to_save":
+        return [k for k in targets if k not in tying.keys]
+    return list(dict.fromkeys([*targets, *tying.keys]))

@@ -142,6 +142,11 @@ class MethodSpec:
     # projections, a prompt encoder, bottleneck placement), so it needs a PeftModel and cannot be
     # injected into a plain module with inject_adapter_in_model().
     uses_shared_state: bool = False
+    # Tied embeddings (peftkit.weight_tying; configs with ``ensure_weight_tying``):
+    # ``tie_adapter(leader, follower, adapter_name)`` makes the follower layer's adapter compute with
+    # the leader layer's tensors (the input embedding's), so the modules sharing one weight share one
+    # adapter. None: the method cannot tie adapters (peft warns, and so does peftkit).
+    tie_adapter: Optional[Callable[..., None]] = None
 
     @property
     def prefix(self) -> str:

@@ -120,7 +120,7 @@ SUBMODULES = {
     "peft.utils.other": {
         "ModulesToSaveWrapper": "peftkit:ModulesToSaveWrapper",
         "prepare_model_for_kbit_training": "peftkit:prepare_model_for_kbit_training",
-        "_get_module_names_tied_with_embedding": MISSING("_get_module_names_tied_with_embedding is not in peftkit"),
+        "_get_module_names_tied_with_embedding": "peftkit.weight_tying:tied_module_names",
         "_get_no_split_modules": MISSING("_get_no_split_modules is not in peftkit"),
     },
     "peft.utils.constants": {

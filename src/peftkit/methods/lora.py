@@ -18,6 +18,7 @@ from .lora_conv import LoraConv
 from .lora_layers import LoraEmbedding, LoraLayer, LoraLinear, is_conv1d
 from .lora_mha import LoraMultiheadAttention
 from .lora_parameters import find_parameters, inject_parameters, parameter_targets
+from .lora_tying import tie_lora_adapter
 
 InitLoraWeights = Union[bool, str]
 
@@ -39,7 +40,6 @@ class LoraConfig(TargetedConfig):
         "megatron_core": ANY_VALUE,
         "qalora_group_size": ANY_VALUE,
         "use_qalora": False,
-        "ensure_weight_tying": False,
         **{k: None for k in (
             "megatron_config", "trainable_token_indices", "loftq_config", "eva_config", "corda_config",
             "lora_ga_config", "velora_config", "alora_invocation_tokens", "monteclora_config",
@@ -62,6 +62,8 @@ class LoraConfig(TargetedConfig):
     lora_bias: bool = False
     # LoRA on nn.Parameters, e.g. 3-D MoE expert weights (peftkit.methods.lora_parameters)
     target_parameters: Optional[list[str]] = None
+    # tied input embedding and LM head: one shared adapter for both (peftkit.weight_tying)
+    ensure_weight_tying: bool = False
 
     @field_validator("r", mode="before")
     @classmethod
@@ -175,5 +177,6 @@ LORA = register_method(
         parameter_targets=parameter_targets,
         find_parameters=find_parameters,
         inject_parameters=inject_parameters,
+        tie_adapter=tie_lora_adapter,
     )
 )

@@ -216,6 +216,9 @@ class LoraLayer(DoraMixin, AdapterLayer):
             raise AdapterError(f"{self.key!r}: {self.hotswap_refusal}; hotswap and rank padding are not "
                                "available for it (load the adapter with load_adapter instead)")
         params = [p for _, p in self.adapter_parameters(adapter_name)]
+        if len(params) < 2:  # ensure_weight_tying: the factors are views of the tied embedding's tensors
+            raise AdapterError(f"{self.key!r}: adapter {adapter_name!r} is tied to the input embedding's "
+                               "(ensure_weight_tying), whose tensors it reads; write them on the embedding's layer")
         return params[0], params[1]
 
     def lowrank_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
@@ -266,9 +269,10 @@ class LoraLinear(LoraLayer):
         modules = self._modules
         drop = modules["lora_dropout"]._modules[name]
         p = drop.p if isinstance(drop, nn.Dropout) else 0.0
-        a = modules["lora_A"]._modules[name]._parameters["weight"]
-        b = modules["lora_B"]._modules[name]._parameters["weight"]
-        if modules["lora_B"]._modules[name]._parameters["bias"] is not None:
+        # _weight_of: a tied adapter's factors are views of the embedding's (peftkit.weight_tying)
+        a = _weight_of(modules["lora_A"]._modules[name])
+        b = _weight_of(modules["lora_B"]._modules[name])
+        if modules["lora_B"]._modules[name]._parameters.get("bias") is not None:
             return super().forward(x)  # lora_bias: the fused kernel has no bias term for B
         if isinstance(self.scaling[name], torch.Tensor):
             # prepare_model_for_compiled_hotswap made it a tensor; the kernels take a Python number, which

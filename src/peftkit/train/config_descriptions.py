@@ -53,6 +53,8 @@ DESCRIPTIONS = {
     "adapter.rank_pattern": "Per-module ranks overriding r: `{regex or name: rank}`.",
     "adapter.alpha_pattern": "Per-module lora_alpha overriding it: `{regex or name: alpha}`.",
     "adapter.lora_bias": "Give lora_B a trainable bias (saved as `lora_B.bias`; merged into the base layer's bias).",
+    "adapter.ensure_weight_tying": "With tied input embedding and LM head (`tie_word_embeddings`), give both one "
+                                   "shared adapter when embed_tokens or lm_head is in target_modules or modules_to_save.",
     "adapter.target_parameters": "Parameters to adapt directly, e.g. MoE expert weights "
                                  "`[mlp.experts.gate_up_proj, mlp.experts.down_proj]` (full names or dotted tails).",
     # data
