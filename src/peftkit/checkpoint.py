@@ -51,10 +51,18 @@ def _bias_parameters(model: nn.Module, adapter_name: str, bias: str) -> dict[str
         if isinstance(module, ModulesToSaveWrapper):
             continue  # saved whole through the wrapper
         if isinstance(module, AdapterLayer):
-            if bias == "all" or any(adapter_name in layer.adapter_names for layer in layer_stack(module)):
+            stack = layer_stack(module)
+            if bias == "all" or any(adapter_name in layer.adapter_names for layer in stack):
                 b = getattr(module.get_base_layer(), "bias", None)
                 if isinstance(b, nn.Parameter):
                     found[f"{key}.base_layer.bias"] = b
+            # adapter layers inside the base module (LoRA on nn.MultiheadAttention wraps its out_proj)
+            base_path = key + ".base_layer" * len(stack)
+            for sub_key, sub in module.get_base_layer().named_modules():
+                if sub_key and isinstance(sub, AdapterLayer) and not isinstance(sub.base_layer, AdapterLayer):
+                    b = getattr(sub.base_layer, "bias", None)
+                    if isinstance(b, nn.Parameter) and (bias == "all" or adapter_name in sub.adapter_names):
+                        found[f"{base_path}.{sub_key}.base_layer.bias"] = b
         elif bias == "all":
             b = module._parameters.get("bias")
             if isinstance(b, nn.Parameter):
@@ -104,9 +112,9 @@ def _saved_module_biases(model: nn.Module, adapter_name: str) -> dict[str, tuple
 
 def _optional_entries(model: nn.Module, adapter_name: str, config: PeftConfig) -> dict[str, tuple[str, nn.Parameter]]:
     """Checkpoint key -> (module path, live parameter) for tensors that are saved as ``peft`` saves them
-    but may be absent from a checkpoint (earlier peftkit versions did not write them)."""
-    if getattr(config, "bias", "none") != "all":
-        return {}
+    but may be absent from a checkpoint (earlier peftkit versions did not write them). Accepted
+    whatever this model's ``bias`` says: the file's writer decides what it trained (peft loads them
+    into a model made with the default ``bias="none"`` too)."""
     prefix = key_prefix(config)
     return {prefix + k: v for k, v in _saved_module_biases(model, adapter_name).items()}
 
@@ -198,7 +206,8 @@ def get_peft_model_state_dict(
         raise CheckpointError(f"unknown adapter {adapter_name!r}; this model has {sorted(model.peft_config)}")
     base, config = model.get_base_model(), model.peft_config[adapter_name]
     live = adapter_tensors(base, adapter_name, config)
-    live.update({key: p for key, (_, p) in _optional_entries(base, adapter_name, config).items()})
+    if getattr(config, "bias", "none") == "all":  # peft writes a saved module's biases twice more then
+        live.update({key: p for key, (_, p) in _optional_entries(base, adapter_name, config).items()})
     # tied layers' factors, under their own keys as peft writes them (its loader expects them)
     live.update(tied_adapter_tensors(base, adapter_name, key_prefix(config)))
     live.update(model_level_tensors(model, adapter_name))

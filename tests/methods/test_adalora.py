@@ -317,3 +317,9 @@ def test_a_second_trainable_adalora_adapter_is_refused_as_in_peft():
         model.add_adapter("b", pk.AdaLoraConfig(target_modules=["0"], total_step=10))
     assert list(model.peft_config) == ["default"]
     model.add_adapter("frozen", pk.AdaLoraConfig(target_modules=["0"], total_step=10, inference_mode=True))
+
+
+def test_bias_accepts_peft_spelling_adalora_only():
+    """peft reads any "<method>_only" as "the adapted layers' biases"."""
+    config = pk.AdaLoraConfig(target_modules=["q_proj"], total_step=10, bias="adalora_only")
+    assert config.bias == "adalora_only"

@@ -109,3 +109,26 @@ def test_variants_peft_lacks_here_are_refused(kwargs, match):
 def test_separate_key_value_sizes_are_refused():
     with pytest.raises(TargetError, match="kdim == vdim"):
         pk.get_peft_model(Net(kdim=4, vdim=4), pk.LoraConfig(target_modules=["mha"]))
+
+
+@pytest.mark.parametrize("bias", ["all", "lora_only"])
+def test_trained_biases_include_the_wrapped_out_proj_as_in_peft(bias):
+    """The out_proj LoRA layer sits inside the attention's layer: with bias="all"/"lora_only" its
+    base bias trains and is saved under peft's key (it was missed, so the bias did not travel)."""
+    ours, theirs = (lib.get_peft_model(Net(), lib.LoraConfig(target_modules=["mha"], bias=bias)) for lib in (pk, peft))
+    key = "base_model.model.mha.base_layer.out_proj.base_layer.bias"
+    assert set(pk.get_peft_model_state_dict(ours)) == set(peft.get_peft_model_state_dict(theirs))
+    assert key in pk.get_peft_model_state_dict(ours)
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in theirs.named_parameters() if p.requires_grad}
+
+
+def test_biases_saved_with_bias_all_load_into_a_model_made_with_the_default():
+    """peft loads every bias a file holds, whatever the receiving config's bias says."""
+    source = adapted(bias="all")
+    with torch.no_grad():
+        source.base_model.model.mha.base_layer.out_proj.base_layer.bias.fill_(1.5)
+        source.base_model.model.lin0.base_layer.bias.fill_(-0.5)
+    target = pk.get_peft_model(Net().eval(), pk.LoraConfig(target_modules=["mha", "lin0"]))
+    pk.set_peft_model_state_dict(target, pk.get_peft_model_state_dict(source))
+    torch.testing.assert_close(run(target), run(source))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import TYPE_CHECKING, Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -65,6 +65,9 @@ class AdaLoraConfig(LoraConfig):
     # the ranks are final; a saved adapter is built with these ranks)
     rank_pattern: Optional[dict[str, list[bool]]] = None  # type: ignore[assignment]
     init_lora_weights: bool = True  # type: ignore[assignment]
+    # peft treats any "<method>_only" as "the biases of the adapted layers"; AdaLoRA's own spelling
+    # is accepted beside LoRA's
+    bias: Literal["none", "all", "lora_only", "adalora_only"] = "none"  # type: ignore[assignment]
 
     @field_validator("rank_pattern", mode="before")
     @classmethod
