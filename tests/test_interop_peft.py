@@ -170,6 +170,21 @@ def test_tiny_models_are_deterministic():
 SAVES_EMBEDDING_TABLE = {"llama_embedding"}
 
 
+def test_auto_embedding_choice_is_peft_s(tmp_path):
+    """save_embedding_layers="auto", asked for, decides as peft's default does: an adapted
+    embed_tokens writes the table, with peft's warning, and the file has peft's keys."""
+    family, kwargs = case_setup("llama_embedding")
+    model = pk.get_peft_model(make_model(family), pk.LoraConfig(**kwargs))
+    with pytest.warns(UserWarning, match="Setting `save_embedding_layers` to `True` as embedding layers found"):
+        model.save_pretrained(tmp_path / "pk", save_embedding_layers="auto")
+    peft.get_peft_model(make_model(family), peft.LoraConfig(**kwargs)).save_pretrained(tmp_path / "peft")
+    keys = [set(load_file(tmp_path / lib / "adapter_model.safetensors")) for lib in ("pk", "peft")]
+    assert keys[0] == keys[1] and any(k.endswith("embed_tokens.base_layer.weight") for k in keys[0])
+    family, kwargs = case_setup("llama")  # nothing adapted is an embedding, the vocabulary unchanged
+    plain = pk.get_peft_model(make_model(family), pk.LoraConfig(**kwargs))
+    assert not any(k.endswith("base_layer.weight") for k in pk.get_peft_model_state_dict(plain, save_embedding_layers="auto"))
+
+
 def test_embedding_table_is_opt_in(tmp_path):
     family, kwargs = case_setup("llama_embedding")
     model = pk.get_peft_model(make_model(family), pk.LoraConfig(**kwargs))

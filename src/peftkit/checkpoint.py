@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 import re
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -169,6 +169,44 @@ def model_level_parameters(model: "PeftModel", adapter_name: str) -> list[nn.Par
     return [t for t in model_level_tensors(model, adapter_name).values() if isinstance(t, nn.Parameter)]
 
 
+EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")  # the names peft's "auto" looks for
+
+
+def _saves_embeddings(model: "PeftModel", adapter_name: str, choice: Union[bool, str]) -> bool:
+    """Whether the embedding tables go into the file: ``True``/``False`` as given; ``"auto"`` as in
+    peft: yes when the adapter adapts an ``embed_tokens`` / ``lm_head`` module, or when the model's
+    vocabulary differs from its base model's saved config (a resized vocabulary), each with peft's
+    warning. peftkit's default is False: targeting an embedding does not make every file carry it."""
+    if choice != "auto":
+        return bool(choice)
+    adapted = [key for key, module in iter_adapter_modules(model.get_base_model())
+               if adapter_name in getattr(module, "adapter_names", ())]
+    if any(key.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES for key in adapted):
+        warnings.warn("Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`.",
+                      stacklevel=4)
+        return True
+    if _vocabulary_resized(model, adapter_name):
+        warnings.warn("Setting `save_embedding_layers` to `True` as the embedding layer has been resized during "
+                      "finetuning.", stacklevel=4)
+        return True
+    return False
+
+
+def _vocabulary_resized(model: "PeftModel", adapter_name: str) -> bool:
+    """The model's ``config.vocab_size`` against its base model's saved config (a local folder, or the
+    hub when reachable); False when that config cannot be read, as peft assumes."""
+    config = getattr(model.get_base_model(), "config", None)
+    vocab_size, model_id = getattr(config, "vocab_size", None), model.peft_config[adapter_name].base_model_name_or_path
+    if not vocab_size or not model_id or not hasattr(type(config), "from_pretrained"):
+        return False
+    try:
+        return type(config).from_pretrained(model_id).vocab_size != vocab_size
+    except (OSError, ValueError) as err:  # offline, no such repo or folder: assume unchanged, and say so
+        warnings.warn(f"Could not find a config file in {model_id} - will assume that the vocabulary was not "
+                      f"modified ({type(err).__name__}).", stacklevel=5)
+        return False
+
+
 def _embedding_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The embedding tables of a transformers model under their parameter paths: the adapted ones
     if an adapter targets an embedding (as peft), otherwise the input and output tables."""
@@ -189,7 +227,7 @@ def get_peft_model_state_dict(
     model: "PeftModel",
     state_dict: Optional[dict[str, torch.Tensor]] = None,
     adapter_name: str = "default",
-    save_embedding_layers: bool = False,
+    save_embedding_layers: Union[bool, str] = False,
     **_: Any,
 ) -> dict[str, torch.Tensor]:
     """The adapter's tensors under their checkpoint keys (as ``peft.get_peft_model_state_dict``).
@@ -211,9 +249,14 @@ def get_peft_model_state_dict(
     # tied layers' factors, under their own keys as peft writes them (its loader expects them)
     live.update(tied_adapter_tensors(base, adapter_name, key_prefix(config)))
     live.update(model_level_tensors(model, adapter_name))
-    if save_embedding_layers is True:
+    if _saves_embeddings(model, adapter_name, save_embedding_layers):
         prefix = key_prefix(model.peft_config[adapter_name])
-        live.update({prefix + k: p for k, p in _embedding_parameters(model.get_base_model()).items()})
+        tables = _embedding_parameters(model.get_base_model())
+        if not tables:  # peft's sentence (its tests match it), then what was looked for
+            warnings.warn("Could not identify embedding layer(s) because the model is not a 🤗 transformers model. "
+                          "(peftkit looks for get_input_embeddings() / get_output_embeddings(); no table was saved.)",
+                          stacklevel=3)
+        live.update({prefix + k: p for k, p in tables.items()})
     if state_dict is None:
         return {k: p.detach() for k, p in live.items()}
     names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -37,14 +37,15 @@ class SaveLoadMixin:
         safe_serialization: bool = True,
         selected_adapters: Optional[list[str]] = None,
         is_main_process: bool = True,
-        save_embedding_layers: bool = False,
+        save_embedding_layers: Union[bool, str] = False,
         path_initial_model_for_weight_conversion: Optional[str | os.PathLike] = None,
         state_dict: Optional[dict[str, torch.Tensor]] = None,
         **_: Any,
     ) -> None:
         """Write each adapter as ``adapter_config.json`` + ``adapter_model.safetensors``: the
         ``"default"`` adapter in ``save_directory``, others in ``save_directory/<name>/``.
-        ``save_embedding_layers=True`` also writes the embedding tables (after a vocabulary resize).
+        ``save_embedding_layers=True`` also writes the embedding tables (after a vocabulary resize);
+        ``"auto"`` decides as peft does (an adapted ``embed_tokens``/``lm_head``, or a resized vocabulary).
         ``state_dict`` (e.g. gathered by DeepSpeed, keyed by this model's parameter names) supplies
         the values to write.
 

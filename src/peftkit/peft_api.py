@@ -80,7 +80,8 @@ def get_peft_model_state_dict(
     ``model`` is a PeftModel (keys ``base_model.model.<path>.lora_A.weight``) or a module with
     injected adapters (keys ``<path>.lora_A.weight``). ``state_dict`` (e.g. gathered by DeepSpeed,
     keyed by ``model``'s own parameter names) supplies the values. Unlike peft, embedding tables are
-    written only with ``save_embedding_layers=True`` (``"auto"`` means peftkit's default, False).
+    written only with ``save_embedding_layers=True`` or ``"auto"`` (peft's default: when an
+    ``embed_tokens``/``lm_head`` module is adapted or the vocabulary was resized).
 
     Example:
         >>> sd = pk.get_peft_model_state_dict(unet)        # doctest: +SKIP
@@ -88,7 +89,7 @@ def get_peft_model_state_dict(
         'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight'
     """
     model = _unwrapped(model, unwrap_compiled)
-    embeddings = save_embedding_layers is True
+    embeddings = save_embedding_layers
     if isinstance(model, PeftModel):
         return checkpoint.get_peft_model_state_dict(model, state_dict, adapter_name, save_embedding_layers=embeddings)
     view = _view(model)
