@@ -172,6 +172,26 @@ def test_base_model_state_dict_round_trip_under_original_keys():
     assert torch.equal(model.base_model.model[0].get_delta_weight("default"), model.base_model.model[0].delta_weight("default"))
 
 
+def test_base_model_state_dict_through_nested_wrappers():
+    """LoRA on nn.MultiheadAttention holds a second LoRA layer on its out_proj: both steps go."""
+    import torch.nn as nn
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha, self.lin0 = nn.MultiheadAttention(8, 2), nn.Linear(8, 2)
+
+    original = Attention()
+    expected = {k: v.clone() for k, v in original.state_dict().items()}
+    model = pk.get_peft_model(original, pk.LoraConfig(target_modules=["mha", "lin0"]))
+    got = pk.get_base_model_state_dict(model)
+    assert set(got) == set(expected) == set(peft.get_base_model_state_dict(
+        peft.get_peft_model(Attention(), peft.LoraConfig(target_modules=["mha", "lin0"]))))
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    pk.set_base_model_state_dict(model, {k: torch.zeros_like(v) for k, v in expected.items()})
+    assert not model.base_model.model.mha.base_layer.out_proj.base_layer.weight.any()
+
+
 def test_only_one_adapter_may_train_the_base_biases():
     """peft's rule and words: the base biases would be shared by two adapters with bias != 'none'."""
     import torch.nn as nn

@@ -185,15 +185,32 @@ def get_base_model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     base, wrappers = _wrapper_paths(model)
     result = {}
     for key, value in base.state_dict().items():
-        owner = _owning_wrapper(key, wrappers)
-        if owner is None:
-            result[key] = value
-            continue
-        rest = key[len(owner) + 1:]
-        inner = wrappers[owner]._wrapped_attr + "."
-        if rest.startswith(inner):  # the wrapped module's own tensors; anything else is an adapter's
-            result[f"{owner}.{rest[len(inner):]}"] = value
+        original = _key_without_wrappers(key, wrappers)
+        if original is not None:
+            result[original] = value
     return result
+
+
+def _key_without_wrappers(key: str, wrappers: dict[str, Any]) -> Optional[str]:
+    """``key`` with every wrapper's ``base_layer`` / ``original_module`` step removed, deepest
+    wrapper first (LoRA on attention holds a LoRA layer on its out_proj); None for an adapter's own
+    tensor (``lora_A``, a saved module's trained copy)."""
+    for path, wrapper in wrappers.items():  # deepest first
+        if key.startswith(path + "."):
+            rest, inner = key[len(path) + 1:], wrapper._wrapped_attr + "."
+            if not rest.startswith(inner):
+                return None
+            key = f"{path}.{rest[len(inner):]}"
+    return key
+
+
+def _key_with_wrappers(key: str, wrappers: dict[str, Any]) -> str:
+    """The inverse of :func:`_key_without_wrappers`: the step into each wrapper on the way, the
+    outermost first."""
+    for path, wrapper in reversed(wrappers.items()):  # shallowest first
+        if key.startswith(path + "."):
+            key = f"{path}.{wrapper._wrapped_attr}.{key[len(path) + 1:]}"
+    return key
 
 
 def set_base_model_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True) -> Any:
@@ -205,10 +222,7 @@ def set_base_model_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
         >>> pk.set_base_model_state_dict(peft_model, original_model.state_dict())   # doctest: +SKIP
     """
     base, wrappers = _wrapper_paths(model)
-    translated = {}
-    for key, value in state_dict.items():
-        owner = _owning_wrapper(key, wrappers)
-        translated[key if owner is None else f"{owner}.{wrappers[owner]._wrapped_attr}.{key[len(owner) + 1:]}"] = value
+    translated = {_key_with_wrappers(key, wrappers): value for key, value in state_dict.items()}
     expected = set(get_base_model_state_dict(model))
     missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
     if strict and (missing or unexpected):
@@ -234,9 +248,6 @@ def _wrapper_paths(model: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
     found = {key: m for key, m in base.named_modules() if isinstance(m, (AdapterLayer, ModulesToSaveWrapper)) and key}
     return base, dict(sorted(found.items(), key=lambda item: -len(item[0])))
 
-
-def _owning_wrapper(key: str, wrappers: dict[str, Any]) -> Optional[str]:
-    return next((path for path in wrappers if key.startswith(path + ".")), None)
 
 
 def _unwrapped(model: nn.Module, unwrap_compiled: bool) -> nn.Module:

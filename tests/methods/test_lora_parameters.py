@@ -240,3 +240,10 @@ def test_one_side_matching_nothing_warns_and_adapts_the_other():
     with pytest.raises(TargetError, match="matched no module.*matched no parameter either"):
         pk.get_peft_model(base, pk.LoraConfig(target_modules=["nothing"], target_parameters=["experts.nothing"]))
     assert not any(isinstance(m, pk.AdapterLayer) for m in base.modules())
+
+
+def test_merging_again_warns_as_peft():
+    model = pk.get_peft_model(mixtral(), pk.LoraConfig(target_modules=[], target_parameters=EXPERTS))
+    model.merge_adapter()
+    with pytest.warns(UserWarning, match="All adapters are already merged, nothing to do"):
+        model.merge_adapter()

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import AdapterError
-from ..layers import BASE_ADAPTER
+from ..layers import BASE_ADAPTER, warn_if_merged_already
 
 
 @contextmanager
@@ -76,11 +76,13 @@ class WeightMergeMixin:
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         names = self.active_adapters if adapter_names is None else list(adapter_names)
+        warn_if_merged_already(self, names)
         weight = self.base_weight()
         for name in [n for n in names if n in self.adapter_names and n not in self.merged_adapters]:
             delta = self.lowrank_weight(name).to(weight.dtype)
             if safe_merge and not torch.isfinite(weight.data + delta).all():
-                raise AdapterError(f"merging adapter {name!r} gives NaN/inf weights; the base layer was left as it was")
+                raise AdapterError(f"NaNs detected in the merged weights. The adapter {name!r} seems to be broken: "
+                                   "merging it gives NaN/inf weights; the base layer was left as it was")
             weight.data += delta
             self.merged_adapters.append(name)
 
