@@ -539,3 +539,13 @@ def test_layer_selection_errors_carry_peft_sentences_and_the_fix():
     assert "put the layer index in the regex" in str(info.value)
     with pytest.raises(ConfigError, match="When `layers_pattern` is specified, `layers_to_transform` must also be"):
         LoraConfig(target_modules=["q"], layers_pattern="layers")
+
+
+def test_values_of_the_wrong_type_are_also_a_type_error():
+    """peft raises TypeError for some wrongly typed values; a ConfigTypeError is both kinds."""
+    with pytest.raises(TypeError, match="`target_parameters` must be a list of strings or None") as caught:
+        pk.LoraConfig(target_parameters="linear.weight")
+    assert isinstance(caught.value, pk.ConfigError)
+    with pytest.raises(pk.ConfigError) as caught:  # a bad value, not a bad type: a ValueError only
+        pk.LoraConfig(r=-1)
+    assert not isinstance(caught.value, TypeError)

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Optional, Union
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from .dataclass_view import dataclass_fields
-from .errors import AdapterNotFoundError, ConfigError, CorruptFileError, NotAConfigError, UnknownFieldError
+from .errors import AdapterNotFoundError, ConfigError, ConfigTypeError, CorruptFileError, NotAConfigError, UnknownFieldError
 from .names import child_path, short_repr
 from .untrusted import read_json
 
@@ -143,9 +143,10 @@ class PeftConfig(BaseModel):
             problems = self.check()
         except ValidationError as e:
             problems = _problems(type(self).__name__, e, list(type(self).model_fields))
-            unknown = any(err["type"] == "extra_forbidden" for err in e.errors())
-            raise (UnknownFieldError if unknown else ConfigError)(
-                title, problems + self._cross_field_problems(data, problems)) from None
+            kinds = [err["type"] for err in e.errors()]
+            error = (UnknownFieldError if "extra_forbidden" in kinds
+                     else ConfigTypeError if all(kind.endswith("_type") for kind in kinds) else ConfigError)
+            raise error(title, problems + self._cross_field_problems(data, problems)) from None
         except (TypeError, AttributeError, KeyError, IndexError, OverflowError) as e:
             # a validator (a plugin's, say) that met a value of a shape it did not expect: still a
             # config problem, reported as one (the values may come from a file someone else wrote)

@@ -22,6 +22,11 @@ class UnknownFieldError(ConfigError, TypeError):
     Python (and ``peft``'s dataclass configs) raise for an unexpected keyword argument."""
 
 
+class ConfigTypeError(ConfigError, TypeError):
+    """Config values of the wrong type (a string where a list belongs, say). Also a ``TypeError``,
+    which ``peft`` raises for some of them."""
+
+
 class NotAConfigError(ConfigError, TypeError):
     """A file read as an adapter config is not one (no ``peft_type``). Also a ``TypeError``, as
     ``peft`` raises for it."""

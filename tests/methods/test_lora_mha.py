@@ -132,3 +132,16 @@ def test_biases_saved_with_bias_all_load_into_a_model_made_with_the_default():
     target = pk.get_peft_model(Net().eval(), pk.LoraConfig(target_modules=["mha", "lin0"]))
     pk.set_peft_model_state_dict(target, pk.get_peft_model_state_dict(source))
     torch.testing.assert_close(run(target), run(source))
+
+
+def test_attention_attributes_read_through_as_in_peft():
+    """Code that inspects the attention (embed_dim, head_dim, out_proj, ...) sees the module's own
+    values; out_proj is the original projection, as in peft (its LoRA layer: out_proj_layer)."""
+    net = Net()
+    original_out = net.mha.out_proj
+    model = pk.get_peft_model(net, pk.LoraConfig(target_modules=["mha"]))
+    layer = model.base_model.model.mha
+    assert layer.out_proj is original_out
+    assert isinstance(layer.out_proj_layer, pk.AdapterLayer) and layer.out_proj_layer.get_base_layer() is original_out
+    for name in ("embed_dim", "kdim", "vdim", "num_heads", "head_dim", "batch_first", "dropout", "_qkv_same_embed_dim"):
+        assert getattr(layer, name) == getattr(Net().mha, name), name

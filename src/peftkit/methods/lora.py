@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 
 import torch.nn as nn
 from pydantic import field_validator
+from pydantic_core import PydanticCustomError
 
 from ..config import ANY_VALUE, PeftConfig, TargetedConfig, finite_number, mapping_values, PeftType
 from ..quantized.layers import quantized_factories
@@ -94,6 +95,14 @@ class LoraConfig(TargetedConfig):
             if low in ("gaussian", "pissa", "olora") or re.fullmatch(r"pissa_niter_\d+", low):
                 return low
         raise ValueError("must be True, False, 'gaussian', 'pissa', 'pissa_niter_<n>' or 'olora'")
+
+    @field_validator("target_parameters", mode="before")
+    @classmethod
+    def _parameter_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # an easy slip, since target_modules takes a string: peft's words, then ours
+            raise PydanticCustomError("list_type", "`target_parameters` must be a list of strings or None; for one "
+                                                   "parameter, put it in a list")
+        return value
 
     @field_validator("alpha_pattern", mode="before")
     @classmethod

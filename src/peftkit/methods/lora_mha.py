@@ -51,9 +51,15 @@ class LoraMultiheadAttention(WeightMergeMixin, LoraLayer):
         super().__init__(base_layer, adapter_name, config, key)
 
     @property
-    def out_proj(self) -> LoraLinear:
-        """The adapted output projection."""
+    def out_proj_layer(self) -> LoraLinear:
+        """The LoRA layer on the output projection (its adapters are this layer's)."""
         return self.base_layer.out_proj
+
+    @property
+    def out_proj(self) -> nn.Module:
+        """The attention's own output projection, as the module reads it before adaptation (peft's
+        meaning: code that inspects ``mha.out_proj`` sees the original ``nn.Linear``)."""
+        return self.base_layer.out_proj.get_base_layer()
 
     # ------------------------------------------------------------------ the in_proj weight
     def base_weight(self) -> torch.Tensor:
@@ -86,16 +92,16 @@ class LoraMultiheadAttention(WeightMergeMixin, LoraLayer):
 
     def adapter_parameters(self, adapter_name: str):
         yield from super().adapter_parameters(adapter_name)
-        for path, p in self.out_proj.adapter_parameters(adapter_name):
+        for path, p in self.out_proj_layer.adapter_parameters(adapter_name):
             yield OUT_PROJ + path, p
 
     def set_adapter(self, adapter_names: str | list[str], trainable: bool = True) -> None:
-        self.out_proj.set_adapter(adapter_names, trainable)
+        self.out_proj_layer.set_adapter(adapter_names, trainable)
         super().set_adapter(adapter_names, trainable)  # last: this layer's parameters include out_proj's
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
-        self.out_proj.delete_adapter(adapter_name)
+        self.out_proj_layer.delete_adapter(adapter_name)
 
     def release_base_layer(self) -> nn.Module:
         out = self.base_layer.out_proj
@@ -111,7 +117,7 @@ class LoraMultiheadAttention(WeightMergeMixin, LoraLayer):
         names = self.adapters_to_apply(f"LoRA on attention ({self.key!r})")
         if not names:
             return self.base_layer(query, *args, **kwargs)
-        in_w, out = self.base_weight(), self.out_proj
+        in_w, out = self.base_weight(), self.out_proj_layer
         out_w = out.base_layer.weight
         for name in names:
             in_w = in_w + self.lowrank_weight(name).to(in_w.dtype)
@@ -122,14 +128,15 @@ class LoraMultiheadAttention(WeightMergeMixin, LoraLayer):
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         names = self.active_adapters if adapter_names is None else list(adapter_names)
         todo = [n for n in names if n in self.adapter_names and n not in self.merged_adapters]
-        if safe_merge and not all(self.out_proj.merge_is_finite(n) for n in todo):
-            raise AdapterError(f"merging {todo} into {self.key!r}.out_proj gives NaN/inf weights; nothing was merged")
+        if safe_merge and not all(self.out_proj_layer.merge_is_finite(n) for n in todo):
+            raise AdapterError(f"NaNs detected in the merged weights. The adapter(s) {todo} seem to be broken: merging "
+                               f"them into {self.key!r}.out_proj gives NaN/inf weights; nothing was merged")
         super().merge(todo, safe_merge)
-        self.out_proj.merge(todo)
+        self.out_proj_layer.merge(todo)
 
     def unmerge(self) -> None:
         super().unmerge()
-        self.out_proj.unmerge()
+        self.out_proj_layer.unmerge()
 
     def merge_is_finite(self, adapter_name: str) -> bool:
-        return super().merge_is_finite(adapter_name) and self.out_proj.merge_is_finite(adapter_name)
+        return super().merge_is_finite(adapter_name) and self.out_proj_layer.merge_is_finite(adapter_name)
