@@ -24,6 +24,7 @@ import peftkit as pk
 from peftkit import LoraConfig, TargetError
 from peftkit.targets import (
     DEFAULT_TARGETS,
+    check_target_module_exists,
     find_targets,
     is_target,
     layer_index,
@@ -578,3 +579,22 @@ def test_include_all_linear_layers_expands_in_place_like_peft():
     assert "lm_head" not in config.target_modules
     names = LoraConfig(target_modules=["q_proj"])
     assert include_all_linear_layers(names, tiny_llama()).target_modules == ["q_proj"]
+
+
+@pytest.mark.parametrize("layers_pattern", ["", []])
+def test_empty_layers_pattern_means_no_pattern_as_in_peft(layers_pattern):
+    config = LoraConfig(target_modules=["baz"], layers_to_transform=[1], layers_pattern=layers_pattern)
+    assert check_target_module_exists(config, "foo.whatever.1.baz")
+    assert not check_target_module_exists(config.model_copy(update={"layers_to_transform": [0]}),
+                                                     "foo.whatever.1.baz")
+    theirs = peft.LoraConfig(target_modules=["baz"], layers_to_transform=[1], layers_pattern=layers_pattern)
+    assert bool(peft.tuners.tuners_utils.check_target_module_exists(theirs, "foo.whatever.1.baz"))
+
+
+def test_targeted_module_names_once_each_in_the_order_adapters_added_them():
+    ours = pk.get_peft_model(ThreeLayers(), LoraConfig(target_modules=["lin1"]))
+    ours.add_adapter("other", LoraConfig(target_modules=["lin0", "lin1"]))
+    theirs = peft.get_peft_model(ThreeLayers(), peft.LoraConfig(target_modules=["lin1"]))
+    theirs.add_adapter("other", peft.LoraConfig(target_modules=["lin0", "lin1"]))
+    assert ours.targeted_module_names == ours.base_model.targeted_module_names == ["lin1", "lin0"]
+    assert theirs.base_model.targeted_module_names == ["lin1", "lin0"]

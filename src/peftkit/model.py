@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 _TUNER_API = frozenset({
     "set_adapter", "active_adapter", "active_adapters", "peft_config", "prefix", "delete_adapter",
     "disable_adapter_layers", "enable_adapter_layers", "merge_adapter", "unmerge_adapter",
-    "merge_and_unload", "unload", "add_weighted_adapter",
+    "merge_and_unload", "unload", "add_weighted_adapter", "targeted_module_names",
 })
 
 
@@ -193,8 +193,16 @@ class PeftModel(AdapterManagementMixin, RunningMixin, MergeMixin, SaveLoadMixin,
 
     @property
     def targeted_module_names(self) -> list[str]:
-        """Paths (in the user's model) of the modules the adapters wrap (peft's tuner attribute)."""
-        return [key for key, module in self._adapter_modules() if isinstance(module, AdapterLayer)]
+        """Paths (in the user's model) of the modules the adapters wrap, each once (peft's tuner
+        attribute, also on ``base_model``): the first adapter's modules in model order, then the
+        modules each later adapter added, in the order the adapters were added."""
+        layers = [(key, module) for key, module in self._adapter_modules() if isinstance(module, AdapterLayer)]
+        names: dict[str, None] = {}
+        for adapter in [*self.peft_config, None]:  # None: any layer left (an adapter without a config)
+            for key, module in layers:
+                if key not in names and (adapter is None or adapter in module.adapter_names):
+                    names[key] = None
+        return list(names)
 
     @property
     def prefix(self) -> str:

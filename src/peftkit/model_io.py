@@ -189,7 +189,7 @@ class SaveLoadMixin:
         """
         check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
-            raise AdapterError(f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first")
+            raise AdapterError(f"Adapter with name '{adapter_name}' already exists. Pick another name, or delete_adapter() it first")
         config = PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
         config.inference_mode = not is_trainable
         path = checkpoint.adapter_weights_path(model_id, subfolder=subfolder, revision=revision)

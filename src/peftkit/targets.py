@@ -105,7 +105,8 @@ def name_matches(key: str, names: str | list[str]) -> bool:
 
 def layer_index(key: str, layers_pattern: Optional[str | list[str]]) -> Optional[int]:
     """Index of the block a module lives in, e.g. 3 for ``model.layers.3.mlp.up_proj``."""
-    patterns = [layers_pattern] if isinstance(layers_pattern, str) else (layers_pattern or [])
+    # an empty layers_pattern ("" or []) means no pattern, as in peft: the first numbered segment
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) and layers_pattern else (layers_pattern or [])
     if not patterns:
         # the first numbered segment, so experts inside a block ("experts.0") are not mistaken for it
         m = re.match(r".*?\.[^.]*\.(\d+)\.", key)
