@@ -272,3 +272,33 @@ def test_disable_adapter_is_reentrant_and_restores_what_was_before():
     with model.disable_adapter():
         pass
     assert layer.disable_adapters  # switched off before the context: still off after it
+
+
+def test_get_model_config_as_peft_base_tuner():
+    """``peft_model.base_model`` answers ``get_model_config`` as peft's ``BaseTuner`` does, also
+    called on the class with any model."""
+    import dataclasses
+
+    from peft.tuners.tuners_utils import BaseTuner
+
+    from peftkit.model import DUMMY_MODEL_CONFIG, BaseModelHolder
+
+    @dataclasses.dataclass
+    class DataConfig:
+        key: str = "value"
+
+    class WithConfig(nn.Module):
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+
+    for model in (WithConfig({"key": "value"}), WithConfig(DataConfig()), nn.Linear(2, 2)):
+        assert BaseModelHolder.get_model_config(model) == BaseTuner.get_model_config(model)
+    llama = tiny_llama()
+    assert BaseModelHolder.get_model_config(llama) == llama.config.to_dict()
+    dummy = BaseModelHolder.get_model_config(nn.Linear(2, 2))
+    dummy["model_type"] = "changed"  # a copy: the constant stays
+    assert DUMMY_MODEL_CONFIG == {"model_type": "custom"}
+    wrapped = pk.get_peft_model(LINEAR.model(), lora())
+    assert isinstance(wrapped.base_model, BaseModelHolder)
+    assert wrapped.base_model.get_model_config(llama)["model_type"] == "llama"

@@ -31,9 +31,31 @@ def test_a_model_without_config_gets_no_base_model_and_a_user_card_stays(tmp_pat
     assert "base_model" not in _card(tmp_path / "a")
     assert _card(tmp_path / "a")["tags"] == ["peftkit", "ia3"]
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "README.md").write_text("my own card")
+    (tmp_path / "b" / "README.md").write_text("---\nmeta: hello\ntags:\n- mine\n---\nmy own card\n")
     model.save_pretrained(tmp_path / "b")
-    assert (tmp_path / "b" / "README.md").read_text() == "my own card"
+    card = _card(tmp_path / "b")  # as peft: the user's text and metadata kept, peft's metadata added
+    assert card["meta"] == "hello" and card["library_name"] == "peft" and card["tags"] == ["mine", "peftkit", "ia3"]
+    assert "my own card" in (tmp_path / "b" / "README.md").read_text()
+    model.save_pretrained(tmp_path / "b")  # saving again changes nothing
+    assert _card(tmp_path / "b") == card
+    assert (tmp_path / "b" / "README.md").read_text().count("- peftkit ") == 1
+
+
+def test_a_new_card_is_huggingface_hubs_template_as_peft_writes_it(tmp_path):
+    import peft
+
+    bases = [tiny_llama(), tiny_llama()]
+    for base in bases:
+        base.name_or_path = base.config._name_or_path = "org/tiny-llama"
+    pk.get_peft_model(bases[0], pk.LoraConfig(target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(tmp_path / "ours")
+    peft.get_peft_model(bases[1], peft.LoraConfig(target_modules=["q_proj"], task_type="CAUSAL_LM")).save_pretrained(
+        tmp_path / "theirs")
+    ours, theirs = _card(tmp_path / "ours"), _card(tmp_path / "theirs")
+    keys = ("library_name", "pipeline_tag", "base_model")
+    assert {k: ours[k] for k in keys} == {k: theirs[k] for k in keys}
+    assert set(theirs["tags"]) <= set(ours["tags"]) == {*theirs["tags"], "peftkit"}
+    ours_text = (tmp_path / "ours" / "README.md").read_text()
+    assert "# Model Card for Model ID" in ours_text and "### Framework versions" in ours_text
 
 
 def test_peft_type_reads_as_its_value_and_active_peft_config():

@@ -24,6 +24,7 @@ import peftkit as pk
 from peftkit import LoraConfig, TargetError
 from peftkit.targets import (
     DEFAULT_TARGETS,
+    check_target_module_exists,
     find_targets,
     is_target,
     layer_index,
@@ -189,9 +190,10 @@ def test_exclude_modules_as_list():
 
 
 def test_exclude_modules_list_uses_name_rules():
-    # "proj" is not a word of "q_proj": excluding it removes nothing
+    # "proj" is not a word of "q_proj": excluding it removes nothing (and says so, as peft does)
     cfg = LoraConfig(target_modules=["q_proj"], exclude_modules=["proj"])
-    assert len(find_targets(llama4(), cfg)) == 4
+    with pytest.warns(pk.PeftWarning, match="no modules were excluded"):
+        assert len(find_targets(llama4(), cfg)) == 4
     cfg = LoraConfig(target_modules=["q_proj"], exclude_modules=["model.layers.2.self_attn.q_proj"])
     assert find_targets(llama4(), cfg) == [_proj_key(i, "q_proj") for i in (0, 1, 3)]
 
@@ -505,3 +507,94 @@ def test_pattern_keys_that_select_no_adapted_module_warn():
     assert len(messages) == 2
     assert messages[0].startswith("The following alpha_pattern keys did not match any targeted module and were ignored: ['typo']")
     assert messages[1].startswith("The following rank_pattern keys did not match any targeted module and were ignored: ['v_prj']")
+
+
+# ---------------------------------------------------------------------------------------------
+# nothing adapted: peft's NoMatchingPeftModuleError and sentence per case, compared with peft
+
+
+class ThreeLayers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin0 = nn.Linear(4, 4)
+        self.relu = nn.ReLU()
+        self.lin1 = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.lin1(self.relu(self.lin0(x)))
+
+
+NO_MATCH_CASES = {
+    "unmatched": (dict(target_modules=["nope"]), "Target modules .* not found in the base model"),
+    "all_excluded": (dict(target_modules=["lin0", "lin1", "relu"], exclude_modules=["lin0", "lin1", "relu"]),
+                     "All modules were excluded"),
+    "excluded_and_unmatched": (dict(target_modules=["lin0", "nope"], exclude_modules=["lin0"]),
+                               "No modules were targeted for adaptation"),
+    "only_modules_to_save": (dict(target_modules=["lin0"], modules_to_save=["lin0"]),
+                             "No modules were targeted for adaptation"),
+}
+
+
+@pytest.mark.parametrize("case", list(NO_MATCH_CASES))
+def test_nothing_adapted_raises_peft_error_and_sentence(case):
+    kwargs, sentence = NO_MATCH_CASES[case]
+    with pytest.raises(pk.NoMatchingPeftModuleError, match=sentence) as ours:
+        pk.get_peft_model(ThreeLayers(), LoraConfig(**kwargs))
+    assert isinstance(ours.value, TargetError) and isinstance(ours.value, ValueError)
+    assert "Its leaf module names include: lin0, lin1, relu" in str(ours.value)  # peftkit's detail follows
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(peft.NoMatchingPeftModuleError, match=sentence):
+            peft.get_peft_model(ThreeLayers(), peft.LoraConfig(**kwargs))
+
+
+def test_second_adapter_matching_nothing_raises_and_leaves_the_first():
+    model = pk.get_peft_model(ThreeLayers(), LoraConfig(target_modules=["lin0"]))
+    with pytest.raises(pk.NoMatchingPeftModuleError, match="No modules were targeted for adaptation"):
+        model.add_adapter("other", LoraConfig(target_modules=["nope"], modules_to_save=["lin1"]))
+    assert list(model.peft_config) == ["default"]
+    assert not isinstance(model.get_base_model().lin1, pk.ModulesToSaveWrapper)
+
+
+def test_exclude_modules_that_exclude_nothing_warn_as_peft():
+    sentence = r"You have passed exclude_modules=.* but no modules were excluded"
+    with pytest.warns(UserWarning, match=sentence):
+        pk.get_peft_model(ThreeLayers(), LoraConfig(target_modules=["lin1"], exclude_modules=["nope"]))
+    with pytest.warns(UserWarning, match=sentence):
+        peft.get_peft_model(ThreeLayers(), peft.LoraConfig(target_modules=["lin1"], exclude_modules=["nope"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an exclusion that removes a module stays silent
+        pk.get_peft_model(ThreeLayers(), LoraConfig(target_modules=["lin0", "lin1"], exclude_modules=["lin0"]))
+
+
+def test_include_all_linear_layers_expands_in_place_like_peft():
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+    from peftkit.targets import include_all_linear_layers
+
+    config = LoraConfig(target_modules="ALL-LINEAR")
+    assert include_all_linear_layers(config, tiny_llama()) is config
+    theirs = _maybe_include_all_linear_layers(peft.LoraConfig(target_modules="all-linear"), tiny_llama())
+    assert set(config.target_modules) == set(theirs.target_modules)
+    assert "lm_head" not in config.target_modules
+    names = LoraConfig(target_modules=["q_proj"])
+    assert include_all_linear_layers(names, tiny_llama()).target_modules == ["q_proj"]
+
+
+@pytest.mark.parametrize("layers_pattern", ["", []])
+def test_empty_layers_pattern_means_no_pattern_as_in_peft(layers_pattern):
+    config = LoraConfig(target_modules=["baz"], layers_to_transform=[1], layers_pattern=layers_pattern)
+    assert check_target_module_exists(config, "foo.whatever.1.baz")
+    assert not check_target_module_exists(config.model_copy(update={"layers_to_transform": [0]}),
+                                                     "foo.whatever.1.baz")
+    theirs = peft.LoraConfig(target_modules=["baz"], layers_to_transform=[1], layers_pattern=layers_pattern)
+    assert bool(peft.tuners.tuners_utils.check_target_module_exists(theirs, "foo.whatever.1.baz"))
+
+
+def test_targeted_module_names_once_each_in_the_order_adapters_added_them():
+    ours = pk.get_peft_model(ThreeLayers(), LoraConfig(target_modules=["lin1"]))
+    ours.add_adapter("other", LoraConfig(target_modules=["lin0", "lin1"]))
+    theirs = peft.get_peft_model(ThreeLayers(), peft.LoraConfig(target_modules=["lin1"]))
+    theirs.add_adapter("other", peft.LoraConfig(target_modules=["lin0", "lin1"]))
+    assert ours.targeted_module_names == ours.base_model.targeted_module_names == ["lin1", "lin0"]
+    assert theirs.base_model.targeted_module_names == ["lin1", "lin0"]

@@ -36,6 +36,19 @@ class TargetError(PeftkitError, ValueError):
     """The adapter's targets do not fit the model (nothing matched, unsupported layer type, ...)."""
 
 
+class NoMatchingPeftModuleError(TargetError):
+    """An adapter's ``target_modules`` selected no module of the model (every module unmatched,
+    excluded by ``exclude_modules``, or trained in full as ``modules_to_save``). ``peft``'s name; a
+    ``ValueError`` and a :class:`TargetError`, so code catching either keeps working.
+
+    Example:
+        >>> try:  # doctest: +SKIP
+        ...     get_peft_model(model, LoraConfig(target_modules=["no_such_module"]))
+        ... except NoMatchingPeftModuleError as err:
+        ...     print(err)
+    """
+
+
 class AdapterError(PeftkitError, ValueError):
     """An adapter name is unknown, duplicated or used where it cannot be."""
 

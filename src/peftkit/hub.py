@@ -14,21 +14,42 @@ from typing import Callable, Optional, Union
 README_NAME = "README.md"
 
 
-def model_card(base_model: Optional[str], tags: list[str]) -> str:
-    """A minimal model card: the metadata the Hub uses to show the adapter as a ``peft`` one
-    (loadable with ``peft`` and peftkit) over its base model.
+def model_card(base_model: Optional[str], tags: list[str], existing: Optional[str] = None,
+               pipeline_tag: Optional[str] = None) -> str:
+    """The ``README.md`` of a saved adapter, as ``peft`` writes it: huggingface_hub's model card
+    template (or ``existing``, a card already in the folder, whose text is kept) with the metadata
+    the Hub uses to show the adapter as a ``peft`` one: ``library_name: peft``, the base model, the
+    tags (``peftkit`` and the methods, plus any the card had), the pipeline tag when it is known,
+    and the library that wrote it under "Framework versions".
 
     Example:
-        >>> print(model_card("HuggingFaceTB/SmolLM2-135M-Instruct", ["lora"]).splitlines()[1])
-        library_name: peft
+        >>> card = model_card("HuggingFaceTB/SmolLM2-135M-Instruct", ["lora"])
+        >>> "library_name: peft" in card and "- peftkit" in card
+        True
     """
-    lines = ["---", "library_name: peft"]
-    if base_model and not os.path.isdir(base_model):  # a local path means nothing on the Hub
-        lines.append(f"base_model: {base_model}")
-    lines += ["tags:", *(f"- {tag}" for tag in ["peftkit", *tags])]
-    lines += ["---", "", "# Adapter", "", "Written by peftkit in peft's format: load it with",
-              "`PeftModel.from_pretrained(base_model, repo_id)` from `peftkit` or `peft`.", ""]
-    return "\n".join(lines)
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from . import __version__
+
+    card = ModelCard(existing) if existing is not None else ModelCard.from_template(ModelCardData())
+    card.data["library_name"] = "peft"
+    hub_base = base_model if base_model and not os.path.isdir(base_model) else None  # a local path means nothing there
+    if hub_base:
+        card.data["base_model"] = hub_base
+        tags = [*tags, f"base_model:adapter:{hub_base}"]  # what the Hub's inference providers look for
+    card.data["tags"] = list(dict.fromkeys([*(card.data.get("tags") or []), "peftkit", *tags]))
+    if pipeline_tag and not card.data.get("pipeline_tag"):
+        card.data["pipeline_tag"] = pipeline_tag
+    lines = card.text.splitlines()
+    written_by = f"- peftkit {__version__} (peft's file format)"
+    if written_by not in lines:
+        heading = "### Framework versions"
+        if heading in lines:
+            lines.insert(lines.index(heading) + 2, written_by)
+        else:
+            lines.append(f"{heading}\n\n{written_by}")
+    card.text = "\n".join(lines)
+    return str(card)
 
 
 def push_folder(

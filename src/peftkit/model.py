@@ -10,6 +10,7 @@ save and load adapters, and route mixed batches.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import types
 import warnings
@@ -41,16 +42,41 @@ if TYPE_CHECKING:
 _TUNER_API = frozenset({
     "set_adapter", "active_adapter", "active_adapters", "peft_config", "prefix", "delete_adapter",
     "disable_adapter_layers", "enable_adapter_layers", "merge_adapter", "unmerge_adapter",
-    "merge_and_unload", "unload", "add_weighted_adapter",
+    "merge_and_unload", "unload", "add_weighted_adapter", "targeted_module_names",
 })
 
 
+# What a model without a ``config`` attribute reports as its config (peft's DUMMY_MODEL_CONFIG).
+DUMMY_MODEL_CONFIG: dict[str, Any] = {"model_type": "custom"}
+
+
 class BaseModelHolder(_ForwardsToBase):
-    """Holds the user's model as ``.model`` (``peft``'s ``base_model.model`` path). peft's tuner
-    API (``base_model.set_adapter(...)``, ``base_model.prefix``...) is answered by the owning
-    PeftModel; other attribute reads it lacks go to the model."""
+    """Holds the user's model as ``.model`` (``peft``'s ``base_model.model`` path): the object
+    ``peft`` calls its tuner (``BaseTuner``). peft's tuner API (``base_model.set_adapter(...)``,
+    ``base_model.prefix``...) is answered by the owning PeftModel; other attribute reads it lacks
+    go to the model."""
 
     _wrapped_attr = "model"
+
+    @staticmethod
+    def get_model_config(model: nn.Module) -> dict[str, Any]:
+        """``model.config`` as a plain dict (``peft``'s ``BaseTuner.get_model_config``): a
+        transformers config through its ``to_dict()``, a dataclass through ``asdict``, a dict as
+        it is; a model without ``config`` gets a new copy of :data:`DUMMY_MODEL_CONFIG`
+        (``{"model_type": "custom"}``), so changing the result never changes the constant.
+
+        Example:
+            >>> BaseModelHolder.get_model_config(nn.Linear(2, 2))
+            {'model_type': 'custom'}
+        """
+        config = getattr(model, "config", None)
+        if config is None:
+            return dict(DUMMY_MODEL_CONFIG)
+        if hasattr(config, "to_dict"):
+            return config.to_dict()
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            return dataclasses.asdict(config)
+        return config
 
     def __init__(self, model: nn.Module, owner: Optional["PeftModel"] = None):
         super().__init__()
@@ -167,8 +193,16 @@ class PeftModel(AdapterManagementMixin, RunningMixin, MergeMixin, SaveLoadMixin,
 
     @property
     def targeted_module_names(self) -> list[str]:
-        """Paths (in the user's model) of the modules the adapters wrap (peft's tuner attribute)."""
-        return [key for key, module in self._adapter_modules() if isinstance(module, AdapterLayer)]
+        """Paths (in the user's model) of the modules the adapters wrap, each once (peft's tuner
+        attribute, also on ``base_model``): the first adapter's modules in model order, then the
+        modules each later adapter added, in the order the adapters were added."""
+        layers = [(key, module) for key, module in self._adapter_modules() if isinstance(module, AdapterLayer)]
+        names: dict[str, None] = {}
+        for adapter in [*self.peft_config, None]:  # None: any layer left (an adapter without a config)
+            for key, module in layers:
+                if key not in names and (adapter is None or adapter in module.adapter_names):
+                    names[key] = None
+        return list(names)
 
     @property
     def prefix(self) -> str:

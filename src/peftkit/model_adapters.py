@@ -62,7 +62,7 @@ class AdapterManagementMixin:
         ``config`` itself. ``init_config`` decides how the new tensors are initialised."""
         check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
-            raise AdapterError(f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first")
+            raise AdapterError(f"Adapter with name '{adapter_name}' already exists. Pick another name, or delete_adapter() it first")
         if not isinstance(config, PeftConfig):
             raise TypeError(f"peft_config must be a peftkit config such as LoraConfig, got {type(config).__name__}")
         spec = method_for_config(config)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -17,7 +18,9 @@ from .hub import README_NAME
 from .names import check_adapter_name, child_path
 from .staging import staged_folder
 from .targets import find_targets
-from .untrusted import allocation_limit
+
+MAX_CARD_BYTES = 10 * 2**20  # a README.md already in the save folder is read up to this size
+from .untrusted import allocation_limit, decode_utf8, read_bytes
 
 if TYPE_CHECKING:
     from .model import PeftModel
@@ -86,20 +89,28 @@ class SaveLoadMixin:
             for folder, config, tensors in outputs:
                 checkpoint.save_adapter_weights(tensors, os.path.join(stage, folder))
                 config.save_pretrained(os.path.join(stage, folder), auto_mapping_dict=self._auto_mapping(config))
-            if not os.path.exists(os.path.join(save_directory, README_NAME)):  # a card the user wrote stays
-                with open(os.path.join(stage, README_NAME), "w", encoding="utf-8") as f:
-                    f.write(self._model_card())
+            existing = os.path.join(save_directory, README_NAME)  # a card already there keeps its text
+            text = decode_utf8(read_bytes(existing, MAX_CARD_BYTES), existing) if os.path.isfile(existing) else None
+            card = self._model_card(existing=text)
+            with open(os.path.join(stage, README_NAME), "w", encoding="utf-8") as f:
+                f.write(card)
 
-    def _model_card(self, tags: Optional[list[str]] = None) -> str:
-        """The ``README.md`` written beside the adapter, as peft writes one: ``library_name: peft``,
-        the base model (its ``config._name_or_path``; none for a model without a config) and the
-        method as a tag (the Hub shows LoRA adapters' inference widgets for the ``lora`` tag)."""
+    def _model_card(self, tags: Optional[list[str]] = None, existing: Optional[str] = None) -> str:
+        """The ``README.md`` written beside the adapter, as peft writes one (huggingface_hub's
+        template, or ``existing`` with its text kept): ``library_name: peft``, the base model (its
+        ``config._name_or_path``; none for a model without a config), the method as a tag (the Hub
+        shows LoRA adapters' inference widgets for the ``lora`` tag), ``text-generation`` for a
+        causal LM."""
         from .hub import model_card
 
         model_config = getattr(self.get_base_model(), "config", None)
         base = model_config.to_dict().get("_name_or_path") if hasattr(model_config, "to_dict") else None
         methods = dict.fromkeys(str(c.peft_type).lower() for c in self.peft_config.values())
-        return model_card(base or None, [*(tags or []), *methods])
+        transformers = sys.modules.get("transformers")
+        if transformers is not None and isinstance(self.get_base_model(), transformers.PreTrainedModel):
+            methods = {"transformers": None, **methods}
+        pipeline = "text-generation" if type(self).__name__ == "PeftModelForCausalLM" else None
+        return model_card(base or None, [*(tags or []), *methods], existing=existing, pipeline_tag=pipeline)
 
     def push_to_hub(
         self,
@@ -190,7 +201,7 @@ class SaveLoadMixin:
         """
         check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
-            raise AdapterError(f"an adapter named {adapter_name!r} already exists; pick another name or delete_adapter() it first")
+            raise AdapterError(f"Adapter with name '{adapter_name}' already exists. Pick another name, or delete_adapter() it first")
         config = PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
         config.inference_mode = not is_trainable
         path = checkpoint.adapter_weights_path(model_id, subfolder=subfolder, revision=revision)

@@ -20,6 +20,10 @@ from .errors import AdapterError
 from .layers import _ForwardsToBase, group_rows
 
 
+# containers: nothing to call, so no copy of them can stand in for the original in a forward
+_CONTAINERS = (nn.ModuleDict, nn.ModuleList, nn.ParameterDict, nn.ParameterList)
+
+
 class ModulesToSaveWrapper(_ForwardsToBase):
     """A module trained in full (e.g. a new classification head): one trainable copy per adapter
     in ``modules_to_save[name]``, the frozen original in ``original_module`` (``peft``'s layout)."""
@@ -27,13 +31,26 @@ class ModulesToSaveWrapper(_ForwardsToBase):
     _wrapped_attr = "original_module"
 
     def __init__(self, module: nn.Module, adapter_name: str):
+        if isinstance(module, _CONTAINERS):
+            raise TypeError(  # peft's sentence (its tests match it), then why and the fix
+                f"modules_to_save cannot be applied to modules of type {type(module)}: a container has no forward "
+                "of its own to compute with a trained copy. Name the modules inside it instead (e.g. 'module.0').")
         super().__init__()
         self.original_module = module
         self.modules_to_save = nn.ModuleDict()
-        self.active_adapter: Optional[str] = None
+        self._active_adapter: Optional[str] = None  # peft's attribute name; read as active_adapter
         self.disabled = False
         self.row_adapters: Optional[list[str]] = None
         self.add_adapter(adapter_name)
+
+    @property
+    def active_adapter(self) -> Optional[str]:
+        """The adapter whose trained copy computes (None: the original does)."""
+        return self.__dict__.get("_active_adapter")
+
+    @active_adapter.setter
+    def active_adapter(self, name: Optional[str]) -> None:
+        self.__dict__["_active_adapter"] = name
 
     @property
     def adapter_names(self) -> list[str]:
@@ -76,10 +93,15 @@ class ModulesToSaveWrapper(_ForwardsToBase):
         except AttributeError:
             if name in ("original_module", "modules_to_save") or name.startswith("__"):
                 raise
+        active, copies = self.__dict__.get("_active_adapter"), self._modules.get("modules_to_save")
+        if active is not None and not self.__dict__.get("disabled") and copies is not None and active not in copies:
+            # a stale selection (set by hand): answering from the original would hide that the copy is gone
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}' (its active adapter "
+                                 f"{active!r} has no copy here; it has {list(copies)})")
         return getattr(self._computing_module(), name)
 
     def _computing_module(self) -> nn.Module:
-        active = self.__dict__.get("active_adapter")
+        active = self.__dict__.get("_active_adapter")
         copies = self._modules.get("modules_to_save")
         if active is None or self.__dict__.get("disabled") or copies is None or active not in copies:
             return self._modules["original_module"]

@@ -9,12 +9,13 @@ ends with ``"." + name``), a regex (full match against the key), or ``"all-linea
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Iterator, Optional
 
 import torch.nn as nn
 
 from .config import TargetedConfig, TaskType
-from .errors import TargetError
+from .errors import NoMatchingPeftModuleError, PeftWarning, TargetError
 
 ALL_LINEAR = "all-linear"
 
@@ -104,7 +105,8 @@ def name_matches(key: str, names: str | list[str]) -> bool:
 
 def layer_index(key: str, layers_pattern: Optional[str | list[str]]) -> Optional[int]:
     """Index of the block a module lives in, e.g. 3 for ``model.layers.3.mlp.up_proj``."""
-    patterns = [layers_pattern] if isinstance(layers_pattern, str) else (layers_pattern or [])
+    # an empty layers_pattern ("" or []) means no pattern, as in peft: the first numbered segment
+    patterns = [layers_pattern] if isinstance(layers_pattern, str) and layers_pattern else (layers_pattern or [])
     if not patterns:
         # the first numbered segment, so experts inside a block ("experts.0") are not mistaken for it
         m = re.match(r".*?\.[^.]*\.(\d+)\.", key)
@@ -172,6 +174,23 @@ def resolve_target_modules(model: nn.Module, config: TargetedConfig) -> Optional
     return targets
 
 
+def include_all_linear_layers(config: TargetedConfig, model: nn.Module) -> TargetedConfig:
+    """``config`` with ``target_modules="all-linear"`` (any case) replaced, in place, by the full
+    paths of ``model``'s linear layers (``nn.Linear``, transformers' ``Conv1D``, and adapter layers
+    around them) other than the output head (and a classifier's head): ``peft``'s
+    ``_maybe_include_all_linear_layers``. Any other ``target_modules`` is left alone. Returns
+    ``config``.
+
+    Example:
+        >>> include_all_linear_layers(LoraConfig(target_modules="all-linear"), model).target_modules  # doctest: +SKIP
+        ['model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.k_proj', ...]
+    """
+    targets = getattr(config, "target_modules", None)
+    if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
+        config.target_modules = resolve_target_modules(model, config)
+    return config
+
+
 def short_target_names(model: nn.Module, config: TargetedConfig, resolved, targets: list[str]):
     """What ``config.target_modules`` stores once ``targets`` (the matched paths) are adapted:
     ``"all-linear"`` and lists of at least 20 names (``peft``'s rule) become the fewest names that
@@ -219,14 +238,19 @@ def modules_to_save_for(config: TargetedConfig) -> list[str]:
     return list(dict.fromkeys([*(config.modules_to_save or []), *heads]))
 
 
+def is_excluded(key: str, config: TargetedConfig) -> bool:
+    """Whether the module named ``key`` is kept from adaptation whatever ``target_modules`` says:
+    ``exclude_modules`` names it, or it is (inside) a module trained in full (``modules_to_save``)."""
+    if config.exclude_modules and name_matches(key, config.exclude_modules):
+        return True
+    # a module that is trained in full (modules_to_save) never also gets an adapter
+    return any(re.match(rf"(^|.*\.){re.escape(name)}($|\..*)", key) for name in modules_to_save_for(config))
+
+
 def is_target(key: str, config: TargetedConfig, targets: str | list[str]) -> bool:
     """Whether the module named ``key`` is adapted under ``config`` (targets already resolved)."""
-    if config.exclude_modules and name_matches(key, config.exclude_modules):
+    if is_excluded(key, config):
         return False
-    # a module that is trained in full (modules_to_save) never also gets an adapter
-    for name in modules_to_save_for(config):
-        if re.match(rf"(^|.*\.){re.escape(name)}($|\..*)", key):
-            return False
     if not name_matches(key, targets):
         return False
     if config.layers_to_transform not in (None, []) and not isinstance(targets, str):  # [] means all, as in peft
@@ -277,7 +301,14 @@ def find_targets(model: nn.Module, config: TargetedConfig) -> list[str]:
     """
     keys = matching_modules(model, config)
     if not keys:
-        raise TargetError(nothing_matched(model, config))
+        raise no_match_error(model, config)
+    if config.exclude_modules and not any(name_matches(key, config.exclude_modules) for key, _ in iter_plain_modules(model)):
+        warnings.warn(  # peft's sentence (its tests match it), then why it matters
+            f"You have passed exclude_modules={config.exclude_modules} but no modules were excluded. Please check "
+            "that exclude_modules was set correctly. (It matches no module path of "
+            f"{type(model).__name__}, so it has no effect: a misspelt name excludes nothing.)",
+            PeftWarning, stacklevel=3,
+        )
     return keys
 
 
@@ -291,6 +322,37 @@ def matching_modules(model: nn.Module, config: TargetedConfig) -> list[str]:
     """
     targets = resolve_target_modules(model, config)
     return [key for key, _ in iter_plain_modules(model) if is_target(key, config, targets)]
+
+
+def no_match_error(model: nn.Module, config: TargetedConfig) -> NoMatchingPeftModuleError:
+    """The error for a config that adapts no module of ``model``, with ``peft``'s sentence for the
+    case (every module excluded; nothing matched ``target_modules``; some matched but were excluded
+    or are ``modules_to_save``), then peftkit's detail: the module names there are to pick.
+
+    Example:
+        >>> str(no_match_error(model, LoraConfig(target_modules=["nope"])))  # doctest: +SKIP
+        "Target modules ['nope'] not found in the base model. Please check the target modules and try again. ..."
+    """
+    keys = [key for key, _ in iter_plain_modules(model)]
+    excluded = any(is_excluded(key, config) for key in keys)
+    unmatched = any(not is_excluded(key, config) for key in keys)  # no key is a target: the rest did not match
+    if excluded and not unmatched:
+        head = ("All modules were excluded. This is likely unintended. Check your `target_modules`, "
+                "`exclude_modules` and `modules_to_save` configuration.")
+    elif not excluded:
+        head = (f"Target modules {config.target_modules} not found in the base model. Please check the target "
+                "modules and try again.")
+    else:
+        head = ("No modules were targeted for adaptation. This might be caused by a combination of mismatched "
+                "target modules and excluded modules. Please check your `target_modules` and `exclude_modules` "
+                "configuration. You may also have only targeted modules that are marked to be saved "
+                "(`modules_to_save`).")
+    if excluded or unmatched:  # peft's notes on the layer filter
+        if config.layers_to_transform is not None:
+            head += f" Note: You specified 'layers_to_transform': {config.layers_to_transform}."
+        if config.layers_pattern is not None:
+            head += f" You also specified 'layers_pattern': {config.layers_pattern}."
+    return NoMatchingPeftModuleError(f"{head}\n{nothing_matched(model, config)}")
 
 
 def nothing_matched(model: nn.Module, config: TargetedConfig) -> str:

@@ -180,3 +180,19 @@ def test_bundled_gguf_model_quantized_in_place():
         optimizer.zero_grad()
         losses.append(float(loss))
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("auto_clear_cache, calls", [(True, 1), (False, 0)])
+def test_prepare_model_for_kbit_training_clears_the_cache_after_casting(monkeypatch, auto_clear_cache, calls):
+    """peft's auto_clear_cache: the half-precision copies the float32 cast left in the caching
+    allocator are handed back (once), unless the caller says not to."""
+    from peftkit import prepare_model_for_kbit_training
+
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4)).to(torch.float16)
+    prepare_model_for_kbit_training(model, use_gradient_checkpointing=False, auto_clear_cache=auto_clear_cache)
+    assert len(emptied) == calls and all(p.dtype == torch.float32 for p in model.parameters())
+    prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # nothing cast: nothing to free
+    assert len(emptied) == calls
