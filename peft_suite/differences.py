@@ -46,6 +46,13 @@ DIFFERENCES: list[tuple[str, str]] = [
     (r"TestLoraInitialization::test_lora_with_bias_argument\[invalid\]$", "an invalid bias value is refused when "
      "the LoraConfig is made (a ConfigError, a ValueError, naming the allowed values); peft accepts the config and "
      "raises NotImplementedError later, in get_peft_model"),
+    (r"TestFindMinimalTargetModules::test_find_minimal_target_modules_not_disjoint_raises\[", "the test matches "
+     "peft's whole sentence, which sends users to peft's issue tracker; peftkit raises the same ValueError for "
+     "overlapping names, naming them, without pointing at another project's tracker"),
+    (r"TestCustomModelConfigWarning::test_warning_name_custom_model", "peft overwrites a base_model_name_or_path "
+     "the user set with model.name_or_path (None for a custom model) and warns; peftkit keeps the user's value "
+     "(peftkit train records the run's model name there, which a snapshot path or None would lose) and fills it "
+     "only when it is empty"),
 ]
 
 

@@ -44,11 +44,11 @@ def test_peft_names_resolve_to_peftkit_objects_and_stand_ins():
 def test_missing_api_fails_when_called():
     done = _run("""
         import peft
-        from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+        from peft.helpers import disable_input_dtype_casting
         try:
-            _maybe_include_all_linear_layers(None, None)
+            disable_input_dtype_casting(None)
         except peft.MissingInPeftkit as error:
             print("MISSING", error)
     """)
     assert done.returncode == 0, done.stderr
-    assert "MISSING peft.tuners.tuners_utils._maybe_include_all_linear_layers" in done.stdout
+    assert "MISSING peft.helpers.disable_input_dtype_casting" in done.stdout
