@@ -549,3 +549,14 @@ def test_values_of_the_wrong_type_are_also_a_type_error():
     with pytest.raises(pk.ConfigError) as caught:  # a bad value, not a bad type: a ValueError only
         pk.LoraConfig(r=-1)
     assert not isinstance(caught.value, TypeError)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("LoraConfig", "LORA"), ("AdaLoraConfig", "ADALORA"), ("IA3Config", "IA3"), ("LoHaConfig", "LOHA"),
+    ("LoKrConfig", "LOKR"), ("VeraConfig", "VERA"), ("LNTuningConfig", "LN_TUNING"),
+    ("PromptTuningConfig", "PROMPT_TUNING"), ("PromptEncoderConfig", "P_TUNING"), ("PrefixTuningConfig", "PREFIX_TUNING"),
+])
+def test_peft_type_is_peft_s_enum_member(name, value):
+    """Code written for peft reads config.peft_type.value (peft's model-card code does)."""
+    peft_type = getattr(pk, name).peft_type
+    assert isinstance(peft_type, pk.PeftType) and peft_type.value == value == peft_type

@@ -59,7 +59,7 @@ class IA3Config(TargetedConfig):
         True
     """
 
-    peft_type: ClassVar[str] = "IA3"
+    peft_type: ClassVar[str] = PeftType.IA3
 
     feedforward_modules: Optional[Union[str, list[str]]] = None
     fan_in_fan_out: bool = False
