@@ -152,3 +152,20 @@ def test_projection_of_the_wrong_size_is_refused(tmp_path):
     wider = pk.VeraConfig(**vera("llama", target_modules=["q_proj", "v_proj", "gate_proj"]))  # out 64, not 32
     with pytest.raises(pk.CheckpointError, match=r"vera_B.*shape \(32, 4\) in the checkpoint but \(64, 4\)"):
         pk.PeftModel.from_pretrained(make_model("llama"), tmp_path, config=wider)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_base_without_autocast_runs_and_merges(dtype):
+    """autocast_adapter_dtype=False keeps the lambdas in the base's dtype; the shared projections
+    stay float32 and are cast where they meet them (as peft), so forward and merge work."""
+    model = pk.get_peft_model(make_model("llama").to(dtype), pk.VeraConfig(**vera("llama", init_weights=False)),
+                              autocast_adapter_dtype=False).eval()
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert layer.vera_lambda_d["default"].dtype == dtype
+    ids = torch.arange(8)[None]
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        model.merge_adapter()
+        merged = model(input_ids=ids).logits
+    assert unmerged.dtype == dtype and torch.isfinite(unmerged).all()
+    torch.testing.assert_close(merged, unmerged, atol=5e-2, rtol=5e-2)

@@ -168,13 +168,15 @@ class VeraLinear(AdapterLayer):
 
     def delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
         lambda_b, lambda_d = self.vera_lambda_b[adapter_name], self.vera_lambda_d[adapter_name]
-        vera_A, vera_B = self.sliced_projections(adapter_name)
+        # the shared projections stay float32 while the lambdas may follow a half-precision base
+        # (autocast_adapter_dtype=False): compute in the lambdas' dtype, as peft does
+        vera_A, vera_B = (p.to(lambda_d.dtype) for p in self.sliced_projections(adapter_name))
         x = self.vera_dropout[adapter_name](x.to(lambda_d.dtype))
         return lambda_b * F.linear(lambda_d * F.linear(x, vera_A), vera_B)
 
     def delta_weight(self, adapter_name: str) -> torch.Tensor:
         lambda_b, lambda_d = self.vera_lambda_b[adapter_name], self.vera_lambda_d[adapter_name]
-        vera_A, vera_B = self.sliced_projections(adapter_name)
+        vera_A, vera_B = (p.to(lambda_d.dtype) for p in self.sliced_projections(adapter_name))
         delta = (lambda_b[:, None] * vera_B) @ (lambda_d[:, None] * vera_A)
         return delta.T if self.fan_in_fan_out else delta
 
