@@ -229,7 +229,7 @@ def test_layer_without_dora_is_refused_with_its_name():
     from peftkit.errors import TargetError
 
     base = nn.Linear(4, 4)
-    with pytest.raises(TargetError, match=r"use_dora=True.*'proj'.*exclude_modules"):
+    with pytest.raises(TargetError, match=r"Linear does not support DoRA \(yet\), please set use_dora to False.*'proj'.*exclude_modules"):
         _NoDoraLayer(base, "default", pk.LoraConfig(target_modules=["proj"], use_dora=True), "proj")
     layer = _NoDoraLayer(base, "default", pk.LoraConfig(target_modules=["proj"]), "proj")
     with pytest.raises(TargetError):

@@ -133,9 +133,11 @@ class AdaLoraConfig(LoraConfig):
         if self.lora_bias:
             problems.append(("lora_bias", "AdaLoRA layers have no bias on lora_B (peft ignores the flag); set lora_bias=False"))
         if getattr(self, "use_dora", False):
-            problems.append(("use_dora", "AdaLoRA does not support DoRA (neither does peft); remove it"))
-        if self.orth_reg_weight < 0:
-            problems.append(("orth_reg_weight", "must be >= 0"))
+            problems.append(("use_dora", "ADALORA does not support DoRA (its SVD layers have no magnitude vector); "
+                                         "remove use_dora"))
+        if self.orth_reg_weight < 0:  # peft's sentence (its tests match it)
+            problems.append(("orth_reg_weight", "`orth_reg_weight` should be greater than or equal to 0, but the value "
+                                                f"passed is {self.orth_reg_weight}"))
         return problems
 
 

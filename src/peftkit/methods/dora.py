@@ -246,9 +246,9 @@ class DoraMixin:
 
     def _check_dora(self, config: "LoraConfig", key: str) -> None:
         if config.use_dora and not self.supports_dora:
-            raise TargetError(
-                f"use_dora=True: DoRA is not available for module {key!r} ({type(self).__name__} on "
-                f"{type(self.base_layer).__name__}); exclude it with exclude_modules or set use_dora=False"
+            raise TargetError(  # peft's sentence (its tests match it), then which module and the other fix
+                f"{type(self.base_layer).__name__} does not support DoRA (yet), please set use_dora to False. "
+                f"(module {key!r}, a {type(self).__name__}: or exclude it with exclude_modules)"
             )
 
     def adapter_parameters(self, adapter_name: str) -> Iterable[tuple[str, nn.Parameter]]:

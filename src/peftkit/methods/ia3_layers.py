@@ -169,7 +169,9 @@ class IA3Layer(AdapterLayer):
                 continue
             weight, bias = self._merged(name)
             if safe_merge and not _all_finite(weight, bias):
-                raise AdapterError(f"merging adapter {name!r} into {self.key!r} gives NaN/inf weights; the layer was left as it was")
+                part = "weights" if not _all_finite(weight) else "bias"  # peft's sentence names the part
+                raise AdapterError(f"NaNs detected in the merged {part}. The adapter {name!r} seems to be broken: "
+                                   f"merging it into {self.key!r} gives NaN/inf values; the layer was left as it was")
             if (self.ia3_l[name] == 0).any():
                 self._zero_scale_backup[name] = (base.weight.data.clone(), None if bias is None else base.bias.data.clone())
             base.weight.data.copy_(weight)
