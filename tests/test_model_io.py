@@ -1,7 +1,9 @@
-"""save_pretrained's model card (README.md) and the peft-style config identity of from_pretrained."""
+"""save_pretrained's model card (README.md), the peft-style config identity of from_pretrained, and key_mapping."""
 
 from __future__ import annotations
 
+import pytest
+import torch
 import torch.nn as nn
 import yaml
 from tiny_models import tiny_llama
@@ -126,3 +128,45 @@ def test_save_pretrained_saves_what_an_overridden_state_dict_returns_as_peft_doe
             model.save_pretrained(tmp_path / library.__name__)
     ours, theirs = (load_file(tmp_path / name / "adapter_model.safetensors") for name in ("peftkit", "peft"))
     assert sorted(ours) == sorted(theirs) and "base_model.model.1.lora_A.weight" not in ours
+
+
+class _Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.Linear(6, 6)
+
+
+class _OldLayout(nn.Module):
+    """A vision-language model as transformers laid it out before: language layers at model.layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.model = nn.ModuleDict({"layers": nn.ModuleList([_Block() for _ in range(2)])})
+
+
+class _NewLayout(nn.Module):
+    """The same model after transformers moved the language model under model.language_model; it
+    maps old checkpoint keys with _checkpoint_conversion_mapping, as such models do."""
+
+    _checkpoint_conversion_mapping = {"^model(?!\\.language_model)": "model.language_model"}
+
+    def __init__(self):
+        super().__init__()
+        self.model = nn.ModuleDict({"language_model": nn.ModuleDict({"layers": nn.ModuleList([_Block() for _ in range(2)])})})
+
+
+def test_adapter_saved_on_an_older_layout_loads_through_the_model_s_key_mapping(tmp_path):
+    torch.manual_seed(0)
+    old = pk.get_peft_model(_OldLayout(), pk.LoraConfig(target_modules=["attn"], init_lora_weights=False))
+    old.save_pretrained(tmp_path)
+    saved = old.base_model.model.model["layers"][1].attn.lora_B["default"].weight
+    loaded = pk.PeftModel.from_pretrained(_NewLayout(), tmp_path)
+    got = loaded.base_model.model.model["language_model"]["layers"][1].attn.lora_B["default"].weight
+    assert torch.equal(got, saved)
+    # an explicit key_mapping wins; {} turns the model's off (and the old keys then do not fit)
+    with pytest.raises(pk.CheckpointError):
+        pk.PeftModel.from_pretrained(_NewLayout(), tmp_path, key_mapping={})
+    plain = _NewLayout()
+    plain._checkpoint_conversion_mapping = {}
+    again = pk.PeftModel.from_pretrained(plain, tmp_path, key_mapping={"^model": "model.language_model"})
+    assert torch.equal(again.base_model.model.model["language_model"]["layers"][1].attn.lora_B["default"].weight, saved)

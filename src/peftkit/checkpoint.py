@@ -149,6 +149,33 @@ def key_prefix(config: PeftConfig) -> str:
     return method_for_config(config).key_prefix
 
 
+def remap_keys(tensors: dict[str, Any], key_mapping: Optional[dict[str, str]], prefix: str = PREFIX) -> dict[str, Any]:
+    """Checkpoint keys renamed by transformers' ``key_mapping`` rules (``{regex: replacement}``, the
+    first rule that matches a key applies), read on the key below ``prefix``. transformers models
+    whose layout changed (vision-language models that moved their language model under
+    ``model.language_model``) carry these rules as ``_checkpoint_conversion_mapping``, so adapters
+    saved on the old layout load on the new one, as in peft. Keys outside ``prefix`` are kept.
+
+    Example:
+        >>> remap_keys({"base_model.model.model.layers.0.q.lora_A.weight": 1}, {"^model": "model.language_model"})
+        {'base_model.model.model.language_model.layers.0.q.lora_A.weight': 1}
+    """
+    if not key_mapping:
+        return tensors
+    out = {}
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            rest = key[len(prefix):]
+            for pattern, replacement in key_mapping.items():
+                renamed, count = re.subn(pattern, replacement, rest)
+                if count:
+                    rest = renamed
+                    break
+            key = prefix + rest
+        out[key] = value
+    return out
+
+
 def model_level_tensors(model: "PeftModel", adapter_name: str) -> dict[str, torch.Tensor]:
     """Checkpoint key -> live tensor for state the adapter's method keeps on the PeftModel itself
     (see ``MethodSpec.model_tensors``); empty for methods that live entirely in their layers."""

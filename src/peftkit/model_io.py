@@ -162,7 +162,9 @@ class SaveLoadMixin:
         """Load a saved adapter (peftkit's or ``peft``'s) onto ``model``. If the adapter does not fit,
         the error names the first mismatching module and ``model`` is left as it was.
         ``autocast_adapter_dtype=False`` keeps the adapter in the dtype of the layers it adapts
-        (by default adapters on float16/bfloat16 layers are float32, as in peft).
+        (by default adapters on float16/bfloat16 layers are float32, as in peft). ``key_mapping``
+        (``{regex: replacement}``) renames the file's keys first; by default a transformers model's
+        ``_checkpoint_conversion_mapping`` does, so adapters saved on an older layout still load.
 
         Example:
             >>> model = PeftModel.from_pretrained(base, "out/adapter", is_trainable=True)  # doctest: +SKIP
@@ -174,7 +176,7 @@ class SaveLoadMixin:
         peft_model = cls._class_for_task(config.task_type)(model, None)  # PeftModelForCausalLM etc., as in peft
         saved_grad = [(p, p.requires_grad) for p in model.parameters()]
         try:
-            peft_model._load(adapter_name, config, path)
+            peft_model._load(adapter_name, config, path, kwargs.get("key_mapping"))
         except BaseException:
             for p, flag in saved_grad:  # the model goes back exactly as it came
                 p.requires_grad_(flag)
@@ -205,17 +207,22 @@ class SaveLoadMixin:
         config = PeftConfig.from_pretrained(model_id, subfolder=subfolder, revision=revision)
         config.inference_mode = not is_trainable
         path = checkpoint.adapter_weights_path(model_id, subfolder=subfolder, revision=revision)
-        result = self._load(adapter_name, config, path)
+        result = self._load(adapter_name, config, path, kwargs.get("key_mapping"))
         if not kwargs.get("autocast_adapter_dtype", True):  # keep the adapter in its layers' dtype (as peft)
             self._cast_adapter_to_base_dtype(adapter_name)
         return result
 
-    def _load(self, adapter_name: str, config: PeftConfig, path: str) -> checkpoint.LoadResult:
+    def _load(self, adapter_name: str, config: PeftConfig, path: str,
+              key_mapping: Optional[dict[str, str]] = None) -> checkpoint.LoadResult:
         """Build the adapter and fill it from the file at ``path``, checking before any work: the
         file's header first (no tensor read), the layers built under a size limit (the file's
         tensors plus the base model's: a config claiming a huge rank fails before allocating), the
         header's shapes against the layers, and only then the tensor data."""
-        header = checkpoint.adapter_file_header(path)
+        # transformers models whose layout changed map old keys to new ones; adapters follow the same
+        # rules (peft: for methods that wrap layers, whose keys start with base_model.model.)
+        if key_mapping is None and checkpoint.key_prefix(config) == checkpoint.PREFIX:
+            key_mapping = getattr(self.get_base_model(), "_checkpoint_conversion_mapping", None)
+        header = checkpoint.remap_keys(checkpoint.adapter_file_header(path), key_mapping)
         limit = sum(t.numel for t in header.values()) + sum(p.numel() for p in self.parameters())
         _warn_if_base_changing_with_others(self, config)
         # PiSSA/OLoRA re-run (their adapter was saved for the residual base they leave); a failed
@@ -226,7 +233,7 @@ class SaveLoadMixin:
                 self._inject(adapter_name, config, config.for_loading(), keep_config=True)
             try:
                 checkpoint.check_fits_file(self, header, adapter_name, path)
-                weights = checkpoint.read_adapter_file(path)
+                weights = checkpoint.remap_keys(checkpoint.read_adapter_file(path), key_mapping)
                 result = checkpoint.set_peft_model_state_dict(self, weights, adapter_name=adapter_name, source=path)
             except BaseException:
                 self.delete_adapter(adapter_name)
