@@ -151,8 +151,7 @@ class AdapterManagementMixin:
             if adapter_name not in module.adapter_names:
                 continue
             if isinstance(module, AdapterLayer):
-                module.selected_adapters = list(self._active)
-                module.active_adapters = [n for n in self._active if n in module.adapter_names]
+                module.active_adapters = list(self._active)
             elif module.active_adapter not in module.adapter_names:
                 module.active_adapter = next((n for n in self._active if n in module.adapter_names), None)
             for _, p in module.adapter_parameters(adapter_name):

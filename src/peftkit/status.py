@@ -152,9 +152,7 @@ def _layer_status(name: str, module: nn.Module) -> TunerLayerStatus:
         module_type, active, merged = "ModulesToSaveWrapper", [module.active_adapter] if module.active_adapter else [], []
         base = module.original_module
     else:
-        # the selection the layer follows (peft's meaning), unless the computing set was changed by hand
-        selected = [n for n in module.selected_adapters if n in available]
-        active = list(module.selected_adapters if selected == module.active_adapters else module.active_adapters)
+        active = list(module.active_adapters)  # the selection the layer follows (peft's meaning)
         module_type, merged = _module_type(module), list(module.merged_adapters)
         base = module.get_base_layer()
     requires_grad, devices = {}, {}

@@ -130,7 +130,7 @@ class BitFitLayer(AdapterLayer):
         return torch.zeros_like(self.base_layer.weight)
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        names = self.active_adapters if adapter_names is None else adapter_names
+        names = self.computing_adapters if adapter_names is None else adapter_names
         warn_if_merged_already(self, names)
         for name in names:
             if name not in self.adapter_names or name in self.merged_adapters:

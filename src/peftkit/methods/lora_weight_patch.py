@@ -72,10 +72,10 @@ class WeightMergeMixin:
             return one_adapter_for_batch(self, what)
         if self.merged_adapters:
             return []
-        return [n for n in self.active_adapters if n in self.adapter_names]
+        return [n for n in self.computing_adapters if n in self.adapter_names]
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        names = self.active_adapters if adapter_names is None else list(adapter_names)
+        names = self.computing_adapters if adapter_names is None else list(adapter_names)
         weight = self.base_weight()
         for name in [n for n in names if n in self.adapter_names and n not in self.merged_adapters]:
             delta = self.lowrank_weight(name).to(weight.dtype)
