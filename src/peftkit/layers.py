@@ -355,6 +355,29 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
     def extra_repr(self) -> str:
         return f"adapters={self.adapter_names}, active={self.computing_adapters}, merged={self.merged_adapters}"
 
+    @property
+    def peft_name(self) -> str:
+        """``<method>.<kind>``, peft's qualified name for this kind of layer (``lora.Linear``,
+        ``lora.Conv2d``, ``lora.ParamWrapper``): the method from the registry, the kind from the
+        class's :attr:`peft_kind` or else the wrapped module's class (transformers' ``Conv1D`` is a
+        linear to peft).
+
+        Example:
+            >>> peft_model.base_model.model.lin0.peft_name  # doctest: +SKIP
+            'lora.Linear'
+        """
+        from .registry import registered_methods  # here: the registry imports the layer classes
+
+        method = next((peft_type.lower() for peft_type, spec in registered_methods().items()
+                       if isinstance(self, spec.layer_cls)), type(self).__module__.rsplit(".", 1)[-1])
+        kind = self.peft_kind or type(self.get_base_layer()).__name__
+        return f"{method}.{'Linear' if kind == 'Conv1D' else kind}"
+
+    def __repr__(self) -> str:
+        # printed models read as peft's (``lora.Linear(...)``): code and people recognise the layers
+        body = super().__repr__()
+        return self.peft_name + body[len(type(self).__name__):]
+
     # ------------------------------------------------------------------ peft's layer API (BaseTunerLayer)
     # Names that code written against peft's layers reads or calls (diffusers' LoRA API, TRL, users).
     @property

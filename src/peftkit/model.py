@@ -141,12 +141,17 @@ class PeftModel(AdapterManagementMixin, RunningMixin, MergeMixin, SaveLoadMixin,
 
     def _cast_adapter_to_base_dtype(self, adapter_name: str) -> None:
         """Give each of ``adapter_name``'s tensors the dtype of the weights of the layer it adapts."""
-        for _, module in self._adapter_modules():
-            base_weight = getattr(getattr(module, "base_layer", None), "weight", None)
-            if not isinstance(base_weight, torch.Tensor) or not base_weight.is_floating_point():
+        for module in self._adapter_layers():
+            # through the layer protocol: the weight a layer adapts need not be ``base_layer.weight``
+            # (attention's in_proj_weight, a parameter of an expert stack, a quantized weight)
+            try:
+                _, dtype, _ = module.base_weight_info()
+            except AttributeError:
+                continue
+            if not dtype.is_floating_point:
                 continue
             for _, p in module.adapter_parameters(adapter_name):
-                p.data = p.data.to(base_weight.dtype)
+                p.data = p.data.to(dtype)
 
     # ------------------------------------------------------------------ introspection
     def get_base_model(self) -> nn.Module:

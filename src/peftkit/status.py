@@ -31,7 +31,7 @@ from .errors import AdapterError
 from .layers import AdapterLayer
 from .modules_to_save import ModulesToSaveWrapper
 from .model import PeftModel
-from .registry import base_layer_kinds, registered_methods
+from .registry import base_layer_kinds
 
 Irregular = Literal["irregular"]
 IRREGULAR: Irregular = "irregular"
@@ -168,13 +168,8 @@ def _layer_status(name: str, module: nn.Module) -> TunerLayerStatus:
 
 
 def _module_type(layer: AdapterLayer) -> str:
-    """``<method>.<kind>`` as peft names its layers (``lora.Linear``, ``lora.Conv2d``,
-    ``lora.ParamWrapper``): the method from the registry, the kind from the layer class's
-    ``peft_kind`` or else the class of the module it wraps (transformers' ``Conv1D`` is a linear)."""
-    method = next((peft_type.lower() for peft_type, spec in registered_methods().items()
-                   if isinstance(layer, spec.layer_cls)), type(layer).__module__.rsplit(".", 1)[-1])
-    kind = getattr(layer, "peft_kind", None) or type(layer.get_base_layer()).__name__
-    return f"{method}.{'Linear' if kind == 'Conv1D' else kind}"
+    """``<method>.<kind>`` as peft names its layers (see :attr:`AdapterLayer.peft_name`)."""
+    return layer.peft_name
 
 
 def _storage_name(module: nn.Module) -> Optional[str]:
