@@ -34,6 +34,19 @@ class RowAdapters(list):
         self.expandable = expandable
 
 
+def row_count_error(names: int, rows: int) -> AdapterError:
+    """The error for ``adapter_names`` that do not give one name per batch row (peft's sentence first)."""
+    return AdapterError(f"Length of `adapter_names` should be the same as the number of inputs, but got {names} and "
+                        f"{rows} respectively. Give one adapter name (or '{BASE_ADAPTER}') per batch row.")
+
+
+def merged_batch_error() -> AdapterError:
+    """The error for a mixed batch over merged adapters (peft's sentence first): merged into the
+    weights, an adapter would apply to every row."""
+    return AdapterError("Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` "
+                        "first. A merged adapter is part of the weights every row uses, so rows cannot choose.")
+
+
 def rows_for_batch(row_adapters: list[str], batch_size: int) -> list[str]:
     """One adapter name per row of a batch of ``batch_size`` rows: the names themselves, or, in
     generation (:class:`RowAdapters` ``expandable``), each name repeated for its prompt's copies.
@@ -43,7 +56,7 @@ def rows_for_batch(row_adapters: list[str], batch_size: int) -> list[str]:
         return list(row_adapters)
     if getattr(row_adapters, "expandable", False) and n and batch_size % n == 0:
         return [name for name in row_adapters for _ in range(batch_size // n)]
-    raise AdapterError(f"adapter_names has {n} entries but the batch has {batch_size} rows; give one name per row")
+    raise row_count_error(n, batch_size)
 
 
 def group_rows(row_adapters: list[str], batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -343,7 +356,7 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
 
     def _forward_mixed(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.merged_adapters:
-            raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
+            raise merged_batch_error()
         result = self.base_layer(x, *args, **kwargs)
         for name, rows in group_rows(self.row_adapters, x.shape[0], x.device).items():
             if name == BASE_ADAPTER or name not in self.adapter_names:

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional
 import torch
 import torch.nn as nn
 
-from .errors import AdapterError
+from .errors import AdapterError, MixedBatchError
 from .layers import _ForwardsToBase, group_rows
 
 
@@ -149,8 +149,12 @@ class ModulesToSaveWrapper(_ForwardsToBase):
         if self.row_adapters is None or self.disabled:
             return self._computing_module()(*args, **kwargs)
         # a mixed batch: rows of the first input (positional or, for keyword-only calls, by keyword)
+        if isinstance(self.original_module, nn.RNNBase):  # its state has the batch on dim 1, not 0
+            raise self._mixed_batch_refusal("is recurrent: its hidden state is not split by rows")
         x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
         result = self.original_module(*args, **kwargs)
+        if not isinstance(result, torch.Tensor):
+            raise self._mixed_batch_refusal(f"returns a {type(result).__name__}, not one tensor with a row per input row")
         for name, rows in group_rows(self.row_adapters, x.shape[0], x.device).items():
             if name in self.modules_to_save:
                 rows_args = [a.index_select(0, rows) if a is x else a for a in args]
@@ -158,3 +162,11 @@ class ModulesToSaveWrapper(_ForwardsToBase):
                 part = self.modules_to_save[name](*rows_args, **rows_kwargs)
                 result = result.index_copy(0, rows, part.to(result.dtype))
         return result
+
+    def _mixed_batch_refusal(self, why: str) -> MixedBatchError:
+        module = type(self.original_module).__name__
+        return MixedBatchError(  # peft's sentence first (its list); peftkit also splits other row-wise modules
+            "Mixed batching is only supported for the following modules: Linear, Embedding, Conv1d, Conv2d, Conv3d. "
+            f"peftkit also splits other modules by rows, but this saved module ({module}) {why}; run one adapter "
+            "per batch, or leave it out of modules_to_save"
+        )

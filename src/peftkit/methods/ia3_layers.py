@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import AdapterError
-from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, warn_if_merged_already
+from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, merged_batch_error, warn_if_merged_already
 from .lora_layers import adapter_dtype
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class IA3Layer(AdapterLayer):
             return super().forward(x, *args, **kwargs)  # base output (unmerging first when disabled)
         if self.row_adapters is not None:
             if self.merged_adapters:
-                raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
+                raise merged_batch_error()
             groups = group_rows(self.row_adapters, x.shape[0], x.device)
             s_in, s_out = (self._row_scales(groups, x.shape[0], ff) for ff in (True, False))
         else:  # one row of scales for the whole batch

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..config import TargetedConfig, PeftType
 from ..errors import AdapterError, TargetError
-from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, warn_if_merged_already
+from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, merged_batch_error, warn_if_merged_already
 from ..registry import LayerFactory, MethodSpec, register_method
 from ..targets import compact_names, iter_plain_modules
 
@@ -133,7 +133,7 @@ class LNTuningLayer(AdapterLayer):
 
     def _forward_mixed(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.merged_adapters:
-            raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
+            raise merged_batch_error()
         result = self.base_layer(x, *args, **kwargs)
         for name, rows in group_rows(self.row_adapters, x.shape[0], x.device).items():
             if name != BASE_ADAPTER and name in self.adapter_names:

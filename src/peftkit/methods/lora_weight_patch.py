@@ -19,8 +19,8 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from ..errors import AdapterError
-from ..layers import BASE_ADAPTER
+from ..errors import AdapterError, MixedBatchError
+from ..layers import BASE_ADAPTER, merged_batch_error
 
 
 @contextmanager
@@ -45,12 +45,12 @@ def one_adapter_for_batch(layer, what: str) -> list[str]:
     fine when all rows name one adapter (or the base model), an :class:`AdapterError` otherwise.
     (The rows themselves are not counted here: an experts module sees tokens, not batch rows.)"""
     if layer.merged_adapters:
-        raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
+        raise merged_batch_error()
     used = set(layer.row_adapters)
     if len(used) > 1:
-        raise AdapterError(
-            f"{what} changes a weight that every row of the batch shares, so one batch cannot mix adapters "
-            f"{sorted(used)} (peft refuses this too); run one adapter per batch"
+        raise MixedBatchError(  # peft's sentence (a TypeError there too), then why and what to do
+            f"{layer.peft_name} does not support mixed adapter batches: {what} changes a weight that every row of "
+            f"the batch shares, so one batch cannot mix adapters {sorted(used)}; run one adapter per batch"
         )
     name = used.pop()
     return [] if name == BASE_ADAPTER or name not in layer.adapter_names else [name]
