@@ -86,6 +86,8 @@ _SIZE_NAMES = (("in_features", "out_features"), ("in_channels", "out_channels"),
 
 
 def _sizes(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, nn.MultiheadAttention):  # LoRA adapts its in_proj_weight: (3 * embed, embed), as peft reports
+        return module.embed_dim, 3 * module.embed_dim
     for names in _SIZE_NAMES:
         if all(isinstance(getattr(module, n, None), int) for n in names):
             return getattr(module, names[0]), getattr(module, names[1])
