@@ -44,8 +44,10 @@ class RunningMixin:
             )
         unknown = sorted({n for n in adapter_names if n != BASE_ADAPTER} - set(self.peft_config))
         if unknown:  # peft's sentence (code matches it), then what this model has
-            raise AdapterError(f"Trying to infer with non-existing adapter(s): {', '.join(unknown)}. This model has "
-                               f"{sorted(self.peft_config)}; use '{BASE_ADAPTER}' for rows without an adapter.")
+            shown = ", ".join(n if n.isprintable() else short_repr(n) for n in unknown)
+            raise AdapterError(f"Trying to infer with non-existing adapter(s): {shown}. They are unknown adapter(s) "
+                               f"[{', '.join(short_repr(n) for n in unknown)}]; this model has {sorted(self.peft_config)}; "
+                               f"use '{BASE_ADAPTER}' for rows without an adapter.")
         if any(layer.merged_adapters for layer in self._adapter_layers()):
             raise merged_batch_error()
         modules = [m for _, m in self._adapter_modules()]

@@ -147,22 +147,22 @@ def _is_linear(module: nn.Module) -> bool:
 
 
 def model_type_of(model: nn.Module) -> Optional[str]:
-    """The ``model_type`` of a transformers-like model's config (None without one), read as peft
-    reads it: from ``config.to_dict()`` when the config has it, else the attribute.
+    """The ``model_type`` of a transformers-like model's config (None without one): its
+    ``model_type`` attribute when that is a string, else ``config.to_dict()["model_type"]`` as peft
+    reads it (configs that are no ``PretrainedConfig``: a dict-like or mocked config).
 
     Example:
         >>> model_type_of(AutoModelForCausalLM.from_pretrained("gpt2"))  # doctest: +SKIP
         'gpt2'
     """
     config = getattr(model, "config", None)
-    if config is None:
-        return None
+    model_type = getattr(config, "model_type", None)
+    if config is None or isinstance(model_type, str):
+        return model_type
     to_dict = getattr(config, "to_dict", None)
     values = to_dict() if callable(to_dict) else None
-    if isinstance(values, dict):
-        return values.get("model_type")
-    model_type = getattr(config, "model_type", None)
-    return model_type if isinstance(model_type, str) else None
+    found = values.get("model_type") if isinstance(values, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def resolve_target_modules(model: nn.Module, config: TargetedConfig) -> Optional[str | list[str]]:
