@@ -68,7 +68,7 @@ def test_duplicate_adapter_name():
 
 def test_unknown_adapter_in_mixed_batch():
     model = pk.get_peft_model(LINEAR.model(), pk.LoraConfig(target_modules=LINEAR.targets))
-    with pytest.raises(pk.AdapterError, match=r"unknown adapter\(s\) \['nope'\].*\['default'\]"):
+    with pytest.raises(pk.AdapterError, match=r"non-existing adapter\(s\): nope\. .*unknown adapter\(s\) \['nope'\].*\['default'\]"):
         model(LINEAR.inputs(2), adapter_names=["default", "nope"])
     # nothing stays routed per row after the error
     assert all(m.row_adapters is None for m in model.modules() if isinstance(m, pk.AdapterLayer))
@@ -76,7 +76,7 @@ def test_unknown_adapter_in_mixed_batch():
 
 def test_mixed_batch_with_wrong_length():
     model = pk.get_peft_model(LINEAR.model(), pk.LoraConfig(target_modules=LINEAR.targets))
-    with pytest.raises(pk.AdapterError, match="3 entries but the batch has 4 rows"):
+    with pytest.raises(pk.AdapterError, match="but got 3 and 4 respectively"):
         model(LINEAR.inputs(4), adapter_names=["default"] * 3)
 
 

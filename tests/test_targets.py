@@ -598,3 +598,29 @@ def test_targeted_module_names_once_each_in_the_order_adapters_added_them():
     theirs.add_adapter("other", peft.LoraConfig(target_modules=["lin0", "lin1"]))
     assert ours.targeted_module_names == ours.base_model.targeted_module_names == ["lin1", "lin0"]
     assert theirs.base_model.targeted_module_names == ["lin1", "lin0"]
+
+
+def test_default_target_modules_read_as_peft_reads_them(monkeypatch):
+    """model_type from config.to_dict(), a str default kept as a regex, peft's sentence without one."""
+    from unittest.mock import MagicMock
+
+    import pytest
+    import torch.nn as nn
+
+    import peftkit as pk
+    from peftkit.targets import DEFAULT_TARGETS
+
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin0, self.lin1 = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    model = Mlp()
+    model.config = MagicMock()
+    model.config.to_dict.return_value = {"model_type": "foobar"}
+    with pytest.raises(ValueError, match="Please specify `target_modules`"):
+        pk.get_peft_model(model, pk.LoraConfig())
+    monkeypatch.setitem(DEFAULT_TARGETS, "foobar", "lin0")
+    peft_model = pk.get_peft_model(model, pk.LoraConfig())
+    assert peft_model.targeted_module_names == ["lin0"]
+    assert peft_model.peft_config["default"].target_modules == "lin0"

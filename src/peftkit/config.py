@@ -120,6 +120,12 @@ class PeftConfig(BaseModel):
         # dataclasses.replace / fields / asdict work on every config, as on peft's (dataclass_view.py)
         type.__setattr__(cls, "__dataclass_fields__", dataclass_fields(cls))
 
+    def custom_layer_factories(self) -> list:
+        """Layer factories this config brings for its own adapters (:class:`peftkit.registry.LayerFactory`),
+        tried before the method's; none by default (LoRA's ``_register_custom_module`` adds some).
+        They are not saved: a config read back from disk registers them again, as in peft."""
+        return []
+
     task_type: Optional[TaskType] = None
     base_model_name_or_path: Optional[str] = None
     revision: Optional[str] = None

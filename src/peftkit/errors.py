@@ -53,6 +53,11 @@ class AdapterError(PeftkitError, ValueError):
     """An adapter name is unknown, duplicated or used where it cannot be."""
 
 
+class MixedBatchError(AdapterError, TypeError):
+    """A module cannot compute a mixed batch (``adapter_names=``): its rows are not independent, or
+    its weight is shared by every row. Also a ``TypeError``, which is what ``peft`` raises there."""
+
+
 class MergeError(AdapterError, RuntimeError):
     """An adapter cannot be merged into its base layer as it is (e.g. a ``lora_B`` bias and no base
     bias to add it to). Also a ``RuntimeError``, which is what ``peft`` raises there."""

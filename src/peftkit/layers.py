@@ -34,6 +34,19 @@ class RowAdapters(list):
         self.expandable = expandable
 
 
+def row_count_error(names: int, rows: int) -> AdapterError:
+    """The error for ``adapter_names`` that do not give one name per batch row (peft's sentence first)."""
+    return AdapterError(f"Length of `adapter_names` should be the same as the number of inputs, but got {names} and "
+                        f"{rows} respectively. Give one adapter name (or '{BASE_ADAPTER}') per batch row.")
+
+
+def merged_batch_error() -> AdapterError:
+    """The error for a mixed batch over merged adapters (peft's sentence first): merged into the
+    weights, an adapter would apply to every row."""
+    return AdapterError("Cannot pass `adapter_names` when there are merged adapters, please call `unmerge_adapter` "
+                        "first. A merged adapter is part of the weights every row uses, so rows cannot choose.")
+
+
 def rows_for_batch(row_adapters: list[str], batch_size: int) -> list[str]:
     """One adapter name per row of a batch of ``batch_size`` rows: the names themselves, or, in
     generation (:class:`RowAdapters` ``expandable``), each name repeated for its prompt's copies.
@@ -43,7 +56,7 @@ def rows_for_batch(row_adapters: list[str], batch_size: int) -> list[str]:
         return list(row_adapters)
     if getattr(row_adapters, "expandable", False) and n and batch_size % n == 0:
         return [name for name in row_adapters for _ in range(batch_size // n)]
-    raise AdapterError(f"adapter_names has {n} entries but the batch has {batch_size} rows; give one name per row")
+    raise row_count_error(n, batch_size)
 
 
 def group_rows(row_adapters: list[str], batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -73,6 +86,8 @@ _SIZE_NAMES = (("in_features", "out_features"), ("in_channels", "out_channels"),
 
 
 def _sizes(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, nn.MultiheadAttention):  # LoRA adapts its in_proj_weight: (3 * embed, embed), as peft reports
+        return module.embed_dim, 3 * module.embed_dim
     for names in _SIZE_NAMES:
         if all(isinstance(getattr(module, n, None), int) for n in names):
             return getattr(module, names[0]), getattr(module, names[1])
@@ -132,9 +147,13 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         self.base_layer = base_layer
         self.key = key  # the module's path in the model, for error messages
         # ``selected_adapters``: the names last selected (the model's active adapters, some perhaps not
-        # on this layer); ``active_adapters``: the selected ones this layer holds, which it computes with.
+        # on this layer; peft's ``active_adapters``); ``computing_adapters``: the selected ones this layer
+        # holds, the ones its forward and merge use.
         self.selected_adapters: list[str] = []
-        self.active_adapters: list[str] = []
+        self.computing_adapters: list[str] = []
+        # what the last set_adapter decided about gradients, so that re-enabling a disabled layer
+        # restores it (an inference-mode adapter stays frozen)
+        self.trains_active = True
         self.merged_adapters: list[str] = []
         self.disabled = False
         # Per-row adapter names for one forward of a mixed batch; set and cleared by PeftModel.
@@ -199,14 +218,57 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
                 for sub, p in entry.named_parameters():
                     yield f"{attr}.{sub}", p
 
-    def set_adapter(self, adapter_names: str | list[str], trainable: bool = True) -> None:
-        """Make ``adapter_names`` the active adapters; only they get gradients (if ``trainable``)."""
-        adapter_names = [adapter_names] if isinstance(adapter_names, str) else adapter_names
-        self.selected_adapters = list(adapter_names)
-        self.active_adapters = [n for n in adapter_names if n in self.adapter_names]
+    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False,
+                    trainable: Optional[bool] = None) -> None:
+        """Make ``adapter_names`` the active adapters; only they get gradients, unless
+        ``inference_mode`` (peft's keyword) or ``trainable=False`` freezes them too.
+
+        Example:
+            >>> layer.set_adapter(["a", "b"], inference_mode=True)  # doctest: +SKIP
+            >>> layer.active_adapters
+            ['a', 'b']
+        """
+        adapter_names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        trainable = not inference_mode if trainable is None else trainable
+        self.selected_adapters = adapter_names
+        self.computing_adapters = [n for n in adapter_names if n in self.adapter_names]
+        self.trains_active = trainable
         for name in self.adapter_names:
             for _, p in self.adapter_parameters(name):
-                p.requires_grad_(trainable and name in self.active_adapters)
+                p.requires_grad_(trainable and name in self.computing_adapters)
+
+    @property
+    def active_adapters(self) -> list[str]:
+        """The selected adapters' names, as peft's layers report them: a name this layer does not
+        hold stays listed and is ignored (the model's selection is the same on every layer)."""
+        return list(self.selected_adapters)
+
+    @active_adapters.setter
+    def active_adapters(self, names: list[str]) -> None:
+        self.selected_adapters = list(names)
+        self.computing_adapters = [n for n in names if n in self.adapter_names]
+
+    @property
+    def adapter_layer_names(self) -> tuple[str, ...]:
+        """peft's name for :attr:`adapter_param_names`: the attributes holding per-adapter tensors."""
+        return self.adapter_param_names
+
+    @property
+    def other_param_names(self) -> tuple[str, ...]:
+        """peft's name for :attr:`adapter_setting_names`: per-adapter settings keyed by adapter name."""
+        return self.adapter_setting_names
+
+    def set_requires_grad(self, adapter_names: str | Iterable[str], requires_grad: bool = True) -> None:
+        """Switch gradients of the named adapters' tensors on this layer, leaving the selection alone.
+
+        Example:
+            >>> layer.set_requires_grad("other")  # train "other" beside the active one  # doctest: +SKIP
+        """
+        names = {adapter_names} if isinstance(adapter_names, str) else set(adapter_names)
+        for name in self.adapter_names:
+            if name in names:
+                for _, p in self.adapter_parameters(name):
+                    p.requires_grad_(requires_grad)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove an adapter's tensors and settings from this layer."""
@@ -216,7 +278,7 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
             holder = getattr(self, attr)
             if adapter_name in holder:
                 del holder[adapter_name]
-        self.active_adapters = [n for n in self.active_adapters if n != adapter_name]
+        self.computing_adapters = [n for n in self.computing_adapters if n != adapter_name]
         self.selected_adapters = [n for n in self.selected_adapters if n != adapter_name]
         self.__dict__.get("tied_layers", {}).pop(adapter_name, None)
 
@@ -230,7 +292,7 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
 
         ``safe_merge`` computes the merged weight on a copy first and refuses NaN/inf.
         """
-        names = self.active_adapters if adapter_names is None else adapter_names
+        names = self.computing_adapters if adapter_names is None else adapter_names
         warn_if_merged_already(self, names)
         weight = self.base_layer.weight
         for name in names:
@@ -290,13 +352,13 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         result = self.base_layer(x, *args, **kwargs)
         if self.merged_adapters:
             return result
-        for name in self.active_adapters:
+        for name in self.computing_adapters:
             result = result + self.delta(name, x).to(result.dtype)
         return result
 
     def _forward_mixed(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.merged_adapters:
-            raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
+            raise merged_batch_error()
         result = self.base_layer(x, *args, **kwargs)
         for name, rows in group_rows(self.row_adapters, x.shape[0], x.device).items():
             if name == BASE_ADAPTER or name not in self.adapter_names:
@@ -306,7 +368,30 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         return result
 
     def extra_repr(self) -> str:
-        return f"adapters={self.adapter_names}, active={self.active_adapters}, merged={self.merged_adapters}"
+        return f"adapters={self.adapter_names}, active={self.computing_adapters}, merged={self.merged_adapters}"
+
+    @property
+    def peft_name(self) -> str:
+        """``<method>.<kind>``, peft's qualified name for this kind of layer (``lora.Linear``,
+        ``lora.Conv2d``, ``lora.ParamWrapper``): the method from the registry, the kind from the
+        class's :attr:`peft_kind` or else the wrapped module's class (transformers' ``Conv1D`` is a
+        linear to peft).
+
+        Example:
+            >>> peft_model.base_model.model.lin0.peft_name  # doctest: +SKIP
+            'lora.Linear'
+        """
+        from .registry import registered_methods  # here: the registry imports the layer classes
+
+        method = next((peft_type.lower() for peft_type, spec in registered_methods().items()
+                       if isinstance(self, spec.layer_cls)), type(self).__module__.rsplit(".", 1)[-1])
+        kind = self.peft_kind or type(self.get_base_layer()).__name__
+        return f"{method}.{'Linear' if kind == 'Conv1D' else kind}"
+
+    def __repr__(self) -> str:
+        # printed models read as peft's (``lora.Linear(...)``): code and people recognise the layers
+        body = super().__repr__()
+        return self.peft_name + body[len(type(self).__name__):]
 
     # ------------------------------------------------------------------ peft's layer API (BaseTunerLayer)
     # Names that code written against peft's layers reads or calls (diffusers' LoRA API, TRL, users).
@@ -342,7 +427,7 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
     @property
     def active_adapter(self) -> str | list[str]:
         """The active adapter's name, or the list of them when several are active."""
-        return self.active_adapters[0] if len(self.active_adapters) == 1 else list(self.active_adapters)
+        return self.selected_adapters[0] if len(self.selected_adapters) == 1 else list(self.selected_adapters)
 
     def _all_available_adapter_names(self) -> list[str]:
         """``peft``'s name for :attr:`adapter_names`."""
@@ -368,9 +453,15 @@ class AdapterLayer(_ForwardsToBase, metaclass=abc.ABCMeta):
         return self.base_layer
 
     def enable_adapters(self, enabled: bool) -> None:
-        """Turn the adapters of this layer on or off; off, they also stop training (as in peft)."""
+        """Turn the adapters of this layer on or off (peft's method). Off, they also stop training, as
+        in peft; back on, they train as the last :meth:`set_adapter` decided.
+
+        Example:
+            >>> layer.enable_adapters(False); layer.disable_adapters  # doctest: +SKIP
+            True
+        """
         if enabled:
-            self.set_adapter(self.selected_adapters or self.active_adapters)
+            self.set_adapter(self.selected_adapters or self.computing_adapters, trainable=self.trains_active)
         else:
             for name in self.adapter_names:
                 for _, p in self.adapter_parameters(name):

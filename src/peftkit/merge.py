@@ -29,9 +29,9 @@ class MergeMixin:
         layers = list(self._adapter_layers())
         # Without adapter_names each layer merges what it computes with: its own active adapters
         # (a layer.set_adapter([...]) call may have changed them), so merged equals unmerged output.
-        chosen = {id(layer): (layer.active_adapters if adapter_names is None else names) for layer in layers}
+        chosen = {id(layer): (layer.computing_adapters if adapter_names is None else names) for layer in layers}
         if adapter_names is None:
-            names = list(dict.fromkeys([*names, *(n for layer in layers for n in layer.active_adapters)]))
+            names = list(dict.fromkeys([*names, *(n for layer in layers for n in layer.computing_adapters)]))
         if self.peft_config and self._method().merge_error:  # e.g. prompt learning: nothing to merge into
             raise AdapterError(self._method().merge_error)
         if layers and not self._method().layer_cls.mergeable:
@@ -136,7 +136,7 @@ def _check_stacked_merge(layers: list[AdapterLayer], names: list[str]) -> None:
         if layer.additive or not any(n in layer.adapter_names and n not in layer.merged_adapters for n in names):
             continue
         for inner in layer_stack(layer.base_layer):
-            pending = [n for n in inner.active_adapters if n not in inner.merged_adapters and n not in names]
+            pending = [n for n in inner.computing_adapters if n not in inner.merged_adapters and n not in names]
             if pending:
                 raise AdapterError(
                     f"merging {type(layer).__name__} adapters into {layer.key!r} would also rescale what the active "

@@ -99,12 +99,13 @@ class PeftMixedModel(PeftModel):
     def _check_method_fits(self, spec: MethodSpec) -> None:
         _require_mixable(spec)
 
-    def _factory_refusal(self, spec: MethodSpec, key: str, module: nn.Module) -> Optional[str]:
+    def _factory_refusal(self, spec: MethodSpec, key: str, module: nn.Module,
+                         config: Optional[PeftConfig] = None) -> Optional[str]:
         base = module.get_base_layer() if isinstance(module, AdapterLayer) else module
         if any(kind.claims(base) for kind in base_layer_kinds()):
             return (f"module {key!r} is a quantized {type(base).__name__}; a mixed model adapts plain layers only "
                     "(peft refuses quantized layers in mixed models too). Use a PeftModel, or exclude the module")
-        if spec.factory_for(base) is None:
+        if spec.factory_for(base, config) is None:
             supported = ", ".join(f.label for f in spec.layer_factories if not f.quantized)
             return (f"module {key!r} is a {type(base).__name__}, which {spec.peft_type} cannot adapt (supported: "
                     f"{supported}). Narrow target_modules or add it to exclude_modules.")
@@ -121,7 +122,7 @@ class PeftMixedModel(PeftModel):
             layer = outer
         else:
             base = outer.get_base_layer() if isinstance(outer, AdapterLayer) else outer
-            layer = spec.factory_for(base).build(base, adapter_name, config, key)
+            layer = spec.factory_for(base, config).build(base, adapter_name, config, key)
             if outer is not base:
                 layer.base_layer = outer
             set_module(model, key, layer)

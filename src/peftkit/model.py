@@ -167,12 +167,17 @@ class PeftModel(AdapterManagementMixin, RunningMixin, MergeMixin, SaveLoadMixin,
 
     def _cast_adapter_to_base_dtype(self, adapter_name: str) -> None:
         """Give each of ``adapter_name``'s tensors the dtype of the weights of the layer it adapts."""
-        for _, module in self._adapter_modules():
-            base_weight = getattr(getattr(module, "base_layer", None), "weight", None)
-            if not isinstance(base_weight, torch.Tensor) or not base_weight.is_floating_point():
+        for module in self._adapter_layers():
+            # through the layer protocol: the weight a layer adapts need not be ``base_layer.weight``
+            # (attention's in_proj_weight, a parameter of an expert stack, a quantized weight)
+            try:
+                _, dtype, _ = module.base_weight_info()
+            except AttributeError:
+                continue
+            if not dtype.is_floating_point:
                 continue
             for _, p in module.adapter_parameters(adapter_name):
-                p.data = p.data.to(base_weight.dtype)
+                p.data = p.data.to(dtype)
 
     # ------------------------------------------------------------------ introspection
     def get_base_model(self) -> nn.Module:
@@ -227,12 +232,13 @@ class PeftModel(AdapterManagementMixin, RunningMixin, MergeMixin, SaveLoadMixin,
                 warnings.warn(f"Careful, disabling adapter layers with bias configured to be '{bias}' does not produce "
                               "the same output as the base model would without adaption.")
         for _, module in self._adapter_modules():
-            module.disabled = True
+            module.enable_adapters(False)  # their tensors stop training too, as in peft
 
     def enable_adapter_layers(self) -> None:
-        """Undo :meth:`disable_adapter_layers`."""
+        """Undo :meth:`disable_adapter_layers`: the layers compute again and the active adapters train
+        as :meth:`set_adapter` last decided."""
         for _, module in self._adapter_modules():
-            module.disabled = False
+            module.enable_adapters(True)
 
     @property
     def active_peft_config(self) -> PeftConfig:
@@ -315,19 +321,30 @@ class PeftModel(AdapterManagementMixin, RunningMixin, MergeMixin, SaveLoadMixin,
                 p.requires_grad_(requires_grad)
 
     # ------------------------------------------------------------------ selecting adapters
-    def set_adapter(self, adapter_name: Union[str, list[str]]) -> None:
-        """Make one adapter (or several, summed) active; only active adapters train."""
+    def set_adapter(self, adapter_name: Union[str, list[str]], inference_mode: Optional[bool] = None) -> None:
+        """Make one adapter (or several, summed) active; only active adapters train.
+
+        ``inference_mode`` (peft's keyword): ``True`` keeps the activated adapters frozen, ``False``
+        makes them train; left out, they train unless their configs are in inference mode (an adapter
+        loaded without ``is_trainable=True`` stays frozen).
+
+        Example:
+            >>> model.set_adapter("other", inference_mode=True)  # use it, do not train it  # doctest: +SKIP
+        """
         names = self._check_names(adapter_name)
         limit = self._method().max_active_adapters
         if limit is not None and len(names) > limit:
             raise AdapterError(f"{self._method().peft_type} allows {limit} active adapter(s) at a time, got {names}")
         self._active = names
-        self._apply_trainability()
+        self._apply_trainability(None if inference_mode is None else not inference_mode)
 
-    def _apply_trainability(self) -> None:
-        trainable = any(not self.peft_config[n].inference_mode for n in self._active)
+    def _apply_trainability(self, trainable: Optional[bool] = None) -> None:
+        if trainable is None:
+            trainable = any(not self.peft_config[n].inference_mode for n in self._active)
         for _, module in self._adapter_modules():
             module.set_adapter(self._active, trainable=trainable)
+            if module.disabled:  # a disabled layer keeps its tensors frozen until it is enabled again
+                module.enable_adapters(False)
         model = self.get_base_model()
         for name in self._active:
             bias = getattr(self.peft_config[name], "bias", "none")
@@ -346,18 +363,29 @@ class PeftModel(AdapterManagementMixin, RunningMixin, MergeMixin, SaveLoadMixin,
             ...     base_logits = model(input_ids).logits
         """
         modules = [m for _, m in self._adapter_modules()]
-        # what was switched off before (an outer disable_adapter(), disable_adapter_layers()) stays off
+        # what was switched off before (an outer disable_adapter(), disable_adapter_layers(), one layer's
+        # enable_adapters(False)) stays off: each layer gets its own state back on exit
         before = [(m, m.disabled) for m in modules]
+        if len({disabled for _, disabled in before}) > 1:
+            off = [key for key, m in self._adapter_modules() if m.disabled]
+            warnings.warn(  # peft's sentence (code matches it), then what peftkit does about it
+                "The model contains some adapter layers that are enabled and others that are disabled. This is "
+                f"most likely unintentional. Disabled before the context: {off[:5]}{' ...' if len(off) > 5 else ''}; "
+                "peftkit restores each layer's state when the context exits (call enable_adapter_layers() to "
+                "enable them all)."
+            )
         inputs_before = self._inputs_disabled
-        for m in modules:
-            m.disabled = True
+        for m, disabled in before:
+            if not disabled:
+                m.enable_adapters(False)
         self._inputs_disabled = True
         try:
             yield
         finally:
             self._inputs_disabled = inputs_before
             for m, disabled in before:
-                m.disabled = disabled
+                if not disabled:
+                    m.enable_adapters(True)
 
 def get_peft_model(
     model: nn.Module,

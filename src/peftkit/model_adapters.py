@@ -102,7 +102,7 @@ class AdapterManagementMixin:
         else:
             targets = []
         if targets:
-            self._check_factories(spec, targets)
+            self._check_factories(spec, targets, config)
             for kind in base_layer_kinds():  # e.g. switch off a quantized backend's inference-only tricks
                 kind.prepare_model(model)
             resolved = short_target_names(model, config, resolve_target_modules(model, config),
@@ -151,8 +151,7 @@ class AdapterManagementMixin:
             if adapter_name not in module.adapter_names:
                 continue
             if isinstance(module, AdapterLayer):
-                module.selected_adapters = list(self._active)
-                module.active_adapters = [n for n in self._active if n in module.adapter_names]
+                module.active_adapters = list(self._active)
             elif module.active_adapter not in module.adapter_names:
                 module.active_adapter = next((n for n in self._active if n in module.adapter_names), None)
             for _, p in module.adapter_parameters(adapter_name):
@@ -175,21 +174,22 @@ class AdapterManagementMixin:
             if config.task_type in TASK_HEADS:
                 config.modules_to_save = modules_to_save_for(config)
 
-    def _check_factories(self, spec: MethodSpec, targets: list[str]) -> None:
+    def _check_factories(self, spec: MethodSpec, targets: list[str], config: Optional[PeftConfig] = None) -> None:
         """Refuse, before anything is wrapped, a target the method's layers cannot wrap."""
         model = self.get_base_model()
         for key in targets:
             module = get_module(model, key)
             if isinstance(module, spec.layer_cls):
                 continue  # the method's layer is there already: the adapter joins it
-            problem = self._factory_refusal(spec, key, module)
+            problem = self._factory_refusal(spec, key, module, config)
             if problem:
                 raise TargetError(problem)
 
-    def _factory_refusal(self, spec: MethodSpec, key: str, module: nn.Module) -> Optional[str]:
-        """Why ``spec``'s layers cannot wrap ``module`` at ``key`` (None: they can); a mixed model
-        overrides it (it stacks on other methods' layers, and refuses quantized ones)."""
-        if isinstance(module, AdapterLayer) or spec.factory_for(module) is None:
+    def _factory_refusal(self, spec: MethodSpec, key: str, module: nn.Module,
+                         config: Optional[PeftConfig] = None) -> Optional[str]:
+        """Why ``spec``'s layers (or ``config``'s own) cannot wrap ``module`` at ``key`` (None: they
+        can); a mixed model overrides it (it stacks on other methods' layers, and refuses quantized ones)."""
+        if isinstance(module, AdapterLayer) or spec.factory_for(module, config) is None:
             supported = ", ".join(f.label for f in spec.layer_factories)
             reason = refusal(module)
             return (f"module {key!r} is a {type(module).__name__}, which {spec.peft_type} cannot adapt"
@@ -203,7 +203,7 @@ class AdapterManagementMixin:
         if isinstance(module, spec.layer_cls):
             module.add_adapter(adapter_name, config, key)
         else:
-            set_module(model, key, spec.factory_for(module).build(module, adapter_name, config, key))
+            set_module(model, key, spec.factory_for(module, config).build(module, adapter_name, config, key))
 
     def _tie_layers(self, spec: MethodSpec, tying: TyingPlan, adapter_name: str) -> None:
         """The followers compute with the embedding's adapter tensors (the method's ``tie_adapter``),

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional
 import torch.nn as nn
 
 from .errors import AdapterError
-from .layers import RowAdapters
+from .layers import BASE_ADAPTER, RowAdapters, merged_batch_error, row_count_error
 from .names import short_repr
 from .registry import MethodSpec
 
@@ -36,16 +36,20 @@ class RunningMixin:
             raise AdapterError("adapter_names must be a list with one adapter name (or '__base__') per batch row, "
                                f"got {short_repr(adapter_names)}")
         if rows is not None and len(adapter_names) != rows:
-            raise AdapterError(f"adapter_names has {len(adapter_names)} entries but the batch has {rows} rows; "
-                               "give one name per row")
+            raise row_count_error(len(adapter_names), rows)
         if self.peft_config and self._method().prepare_inputs is not None:
             raise AdapterError(
                 f"{self._method().peft_type} adapters change the model's inputs, so one batch cannot mix them "
                 "(adapter_names=...); run one batch per adapter with set_adapter()"
             )
-        self._check_names(list(adapter_names), allow_base=True, field="adapter_names")
+        unknown = sorted({n for n in adapter_names if n != BASE_ADAPTER} - set(self.peft_config))
+        if unknown:  # peft's sentence (code matches it), then what this model has
+            shown = ", ".join(n if n.isprintable() else short_repr(n) for n in unknown)
+            raise AdapterError(f"Trying to infer with non-existing adapter(s): {shown}. They are unknown adapter(s) "
+                               f"[{', '.join(short_repr(n) for n in unknown)}]; this model has {sorted(self.peft_config)}; "
+                               f"use '{BASE_ADAPTER}' for rows without an adapter.")
         if any(layer.merged_adapters for layer in self._adapter_layers()):
-            raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
+            raise merged_batch_error()
         modules = [m for _, m in self._adapter_modules()]
         for m in modules:
             m.row_adapters = RowAdapters(adapter_names, expandable=expandable)

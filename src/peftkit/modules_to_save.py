@@ -16,7 +16,7 @@ from typing import Any, Iterable, Optional
 import torch
 import torch.nn as nn
 
-from .errors import AdapterError
+from .errors import AdapterError, MixedBatchError
 from .layers import _ForwardsToBase, group_rows
 
 
@@ -30,6 +30,12 @@ class ModulesToSaveWrapper(_ForwardsToBase):
 
     _wrapped_attr = "original_module"
 
+    # peft's layer attributes (AuxiliaryTrainingWrapper), read by code that walks a model's tuner modules:
+    # the per-adapter container, no per-adapter settings, and nothing ever merged into the original.
+    adapter_layer_names: tuple[str, ...] = ("modules_to_save",)
+    other_param_names: tuple[str, ...] = ()
+    merged_adapters: tuple[str, ...] = ()
+
     def __init__(self, module: nn.Module, adapter_name: str):
         if isinstance(module, _CONTAINERS):
             raise TypeError(  # peft's sentence (its tests match it), then why and the fix
@@ -40,6 +46,7 @@ class ModulesToSaveWrapper(_ForwardsToBase):
         self.modules_to_save = nn.ModuleDict()
         self._active_adapter: Optional[str] = None  # peft's attribute name; read as active_adapter
         self.disabled = False
+        self.trains_active = True  # what the last set_adapter decided; re-enabling restores it
         self.row_adapters: Optional[list[str]] = None
         self.add_adapter(adapter_name)
 
@@ -56,9 +63,30 @@ class ModulesToSaveWrapper(_ForwardsToBase):
     def adapter_names(self) -> list[str]:
         return list(self.modules_to_save.keys())
 
+    @property
+    def _adapters(self) -> set[str]:
+        """``peft``'s name (AuxiliaryTrainingWrapper) for the adapters that own a copy."""
+        return set(self.modules_to_save)
+
     def _get_available_adapters(self) -> set[str]:
         """``peft``'s name (AuxiliaryTrainingWrapper) for the adapters that own a copy."""
         return set(self.modules_to_save)
+
+    @property
+    def active_adapters(self) -> list[str]:
+        """The adapter whose copy computes, as a list (empty when none of the selected adapters has a
+        copy: the original computes), as peft's wrapper reports it.
+
+        Example:
+            >>> peft_model.base_model.model.score.active_adapters  # doctest: +SKIP
+            ['default']
+        """
+        return [self.active_adapter] if self.active_adapter is not None else []
+
+    @property
+    def disable_adapters(self) -> bool:
+        """Whether the original module computes whatever is selected (see :meth:`enable_adapters`)."""
+        return self.disabled
 
     def add_adapter(self, adapter_name: str) -> None:
         self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
@@ -67,7 +95,18 @@ class ModulesToSaveWrapper(_ForwardsToBase):
         if adapter_name in self.modules_to_save:
             yield from self.modules_to_save[adapter_name].named_parameters()
 
-    def set_adapter(self, adapter_names: list[str], trainable: bool = True) -> None:
+    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False,
+                    trainable: Optional[bool] = None) -> None:
+        """Let the copy of the one selected adapter that owns one compute (and train, unless
+        ``inference_mode`` or ``trainable=False``); several selected adapters owning a copy is an error.
+
+        Example:
+            >>> wrapper.set_adapter(["lora_only", "with_head"])  # doctest: +SKIP
+            >>> wrapper.active_adapters
+            ['with_head']
+        """
+        adapter_names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        trainable = not inference_mode if trainable is None else trainable
         mine = [n for n in adapter_names if n in self.modules_to_save]
         if len(mine) > 1:
             raise AdapterError(
@@ -75,14 +114,35 @@ class ModulesToSaveWrapper(_ForwardsToBase):
                 f"belongs to one adapter, got {mine}; activate one of them"
             )
         self.active_adapter = mine[0] if mine else None
+        self.trains_active = trainable
         self.original_module.requires_grad_(False)
         for name, module in self.modules_to_save.items():
             module.requires_grad_(trainable and name == self.active_adapter)
 
-    def delete_adapter(self, adapter_name: str) -> None:
+    def enable_adapters(self, enabled: bool) -> None:
+        """Let the active copy compute again (``True``) or the original (``False``: no copy trains
+        then, as in peft); back on, the active copy trains as the last :meth:`set_adapter` decided."""
+        if enabled:
+            self.set_adapter([self.active_adapter] if self.active_adapter else [], trainable=self.trains_active)
+        else:
+            self.modules_to_save.requires_grad_(False)
+        self.disabled = not enabled
+
+    def set_requires_grad(self, adapter_names: str | Iterable[str], requires_grad: bool = True) -> None:
+        """Switch gradients of the named adapters' copies on or off, leaving the selection alone."""
+        names = {adapter_names} if isinstance(adapter_names, str) else set(adapter_names)
+        for name, module in self.modules_to_save.items():
+            if name in names:
+                module.requires_grad_(requires_grad)
+
+    def delete_adapter(self, adapter_name: str, new_active_adapters: Optional[list[str]] = None) -> None:
+        """Drop ``adapter_name``'s copy; ``new_active_adapters`` (peft's argument: the model's selection
+        after the deletion) picks the copy that computes next, if one of them owns one."""
         if adapter_name in self.modules_to_save:
             del self.modules_to_save[adapter_name]
-        if self.active_adapter == adapter_name:
+        if new_active_adapters is not None:
+            self.set_adapter(new_active_adapters, trainable=self.trains_active)
+        elif self.active_adapter == adapter_name:
             self.active_adapter = None
 
     def __getattr__(self, name: str) -> Any:
@@ -111,8 +171,12 @@ class ModulesToSaveWrapper(_ForwardsToBase):
         if self.row_adapters is None or self.disabled:
             return self._computing_module()(*args, **kwargs)
         # a mixed batch: rows of the first input (positional or, for keyword-only calls, by keyword)
+        if isinstance(self.original_module, nn.RNNBase):  # its state has the batch on dim 1, not 0
+            raise self._mixed_batch_refusal("is recurrent: its hidden state is not split by rows")
         x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
         result = self.original_module(*args, **kwargs)
+        if not isinstance(result, torch.Tensor):
+            raise self._mixed_batch_refusal(f"returns a {type(result).__name__}, not one tensor with a row per input row")
         for name, rows in group_rows(self.row_adapters, x.shape[0], x.device).items():
             if name in self.modules_to_save:
                 rows_args = [a.index_select(0, rows) if a is x else a for a in args]
@@ -120,3 +184,11 @@ class ModulesToSaveWrapper(_ForwardsToBase):
                 part = self.modules_to_save[name](*rows_args, **rows_kwargs)
                 result = result.index_copy(0, rows, part.to(result.dtype))
         return result
+
+    def _mixed_batch_refusal(self, why: str) -> MixedBatchError:
+        module = type(self.original_module).__name__
+        return MixedBatchError(  # peft's sentence first (its list); peftkit also splits other row-wise modules
+            "Mixed batching is only supported for the following modules: Linear, Embedding, Conv1d, Conv2d, Conv3d. "
+            f"peftkit also splits other modules by rows, but this saved module ({module}) {why}; run one adapter "
+            "per batch, or leave it out of modules_to_save"
+        )

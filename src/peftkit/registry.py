@@ -159,9 +159,20 @@ class MethodSpec:
         shared = os.path.commonprefix(names)
         return shared[: shared.rfind("_") + 1] or f"{str(self.peft_type).lower()}_"
 
-    def factory_for(self, module: nn.Module) -> Optional[LayerFactory]:
+    def factory_for(self, module: nn.Module, config: Optional["PeftConfig"] = None) -> Optional[LayerFactory]:
         """The first factory that accepts ``module``, or None (a quantized module only matches
-        factories marked ``quantized``; see :class:`LayerFactory`)."""
+        factories marked ``quantized``; see :class:`LayerFactory`). Factories a ``config`` brings
+        (:meth:`PeftConfig.custom_layer_factories`, peft's custom LoRA modules) come before the
+        method's own, for any module.
+
+        Example:
+            >>> method_for_config(cfg).factory_for(model.lin0, cfg).label  # doctest: +SKIP
+            'nn.Linear'
+        """
+        if config is not None:
+            custom = next((f for f in config.custom_layer_factories() if f.matches(module)), None)
+            if custom is not None:
+                return custom
         special = any(kind.claims(module) for kind in base_layer_kinds())
         return next((f for f in self.layer_factories if f.quantized == special and f.matches(module)), None)
 

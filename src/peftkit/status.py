@@ -31,7 +31,7 @@ from .errors import AdapterError
 from .layers import AdapterLayer
 from .modules_to_save import ModulesToSaveWrapper
 from .model import PeftModel
-from .registry import base_layer_kinds, registered_methods
+from .registry import base_layer_kinds
 
 Irregular = Literal["irregular"]
 IRREGULAR: Irregular = "irregular"
@@ -152,9 +152,7 @@ def _layer_status(name: str, module: nn.Module) -> TunerLayerStatus:
         module_type, active, merged = "ModulesToSaveWrapper", [module.active_adapter] if module.active_adapter else [], []
         base = module.original_module
     else:
-        # the selection the layer follows (peft's meaning), unless the computing set was changed by hand
-        selected = [n for n in module.selected_adapters if n in available]
-        active = list(module.selected_adapters if selected == module.active_adapters else module.active_adapters)
+        active = list(module.active_adapters)  # the selection the layer follows (peft's meaning)
         module_type, merged = _module_type(module), list(module.merged_adapters)
         base = module.get_base_layer()
     requires_grad, devices = {}, {}
@@ -170,13 +168,8 @@ def _layer_status(name: str, module: nn.Module) -> TunerLayerStatus:
 
 
 def _module_type(layer: AdapterLayer) -> str:
-    """``<method>.<kind>`` as peft names its layers (``lora.Linear``, ``lora.Conv2d``,
-    ``lora.ParamWrapper``): the method from the registry, the kind from the layer class's
-    ``peft_kind`` or else the class of the module it wraps (transformers' ``Conv1D`` is a linear)."""
-    method = next((peft_type.lower() for peft_type, spec in registered_methods().items()
-                   if isinstance(layer, spec.layer_cls)), type(layer).__module__.rsplit(".", 1)[-1])
-    kind = getattr(layer, "peft_kind", None) or type(layer.get_base_layer()).__name__
-    return f"{method}.{'Linear' if kind == 'Conv1D' else kind}"
+    """``<method>.<kind>`` as peft names its layers (see :attr:`AdapterLayer.peft_name`)."""
+    return layer.peft_name
 
 
 def _storage_name(module: nn.Module) -> Optional[str]:

@@ -148,6 +148,25 @@ def _is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
+def model_type_of(model: nn.Module) -> Optional[str]:
+    """The ``model_type`` of a transformers-like model's config (None without one): its
+    ``model_type`` attribute when that is a string, else ``config.to_dict()["model_type"]`` as peft
+    reads it (configs that are no ``PretrainedConfig``: a dict-like or mocked config).
+
+    Example:
+        >>> model_type_of(AutoModelForCausalLM.from_pretrained("gpt2"))  # doctest: +SKIP
+        'gpt2'
+    """
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if config is None or isinstance(model_type, str):
+        return model_type
+    to_dict = getattr(config, "to_dict", None)
+    values = to_dict() if callable(to_dict) else None
+    found = values.get("model_type") if isinstance(values, dict) else None
+    return found if isinstance(found, str) else None
+
+
 def resolve_target_modules(model: nn.Module, config: TargetedConfig) -> Optional[str | list[str]]:
     """``target_modules`` as concrete names: expands ``"all-linear"`` and the per-architecture
     default used when it is unset."""
@@ -164,13 +183,14 @@ def resolve_target_modules(model: nn.Module, config: TargetedConfig) -> Optional
         method_default = getattr(config, "default_target_modules", None)
         if callable(method_default):
             return method_default(model)
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        model_type = model_type_of(model)
         if model_type not in DEFAULT_TARGETS:
-            raise TargetError(
-                f"target_modules is not set and peftkit has no default for model type {model_type!r}; "
-                "set target_modules, e.g. target_modules='all-linear' or a list such as ['q_proj', 'v_proj']"
+            raise TargetError(  # peft's sentence (code matches it), then why and how
+                "Please specify `target_modules` in `peft_config`: it is not set and peftkit has no default for "
+                f"model type {model_type!r}; set e.g. target_modules='all-linear' or a list such as ['q_proj', 'v_proj']"
             )
-        return list(DEFAULT_TARGETS[model_type])
+        default = DEFAULT_TARGETS[model_type]
+        return default if isinstance(default, str) else list(default)  # a str is a regex, as any target_modules
     return targets
 
 

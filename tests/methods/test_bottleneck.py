@@ -132,7 +132,7 @@ def test_two_adapters_switch_and_chain():
         h = mlp.base_layer(x)
         h = h + mlp.delta("a", h)
         torch.testing.assert_close(mlp(x), h + mlp.delta("b", h), atol=ATOL, rtol=0)
-    assert model.get_base_model().model.layers[0].self_attn.active_adapters == ["a"]  # b is ffn-only
+    assert model.get_base_model().model.layers[0].self_attn.computing_adapters == ["a"]  # b is ffn-only
 
 
 def test_only_adapter_parameters_train():

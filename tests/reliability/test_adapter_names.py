@@ -165,7 +165,7 @@ def test_forward_refuses_a_names_list_that_is_not_one_per_row(count):
     """peft raises; peftkit used to repeat a shorter list over the rows (meant for beam search)."""
     model = two_adapters()
     before = model_state(model)
-    with pytest.raises(pk.AdapterError, match=f"{count} entries but the batch has 4 rows"):
+    with pytest.raises(pk.AdapterError, match=f"but got {count} and 4 respectively"):
         model(LINEAR.inputs(4), adapter_names=["default", "b", "__base__", "b", "default", "b", "b", "b"][:count])
     assert_model_unchanged(model, before)
     assert all(m.row_adapters is None for m in model.modules() if isinstance(m, pk.AdapterLayer))
@@ -175,7 +175,7 @@ def test_generate_refuses_a_names_list_that_is_not_one_per_prompt(tiny_llama):
     model = pk.get_peft_model(tiny_llama(), pk.LoraConfig(target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
     # 1 name for 2 prompts would divide the 4 beam rows evenly: still refused
-    with pytest.raises(pk.AdapterError, match="1 entries but the batch has 2 rows"):
+    with pytest.raises(pk.AdapterError, match="but got 1 and 2 respectively"):
         model.generate(input_ids=ids, adapter_names=["default"], max_new_tokens=2, num_beams=2, do_sample=False)
     out = model.generate(input_ids=ids, adapter_names=["default", "__base__"], max_new_tokens=2, num_beams=2,
                          do_sample=False)  # one per prompt: beams repeat them, as intended

@@ -75,7 +75,7 @@ def build_holders(model: "PeftModel", config: "PeftConfig", keys: Sequence[str])
     holders = {}
     for key in keys:
         base = modules[key].get_base_layer()
-        factory = spec.factory_for(base)
+        factory = spec.factory_for(base, config)
         if factory is None:
             raise AdapterError(f"module {key!r} is a {type(base).__name__}, which a {spec.peft_type} adapter cannot hold "
                                f"(it adapts: {', '.join(f.label for f in spec.layer_factories)})")

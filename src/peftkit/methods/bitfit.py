@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from ..config import TargetedConfig, PeftType
 from ..errors import AdapterError, TargetError
-from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, warn_if_merged_already
+from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, merged_batch_error, warn_if_merged_already
 from ..registry import LayerFactory, MethodSpec, register_method
 from ..targets import compact_names, iter_plain_modules
 from .lora_layers import adapter_dtype, is_conv1d
@@ -101,7 +101,7 @@ class BitFitLayer(AdapterLayer):
 
     def _forward_mixed(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.merged_adapters:
-            raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
+            raise merged_batch_error()
         result = self.base_layer(x, *args, **kwargs)
         per_row = None
         for name, rows in group_rows(self.row_adapters, result.shape[0], result.device).items():
@@ -130,7 +130,7 @@ class BitFitLayer(AdapterLayer):
         return torch.zeros_like(self.base_layer.weight)
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        names = self.active_adapters if adapter_names is None else adapter_names
+        names = self.computing_adapters if adapter_names is None else adapter_names
         warn_if_merged_already(self, names)
         for name in names:
             if name not in self.adapter_names or name in self.merged_adapters:

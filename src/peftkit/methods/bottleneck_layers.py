@@ -99,7 +99,7 @@ class BottleneckLayer(AdapterLayer):
         out = self.base_layer(*args, **kwargs)
         if self.disabled:
             return out
-        if self.row_adapters is None and not self.active_adapters:
+        if self.row_adapters is None and not self.computing_adapters:
             return out
         h = out[0] if isinstance(out, (tuple, list)) else out
         if not isinstance(h, torch.Tensor):
@@ -110,7 +110,7 @@ class BottleneckLayer(AdapterLayer):
         uses_input = any(self.bottleneck_parallel[n] for n in self.adapter_names)
         x = block_input(args, kwargs) if uses_input else None
         if self.row_adapters is None:
-            h = self._adapt(self.active_adapters, h, x)
+            h = self._adapt(self.computing_adapters, h, x)
         else:
             h = self._adapt_rows(h, x)
         if isinstance(out, (tuple, list)):

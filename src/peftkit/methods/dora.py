@@ -267,11 +267,11 @@ class DoraMixin:
     # ------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if (self.disabled or self.row_adapters is not None or self.merged_adapters
-                or not any(n in self.lora_magnitude_vector for n in self.active_adapters)):
+                or not any(n in self.lora_magnitude_vector for n in self.computing_adapters)):
             return super().forward(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         out = result
-        for name in self.active_adapters:  # as peft: each DoRA adapter rescales the running output
+        for name in self.computing_adapters:  # as peft: each DoRA adapter rescales the running output
             out = out + self.delta(name, x, base_out=out)
         return out.to(result.dtype)
 
@@ -287,7 +287,7 @@ class DoraMixin:
 
     # ------------------------------------------------------------ merging
     def merge(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
-        names = self.active_adapters if adapter_names is None else list(adapter_names)
+        names = self.computing_adapters if adapter_names is None else list(adapter_names)
         warn_if_merged_already(self, names)
         todo = [n for n in names if n in self.adapter_names and n not in self.merged_adapters]
         if any(n in self.lora_magnitude_vector for n in todo):

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import AdapterError
-from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, warn_if_merged_already
+from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, merged_batch_error, warn_if_merged_already
 from .lora_layers import adapter_dtype
 
 if TYPE_CHECKING:
@@ -134,12 +134,12 @@ class IA3Layer(AdapterLayer):
             return super().forward(x, *args, **kwargs)  # base output (unmerging first when disabled)
         if self.row_adapters is not None:
             if self.merged_adapters:
-                raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
+                raise merged_batch_error()
             groups = group_rows(self.row_adapters, x.shape[0], x.device)
             s_in, s_out = (self._row_scales(groups, x.shape[0], ff) for ff in (True, False))
         else:  # one row of scales for the whole batch
             s_in, s_out = (None if s is None else s[None]
-                           for s in (self._scales(self.active_adapters, ff) for ff in (True, False)))
+                           for s in (self._scales(self.computing_adapters, ff) for ff in (True, False)))
         if s_in is not None:
             s_in = self.broadcast(s_in, x.dim())
             x = (x.to(s_in.dtype) * s_in).to(x.dtype)
@@ -161,7 +161,7 @@ class IA3Layer(AdapterLayer):
     def merge(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
         """Multiply the adapters' scales into ``base_layer.weight`` (and its bias when the
         output is scaled). ``safe_merge`` refuses a result with NaN/inf and changes nothing."""
-        names = self.active_adapters if adapter_names is None else adapter_names
+        names = self.computing_adapters if adapter_names is None else adapter_names
         warn_if_merged_already(self, names)
         base = self.base_layer
         for name in names:

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from ..config import TargetedConfig, PeftType
 from ..errors import AdapterError, TargetError
-from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, warn_if_merged_already
+from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, merged_batch_error, warn_if_merged_already
 from ..registry import LayerFactory, MethodSpec, register_method
 from ..targets import compact_names, iter_plain_modules
 
@@ -122,18 +122,18 @@ class LNTuningLayer(AdapterLayer):
             return self.base_layer(x, *args, **kwargs)
         if self.row_adapters is not None:
             return self._forward_mixed(x, *args, **kwargs)
-        if self.merged_adapters or not self.active_adapters:
+        if self.merged_adapters or not self.computing_adapters:
             return self.base_layer(x, *args, **kwargs)
-        if len(self.active_adapters) > 1:
+        if len(self.computing_adapters) > 1:
             raise AdapterError(
-                f"LN tuning runs one adapter at a time ({self.key!r} has {self.active_adapters} active): each replaces "
+                f"LN tuning runs one adapter at a time ({self.key!r} has {self.computing_adapters} active): each replaces "
                 "the norm's parameters. Call set_adapter() with one name, or use adapter_names=... to mix rows"
             )
-        return self.ln_tuning_layers[self.active_adapters[0]](x, *args, **kwargs)
+        return self.ln_tuning_layers[self.computing_adapters[0]](x, *args, **kwargs)
 
     def _forward_mixed(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.merged_adapters:
-            raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
+            raise merged_batch_error()
         result = self.base_layer(x, *args, **kwargs)
         for name, rows in group_rows(self.row_adapters, x.shape[0], x.device).items():
             if name != BASE_ADAPTER and name in self.adapter_names:
@@ -149,7 +149,7 @@ class LNTuningLayer(AdapterLayer):
         return self.ln_tuning_layers[adapter_name].weight - self.base_layer.weight
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        names = self.active_adapters if adapter_names is None else adapter_names
+        names = self.computing_adapters if adapter_names is None else adapter_names
         warn_if_merged_already(self, names)
         names = [n for n in names if n in self.adapter_names and n not in self.merged_adapters]
         if not names:

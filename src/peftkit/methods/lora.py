@@ -5,6 +5,7 @@ OLoRA / Gaussian initialisations. The config mirrors ``peft.LoraConfig``; the la
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any, ClassVar, Literal, Optional, Union
 
 import torch.nn as nn
@@ -156,6 +157,41 @@ class LoraConfig(TargetedConfig):
         weights; used by ``save_pretrained(path_initial_model_for_weight_conversion=...)``
         (see :mod:`peftkit.methods.lora_conversion`)."""
         return convert_mutated_init(self, trained, initial_config, initial, where)
+
+    # peft's custom LoRA modules: module type -> LoRA layer class, kept on this config object only
+    # (a pydantic private attribute: never saved, carried by the model's copy of the config)
+    _custom_modules: Optional[dict] = None
+
+    def _register_custom_module(self, mapping: dict[type[nn.Module], type[LoraLayer]]) -> None:
+        """LoRA layers of your own for module types (peft's experimental API, same name): each
+        ``{module type: layer class}`` is tried before peftkit's layers, for a type LoRA does not
+        support or to replace its layer for one it does. The class is a :class:`LoraLayer` built as
+        ``cls(module, adapter_name, config, key)`` (a ``LoraLinear`` subclass as peftkit builds its own).
+        Not saved: register again on the config read back before loading the adapter, as in peft.
+
+        Example:
+            >>> cfg = LoraConfig(target_modules=["my_module"])
+            >>> cfg._register_custom_module({MyModule: MyLora})  # doctest: +SKIP
+        """
+        self._custom_modules = {**(self._custom_modules or {}), **mapping}
+
+    def custom_layer_factories(self) -> list[LayerFactory]:
+        return [_custom_factory(module_type, layer_cls) for module_type, layer_cls in (self._custom_modules or {}).items()]
+
+
+def _custom_factory(module_type: type[nn.Module], layer_cls: type[LoraLayer]) -> LayerFactory:
+    """The factory for one ``_register_custom_module`` entry: the user's layer class around modules
+    of ``module_type``, with peft's warning when LoRA has no layer of its own for that type."""
+
+    def build(module: nn.Module, name: str, config: LoraConfig, key: str) -> LoraLayer:
+        if LORA.factory_for(module) is None:  # peft's exact sentence: code compares it
+            warnings.warn(f"Unsupported layer type '{type(module)}' encountered, proceed at your own risk.", UserWarning)
+        if issubclass(layer_cls, LoraLinear):  # built like peftkit's own linears (fan_in_fan_out follows the module)
+            return _linear_factory(module, name, config, key, cls=layer_cls)
+        return layer_cls(module, name, config, key)
+
+    return LayerFactory(f"{module_type.__name__} (custom: {layer_cls.__name__})",
+                        lambda m: isinstance(m, module_type), build)
 
 
 def _linear_factory(module: nn.Module, name: str, config: LoraConfig, key: str, cls: type = LoraLinear) -> LoraLayer:

@@ -92,7 +92,7 @@ class LoraConv(LoraLayer):
         return self._grouped_refusal("merging") or super().merge_refusal(adapter_name)
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        if any(n in self.adapter_names for n in (self.active_adapters if adapter_names is None else adapter_names)):
+        if any(n in self.adapter_names for n in (self.computing_adapters if adapter_names is None else adapter_names)):
             self._refuse_grouped("merging")
         super().merge(adapter_names, safe_merge)
 

@@ -117,14 +117,14 @@ class LoraLayer(DoraMixin, AdapterLayer):
 
     def scale_layer(self, scale: float) -> None:
         """Multiply the scaling of every active adapter by ``scale``."""
-        for name in self.active_adapters:
+        for name in self.computing_adapters:
             # a new value, never an in-place product: a tensor scaling (prepare_model_for_compiled_hotswap)
             # is a cache key by identity (DoRA's norms, mixed batches), which an in-place change would fool
             self.scaling[name] = self.scaling[name] * scale
 
     def unscale_layer(self, scale: float | None = None) -> None:
         """Undo :meth:`scale_layer` (``scale=None``: back to the configured scaling)."""
-        for name in self.active_adapters:
+        for name in self.computing_adapters:
             self.scaling[name] = self.configured_scaling(name) if scale is None else self.scaling[name] / scale
 
     @abc.abstractmethod
@@ -151,7 +151,7 @@ class LoraLayer(DoraMixin, AdapterLayer):
 
     # ---- lora_bias: lora_B's bias merges into the base layer's bias (peft's rule: never creates one)
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        names = self.active_adapters if adapter_names is None else list(adapter_names)
+        names = self.computing_adapters if adapter_names is None else list(adapter_names)
         todo = [n for n in names if n in self.adapter_names and n not in self.merged_adapters]
         new_bias = merged_lora_bias(self, todo, sign=1.0, check_finite=safe_merge)
         super().merge(names, safe_merge)
@@ -260,9 +260,9 @@ class LoraLinear(LoraLayer):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if (args or kwargs or not self.use_fused or self.disabled or self.row_adapters is not None
-                or self.merged_adapters or len(self.active_adapters) != 1):
+                or self.merged_adapters or len(self.computing_adapters) != 1):
             return super().forward(x, *args, **kwargs)
-        name = self.active_adapters[0]
+        name = self.computing_adapters[0]
         # Sub-modules and parameters are read from nn.Module's own dicts: each attribute lookup
         # through nn.Module.__getattr__ costs ~1.2 us, which adds up to ~15% of a CPU decode step
         # (one call per adapted layer per token). The dicts are what __getattr__ reads anyway.

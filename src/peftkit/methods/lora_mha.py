@@ -95,9 +95,14 @@ class LoraMultiheadAttention(WeightMergeMixin, LoraLayer):
         for path, p in self.out_proj_layer.adapter_parameters(adapter_name):
             yield OUT_PROJ + path, p
 
-    def set_adapter(self, adapter_names: str | list[str], trainable: bool = True) -> None:
-        self.out_proj_layer.set_adapter(adapter_names, trainable)
-        super().set_adapter(adapter_names, trainable)  # last: this layer's parameters include out_proj's
+    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False,
+                    trainable: bool | None = None) -> None:
+        self.out_proj_layer.set_adapter(adapter_names, inference_mode, trainable=trainable)
+        super().set_adapter(adapter_names, inference_mode, trainable=trainable)  # last: this layer's parameters include out_proj's
+
+    def enable_adapters(self, enabled: bool) -> None:
+        self.out_proj_layer.enable_adapters(enabled)  # a tuner layer of its own, seen by code that walks modules()
+        super().enable_adapters(enabled)
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
@@ -126,7 +131,7 @@ class LoraMultiheadAttention(WeightMergeMixin, LoraLayer):
             return self.base_layer(query, *args, **kwargs)
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        names = self.active_adapters if adapter_names is None else list(adapter_names)
+        names = self.computing_adapters if adapter_names is None else list(adapter_names)
         todo = [n for n in names if n in self.adapter_names and n not in self.merged_adapters]
         if safe_merge and not all(self.out_proj_layer.merge_is_finite(n) for n in todo):
             raise AdapterError(f"NaNs detected in the merged weights. The adapter(s) {todo} seem to be broken: merging "

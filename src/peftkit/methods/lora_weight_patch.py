@@ -19,8 +19,8 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from ..errors import AdapterError
-from ..layers import BASE_ADAPTER, warn_if_merged_already
+from ..errors import AdapterError, MixedBatchError
+from ..layers import BASE_ADAPTER, merged_batch_error, warn_if_merged_already
 
 
 @contextmanager
@@ -45,12 +45,12 @@ def one_adapter_for_batch(layer, what: str) -> list[str]:
     fine when all rows name one adapter (or the base model), an :class:`AdapterError` otherwise.
     (The rows themselves are not counted here: an experts module sees tokens, not batch rows.)"""
     if layer.merged_adapters:
-        raise AdapterError("a mixed batch (adapter_names=...) needs unmerged adapters; call unmerge_adapter() first")
+        raise merged_batch_error()
     used = set(layer.row_adapters)
     if len(used) > 1:
-        raise AdapterError(
-            f"{what} changes a weight that every row of the batch shares, so one batch cannot mix adapters "
-            f"{sorted(used)} (peft refuses this too); run one adapter per batch"
+        raise MixedBatchError(  # peft's sentence (a TypeError there too), then why and what to do
+            f"{layer.peft_name} does not support mixed adapter batches: {what} changes a weight that every row of "
+            f"the batch shares, so one batch cannot mix adapters {sorted(used)}; run one adapter per batch"
         )
     name = used.pop()
     return [] if name == BASE_ADAPTER or name not in layer.adapter_names else [name]
@@ -72,10 +72,10 @@ class WeightMergeMixin:
             return one_adapter_for_batch(self, what)
         if self.merged_adapters:
             return []
-        return [n for n in self.active_adapters if n in self.adapter_names]
+        return [n for n in self.computing_adapters if n in self.adapter_names]
 
     def merge(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        names = self.active_adapters if adapter_names is None else list(adapter_names)
+        names = self.computing_adapters if adapter_names is None else list(adapter_names)
         warn_if_merged_already(self, names)
         weight = self.base_weight()
         for name in [n for n in names if n in self.adapter_names and n not in self.merged_adapters]:

@@ -172,13 +172,13 @@ class LycorisLayer(AdapterLayer):
         return self.base_layer._conv_forward(x, weight, None)  # the base's stride, padding, dilation, groups
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        dropping = self.training and any(self.module_dropout.get(n, 0.0) > 0 for n in self.active_adapters)
+        dropping = self.training and any(self.module_dropout.get(n, 0.0) > 0 for n in self.computing_adapters)
         # (mixed batches, a serving feature, never skip an adapter: module dropout needs one adapter per step)
         if not dropping or self.disabled or self.row_adapters is not None or self.merged_adapters:
             return super().forward(x, *args, **kwargs)
         # module dropout: each adapter sits out a training step with probability module_dropout
         result = self.base_layer(x, *args, **kwargs)
-        for name in self.active_adapters:
+        for name in self.computing_adapters:
             if torch.rand(()).item() > self.module_dropout[name]:
                 result = result + self.delta(name, x).to(result.dtype)
         return result

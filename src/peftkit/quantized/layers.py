@@ -157,8 +157,8 @@ class QuantizedBase:
         :meth:`~peftkit.model.PeftModel.merge_adapter` checks it against the allowed tolerance first)."""
         if self._standing_in:  # a method's merge calling back into merge/unmerge: dense maths
             return super().merge(adapter_names, safe_merge)
-        warn_if_merged_already(self, self.active_adapters if adapter_names is None else list(adapter_names))
-        todo = self._todo(self.active_adapters if adapter_names is None else list(adapter_names))
+        warn_if_merged_already(self, self.computing_adapters if adapter_names is None else list(adapter_names))
+        todo = self._todo(self.computing_adapters if adapter_names is None else list(adapter_names))
         if not todo:
             return
         module = self.base_layer
