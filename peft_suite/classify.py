@@ -42,6 +42,7 @@ LORA_VARIANT_INITS = {"eva": "EVA", "corda": "CorDA", "loftq": "LoftQ", "orthogo
 # (``adalora`` in ``TestAdaLoraInitialization``).
 _NAME_WORDS = [
     ("adaption_prompt", None), ("adaptionprompt", None), ("multitask", None), ("trainable_token", None),
+    ("trainble_token", None),  # peft's own spelling in test_loading_model_with_trainble_tokens_...
     ("trainabletoken", None), ("vblora", None), ("randlora", None), ("tinylora", None), ("unilora", None),
     ("xlora", None), ("delora", None), ("gralora", None), ("monteclora", None), ("velora", None),
     ("bdlora", None), ("lora_ga", None), ("loraga", None), ("adamss", None), ("fourierft", None),

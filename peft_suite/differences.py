@@ -57,6 +57,15 @@ DIFFERENCES: list[tuple[str, str]] = [
      r"add_second_adapter_with_higher_rank)$", "peft sizes VeRA's shared projections by the first adapter and "
      "refuses a second adapter with larger layers, a higher rank or another save_projection; peftkit gives each "
      "adapter its own projection pair (saved under the adapter's own keys), so those adapters work"),
+    (r"::test_disable_adapters_exiting_context_irregular_state\[", "leaving disable_adapter() with some layers "
+     "switched off by hand, peft switches every layer back on (its test calls this the status quo), which silently "
+     "undoes the user's choice; peftkit warns with peft's sentence and puts each layer back as it was"),
+    (r"TestMixedAdapterBatches::test_mixed_adapter_batches_(training_mode|lora_with_dora)_raises$", "peftkit runs "
+     "batches that mix adapters row by row in training mode and with DoRA (each row's output equals that "
+     "adapter's alone: tests/kernels/test_multi_lora.py, tests/methods/test_dora*.py); peft refuses both"),
+    (r"::test_delete_adapter_multiple_adapters_with_modules_to_save$", "when the last adapter that saves a module "
+     "is deleted, peftkit puts the original module back; peft keeps an empty wrapper that can no longer run "
+     "forward"),
 ]
 
 

@@ -35,6 +35,8 @@ def _cls(name: str) -> type:
         ({}, "tests/test_initialization.py::TestLoraInitialization::test_lora_init_orthogonal_odd_rank_raises",
          "init orthogonal (not in peftkit)"),
         ({}, "tests/test_initialization.py::TestLoraInitialization::test_lora_mica_freezes_B", "mica (not in peftkit)"),
+        ({}, "tests/test_custom_models.py::TestRequiresGrad::test_loading_model_with_trainble_tokens_requires_grad_set_"
+             "correctly[x]", "trainble token (not in peftkit)"),
     ],
 )
 def test_method_of(params, nodeid, expected):
