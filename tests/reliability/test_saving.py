@@ -80,8 +80,11 @@ def test_a_successful_save_keeps_files_it_does_not_write(tmp_path):
     before = previous_save(target)
     wide_model(adapters=1).save_pretrained(target)
     after = folder_state(target)
-    assert after["README.md"] == before["README.md"] and after["a1/adapter_model.safetensors"] == before["a1/adapter_model.safetensors"]
+    assert after["a1/adapter_model.safetensors"] == before["a1/adapter_model.safetensors"]  # another adapter's save
     assert after["adapter_model.safetensors"] != before["adapter_model.safetensors"]
+    # the model card is a file save_pretrained writes: as peft, it adds its metadata and keeps the user's text
+    card = (target / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: peft" in card and "\n---\nmine\n" in card
     assert (os.stat(target).st_mode & 0o777) == (0o777 & ~_umask())
 
 
