@@ -51,7 +51,7 @@ _NAME_WORDS = [
     ("corda", None), ("loftq", None), ("arrow", None), ("kasa", None), ("hira", None), ("frod", None),
     ("road", None), ("miss", None), ("poly", None), ("deft", None), ("beft", None), ("c3a", None),
     ("cpt", None), ("osf", None), ("hra", None), ("oft", None), ("eva", None), ("init_orthogonal", None),
-    ("mica", None),
+    ("mica", None), ("megatron", None),
     # "prefixes": state-dict key prefixes (TestTunerStateDictKeyPrefixes), not prefix tuning
     ("prefixes", "general"),
     ("adalora", "AdaLoRA"), ("ln_tuning", "LN tuning"), ("lntuning", "LN tuning"), ("prefix", "prefix tuning"),

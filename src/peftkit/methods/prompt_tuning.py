@@ -57,9 +57,12 @@ class PromptTuningConfig(PromptLearningConfig):
         problems = super().check()
         if self.prompt_tuning_init == PromptTuningInit.TEXT:
             if not self.tokenizer_name_or_path:
-                problems.append(("tokenizer_name_or_path", "is required with prompt_tuning_init='TEXT' (the tokenizer of the text)"))
+                problems.append(("tokenizer_name_or_path",  # peft's sentence (its tests match it), then why
+                                 "When prompt_tuning_init='TEXT', tokenizer_name_or_path can't be None (the tokenizer "
+                                 "that turns the text into the prompt's initial tokens)"))
             if self.prompt_tuning_init_text is None:
-                problems.append(("prompt_tuning_init_text", "is required with prompt_tuning_init='TEXT'"))
+                problems.append(("prompt_tuning_init_text", "When prompt_tuning_init='TEXT', prompt_tuning_init_text "
+                                                            "can't be None (the text the prompt starts from)"))
         elif self.tokenizer_kwargs:
             problems.append(("tokenizer_kwargs", "is only used with prompt_tuning_init='TEXT'; remove it"))
         return problems
