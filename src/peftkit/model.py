@@ -17,7 +17,6 @@ import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
-import torch
 import torch.nn as nn
 
 from . import checkpoint

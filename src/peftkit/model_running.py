@@ -16,7 +16,8 @@ from typing import Any, Iterator, Optional
 import torch.nn as nn
 
 from .errors import AdapterError
-from .layers import BASE_ADAPTER, RowAdapters, merged_batch_error, row_count_error
+from .layers import BASE_ADAPTER
+from .row_batches import RowAdapters, merged_batch_error, row_count_error
 from .names import short_repr
 from .registry import MethodSpec
 

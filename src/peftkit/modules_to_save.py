@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from .errors import AdapterError, MixedBatchError
-from .layers import _ForwardsToBase, group_rows
+from .layers import _ForwardsToBase
+from .row_batches import group_rows
 
 
 # containers: nothing to call, so no copy of them can stand in for the original in a forward

@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import AdapterError
-from ..layers import BASE_ADAPTER, AdapterLayer, group_rows
+from ..layers import BASE_ADAPTER, AdapterLayer
+from ..row_batches import group_rows
 from .lora_layers import adapter_dtype
 
 if TYPE_CHECKING:

@@ -37,7 +37,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import TargetError
-from ..layers import group_rows, warn_if_merged_already
+from ..layers import warn_if_merged_already
+from ..row_batches import group_rows
 
 if TYPE_CHECKING:
     from .lora import LoraConfig

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import AdapterError
-from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, merged_batch_error, warn_if_merged_already
+from ..layers import BASE_ADAPTER, AdapterLayer, warn_if_merged_already
+from ..row_batches import group_rows, merged_batch_error
 from .lora_layers import adapter_dtype
 
 if TYPE_CHECKING:

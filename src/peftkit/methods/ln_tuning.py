@@ -22,7 +22,8 @@ import torch.nn as nn
 
 from ..config import TargetedConfig, PeftType
 from ..errors import AdapterError, TargetError
-from ..layers import BASE_ADAPTER, AdapterLayer, group_rows, merged_batch_error, warn_if_merged_already
+from ..layers import BASE_ADAPTER, AdapterLayer, warn_if_merged_already
+from ..row_batches import group_rows, merged_batch_error
 from ..registry import LayerFactory, MethodSpec, register_method
 from ..targets import compact_names, iter_plain_modules
 

@@ -21,7 +21,8 @@ from ..errors import AdapterError, TargetError
 from ..kernels import multi_lora
 from ..kernels.lora_linear import fast_path_applies, lora_linear
 from ..kernels.dora import dora_fast_path_applies, dora_linear
-from ..layers import AdapterLayer, rows_for_batch
+from ..layers import AdapterLayer
+from ..row_batches import rows_for_batch
 from ..targets import pattern_value
 from .dora import MAGNITUDE, DoraMixin, dora_delta, init_magnitude, weight_norm
 from .lora_bias import check_lora_bias, merged_lora_bias

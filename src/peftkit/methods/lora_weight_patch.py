@@ -20,7 +20,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import AdapterError, MixedBatchError
-from ..layers import BASE_ADAPTER, merged_batch_error, warn_if_merged_already
+from ..layers import BASE_ADAPTER, warn_if_merged_already
+from ..row_batches import merged_batch_error
 
 
 @contextmanager
