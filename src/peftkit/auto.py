@@ -15,7 +15,8 @@ from typing import Any, Optional
 
 import torch.nn as nn
 
-from .config import CONFIG_NAME, PeftConfig, _resolve_file
+from .config import CONFIG_NAME, PeftConfig
+from .hub import resolve_file
 from .errors import ConfigError
 from .model import MODEL_TYPE_TO_PEFT_MODEL_MAPPING, PeftModel
 
@@ -84,7 +85,7 @@ class _BaseAutoPeftModel:
 def _auto_mapping_class(path: str, revision: Optional[str], allowlist: list[str]) -> type:
     """The base model class recorded in the config's ``auto_mapping`` (written by peft for adapters
     without a task type), imported only from an allowed library."""
-    with open(_resolve_file(path, CONFIG_NAME, revision=revision), encoding="utf-8") as f:
+    with open(resolve_file(path, CONFIG_NAME, revision=revision), encoding="utf-8") as f:
         mapping = json.load(f).get("auto_mapping") or {}
     library, class_name = mapping.get("parent_library"), mapping.get("base_model_class")
     if not library or not class_name:
@@ -126,7 +127,7 @@ def _grow_vocabulary(base_model: nn.Module, path: str, revision: Optional[str]) 
     if not hasattr(base_model, "get_input_embeddings"):
         return
     try:
-        _resolve_file(path, TOKENIZER_CONFIG_NAME, revision=revision)
+        resolve_file(path, TOKENIZER_CONFIG_NAME, revision=revision)
     except FileNotFoundError:
         return
     from transformers import AutoTokenizer

@@ -19,7 +19,8 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from .meta import assign_into_meta
-from .config import PeftConfig, _resolve_file
+from .config import PeftConfig
+from .hub import resolve_file
 from .errors import CheckpointError, CorruptFileError, PeftWarning
 from .layers import AdapterLayer, layer_stack
 from .modules_to_save import ModulesToSaveWrapper
@@ -454,7 +455,7 @@ def adapter_weights_path(model_id: str | os.PathLike, subfolder: Optional[str] =
             f"{folder} holds only {PICKLE_WEIGHTS_NAME}, a pickle file, which peftkit never loads (it can run code). "
             "Convert it once in a trusted environment: load it with peft and save_pretrained(..., safe_serialization=True)."
         )
-    return _resolve_file(model_id, WEIGHTS_NAME, subfolder, revision, **hub_kwargs)
+    return resolve_file(model_id, WEIGHTS_NAME, subfolder, revision, **hub_kwargs)
 
 
 def adapter_file_header(path: str) -> dict[str, TensorInfo]:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
+
+from .errors import AdapterNotFoundError
+from .names import child_path, short_repr
 
 README_NAME = "README.md"
 
@@ -91,3 +94,35 @@ def push_folder(
             create_pr=create_pr,
         )
     return str(getattr(commit, "commit_url", commit))
+
+
+def resolve_file(
+    name_or_path: str | os.PathLike,
+    filename: str,
+    subfolder: Optional[str] = None,
+    revision: Optional[str] = None,
+    **hub_kwargs: Any,
+) -> str:
+    """Find ``filename`` in a local folder, or download it from the Hub (users have network).
+
+    Example:
+        >>> resolve_file("out/adapter", "adapter_config.json")   # doctest: +SKIP
+        'out/adapter/adapter_config.json'
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path) or "\0" in str(name_or_path):
+        raise AdapterNotFoundError(f"the adapter location must be a folder path or a Hub id, got {short_repr(name_or_path)}")
+    folder = child_path(name_or_path, subfolder, what="subfolder") if subfolder else str(name_or_path)
+    local = os.path.join(folder, filename)
+    if os.path.isfile(local):
+        return local
+    if os.path.isdir(folder) or os.path.isabs(str(name_or_path)) or str(name_or_path).startswith("."):
+        raise AdapterNotFoundError(f"{local} does not exist: is {folder!r} a folder written by save_pretrained()?")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(str(name_or_path), filename, subfolder=subfolder, revision=revision, **hub_kwargs)
+    except Exception as e:  # offline, unknown repo, missing file: one clear message
+        raise AdapterNotFoundError(
+            f"could not find {filename!r} for {str(name_or_path)!r}: not a local folder, and the Hub lookup "
+            f"failed ({type(e).__name__}: {e})"
+        ) from None
