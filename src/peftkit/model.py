@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 _TUNER_API = frozenset({
     "set_adapter", "active_adapter", "active_adapters", "peft_config", "prefix", "delete_adapter",
     "disable_adapter_layers", "enable_adapter_layers", "merge_adapter", "unmerge_adapter",
-    "merge_and_unload", "unload", "add_weighted_adapter", "targeted_module_names",
+    "merge_and_unload", "unload", "add_weighted_adapter", "targeted_module_names", "targeted_parameter_names",
 })
 
 
@@ -207,6 +207,24 @@ class PeftModel(AdapterManagementMixin, RunningMixin, MergeMixin, SaveLoadMixin,
                 if key not in names and (adapter is None or adapter in module.adapter_names):
                     names[key] = None
         return list(names)
+
+    @property
+    def targeted_parameter_names(self) -> list[str]:
+        """Paths (in the user's model) of the parameters the adapters wrap through
+        ``target_parameters`` (LoRA on ``nn.Parameter``s such as MoE experts), each once, in model
+        order (peft's tuner attribute, also on ``base_model``).
+
+        Example:
+            >>> get_peft_model(mlp, LoraConfig(target_parameters=["lin0.weight"])).targeted_parameter_names  # doctest: +SKIP
+            ['lin0.weight']
+        """
+        per_module: dict[str, list[str]] = {}
+        for _, module in self._adapter_modules():
+            if isinstance(module, AdapterLayer) and getattr(module, "parameter_name", None):
+                per_module.setdefault(module.key, []).append(f"{module.key}.{module.parameter_name}")
+        # two parameters of one module nest their wrappers, the outer one met first: list them
+        # innermost first, which is the module's own parameter order (and peft's)
+        return list(dict.fromkeys(name for names in per_module.values() for name in reversed(names)))
 
     @property
     def prefix(self) -> str:

@@ -247,3 +247,11 @@ def test_merging_again_warns_as_peft():
     model.merge_adapter()
     with pytest.warns(UserWarning, match="All adapters are already merged, nothing to do"):
         model.merge_adapter()
+
+
+def test_targeted_parameter_names_list_each_adapted_parameter_as_peft():
+    model = pk.get_peft_model(mixtral(), pk.LoraConfig(target_modules=[], target_parameters=EXPERTS))
+    theirs = peft.get_peft_model(mixtral(), peft.LoraConfig(target_modules=[], target_parameters=EXPERTS))
+    assert model.targeted_parameter_names == theirs.targeted_parameter_names
+    assert model.base_model.targeted_parameter_names == model.targeted_parameter_names
+    assert model.targeted_parameter_names[0] == "model.layers.0.mlp.experts.gate_up_proj"
