@@ -176,6 +176,12 @@ def runtime_not_applicable(error: BaseException, installed: Any = None) -> Optio
             return str(error)
         if kind in _HUB_ERRORS or "offline mode" in str(error).lower() or "huggingface.co" in str(error):
             return "needs the Hugging Face hub (the suite runs offline)"
+        if kind in ("ConnectError", "ConnectTimeout") or "Name or service not known" in str(error):
+            return "needs the network (the suite runs offline)"
+        if kind == "UnknownFieldError":  # a config given a LoRA variant's option peftkit does not model
+            variant = next((v for option, v in LORA_VARIANT_OPTIONS.items() if f"{option}: unknown field" in str(error)), None)
+            if variant:
+                return f"LoRA variant {variant} is not in peftkit"
         if isinstance(error, ModuleNotFoundError) and error.name and not error.name.startswith(("peft", "peftkit")):
             return f"needs the optional package {error.name.split('.')[0]!r}, not in the lock"
         error = error.__cause__ or error.__context__

@@ -84,3 +84,14 @@ def test_runtime_reasons_follow_the_exception_chain():
 def test_deliberate_differences_match_by_test_id():
     assert "pickles" in deliberate_difference("tests/test_custom_models.py::T::test_save_pretrained_pickle[a]")
     assert deliberate_difference("tests/test_custom_models.py::T::test_save_pretrained[a]") is None
+
+
+def test_an_unknown_variant_option_or_no_network_is_not_applicable():
+    from peftkit.errors import UnknownFieldError
+
+    error = UnknownFieldError("Invalid LoraConfig:", [("trainable_token_indices", "unknown field for LoraConfig")])
+    assert runtime_not_applicable(error) == "LoRA variant trainable tokens is not in peftkit"
+    typo = UnknownFieldError("Invalid LoraConfig:", [("rr", "unknown field for LoraConfig")])
+    assert runtime_not_applicable(typo) is None  # a real failure
+    connect = type("ConnectError", (Exception,), {})("[Errno -2] Name or service not known")
+    assert runtime_not_applicable(connect) == "needs the network (the suite runs offline)"
