@@ -87,20 +87,8 @@ class AdapterManagementMixin:
         model = self.get_base_model()
         if "modules_to_save" in type(config).model_fields:
             self._add_task_heads(config, init_config)
-        asks_parameters = bool(spec.parameter_targets and spec.parameter_targets(config))
-        parameter_keys: list[str] = []
-        tying = None
-        if isinstance(config, TargetedConfig) and asks_parameters:
-            targets, parameter_keys = _modules_and_parameters(model, config, spec)
-            asks_parameters = bool(parameter_keys)
-        elif isinstance(config, TargetedConfig):
-            targets = find_targets(model, config)
-            tying = plan_weight_tying(model, config)
-            if tying and tying.via == "target_modules" and spec.tie_adapter is None:
-                tying = None  # a method that cannot tie: the config's own targets, as asked
-            targets = _with_tied_targets(targets, tying)
-        else:
-            targets = []
+        targets, parameter_keys, tying = _choose_targets(model, config, spec)
+        asks_parameters = bool(parameter_keys)
         if targets:
             self._check_factories(spec, targets, config)
             for kind in base_layer_kinds():  # e.g. switch off a quantized backend's inference-only tricks
@@ -250,6 +238,21 @@ class AdapterManagementMixin:
         if not self._active and self.peft_config:
             self._active = [next(iter(self.peft_config))]
         self._apply_trainability()
+
+
+def _choose_targets(model: nn.Module, config: PeftConfig, spec: MethodSpec) -> tuple[list[str], list[str], Optional[TyingPlan]]:
+    """``(module keys to wrap, keys of modules whose parameters are wrapped, weight-tying plan)``
+    for a new adapter; an error when the config selects nothing. Changes nothing."""
+    if not isinstance(config, TargetedConfig):
+        return [], [], None
+    if spec.parameter_targets and spec.parameter_targets(config):
+        targets, parameter_keys = _modules_and_parameters(model, config, spec)
+        return targets, parameter_keys, None
+    targets = find_targets(model, config)
+    tying = plan_weight_tying(model, config)
+    if tying and tying.via == "target_modules" and spec.tie_adapter is None:
+        tying = None  # a method that cannot tie: the config's own targets, as asked
+    return _with_tied_targets(targets, tying), [], tying
 
 
 def _modules_and_parameters(model: nn.Module, config: TargetedConfig, spec: MethodSpec) -> tuple[list[str], list[str]]:
